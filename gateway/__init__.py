@@ -1,0 +1,1 @@
+"""Lookout gateway: the asyncio service on the township server (CPython)."""
