@@ -1,0 +1,86 @@
+"""Canonical JSON: the one byte string both ends compute before signing or verifying a message.
+
+Rules (docs/PROTOCOL.md, "Canonical form"): objects with keys sorted by code point, no whitespace, strings
+with only ``"``, ``\\`` and control characters (< 0x20) escaped (``\\uXXXX``, lower-case hex; ``\\"`` and
+``\\\\`` for the two), everything else as raw UTF-8; integers in plain decimal; ``true``/``false``/``null``.
+Floats are refused: MicroPython on an ESP32 has 32-bit floats, so a float could not be reproduced bit for bit.
+Neither CPython's nor MicroPython's ``json.dumps`` guarantees this form (MicroPython has no ``sort_keys``),
+hence this encoder.
+"""
+
+from protocols.errors import LocalProtocolError
+
+MAX_DEPTH = 8
+
+
+def _enc_str(s, out):
+    out.append('"')
+    start = 0
+    for i, c in enumerate(s):
+        o = ord(c)
+        if c == '"' or c == "\\" or o < 0x20:
+            if start < i:
+                out.append(s[start:i])
+            if c == '"':
+                out.append('\\"')
+            elif c == "\\":
+                out.append("\\\\")
+            else:
+                out.append("\\u%04x" % o)
+            start = i + 1
+    if start < len(s):
+        out.append(s[start:])
+    out.append('"')
+
+
+def _enc(v, out, depth):
+    if depth > MAX_DEPTH:
+        raise LocalProtocolError("nesting deeper than %d" % MAX_DEPTH)
+    if v is None:
+        out.append("null")
+    elif v is True:
+        out.append("true")
+    elif v is False:
+        out.append("false")
+    elif isinstance(v, int):
+        out.append(str(v))
+    elif isinstance(v, str):
+        _enc_str(v, out)
+    elif isinstance(v, (list, tuple)):
+        out.append("[")
+        for i, item in enumerate(v):
+            if i:
+                out.append(",")
+            _enc(item, out, depth + 1)
+        out.append("]")
+    elif isinstance(v, dict):
+        out.append("{")
+        first = True
+        for k in sorted(v):
+            if not isinstance(k, str):
+                raise LocalProtocolError("object key %r is not a string" % (k,))
+            if not first:
+                out.append(",")
+            first = False
+            _enc_str(k, out)
+            out.append(":")
+            _enc(v[k], out, depth + 1)
+        out.append("}")
+    elif isinstance(v, float):
+        raise LocalProtocolError("floats are not allowed on the wire (got %r); use scaled integers" % (v,))
+    else:
+        raise LocalProtocolError("cannot encode %s" % type(v).__name__)
+
+
+def dumps(obj, omit=None):
+    """Canonical text of ``obj``; a top-level key named ``omit`` (e.g. ``"mac"``) is left out."""
+    if omit is not None and isinstance(obj, dict) and omit in obj:
+        obj = dict(obj)
+        del obj[omit]
+    out = []
+    _enc(obj, out, 0)
+    return "".join(out)
+
+
+def dumpb(obj, omit=None):
+    return dumps(obj, omit).encode()
