@@ -1,8 +1,9 @@
 """Canonical JSON: the one byte string both ends compute before signing or verifying a message.
 
-Rules (docs/PROTOCOL.md, "Canonical form"): objects with keys sorted by code point, no whitespace, strings
-with only ``"``, ``\\`` and control characters (< 0x20) escaped (``\\uXXXX``, lower-case hex; ``\\"`` and
-``\\\\`` for the two), everything else as raw UTF-8; integers in plain decimal; ``true``/``false``/``null``.
+Rules (docs/PROTOCOL.md, "Canonical form"; the string rules are RFC 8785's): objects with keys sorted by code
+point, no whitespace, strings with only ``"``, ``\\`` and control characters (< 0x20) escaped (``\\b \\f \\n
+\\r \\t`` where they exist, else ``\\u00xx`` in lower-case hex), everything else as raw UTF-8; integers in
+plain decimal; ``true``/``false``/``null``.
 Floats are refused: MicroPython on an ESP32 has 32-bit floats, so a float could not be reproduced bit for bit.
 Neither CPython's nor MicroPython's ``json.dumps`` guarantees this form (MicroPython has no ``sort_keys``),
 hence this encoder.
@@ -13,6 +14,9 @@ from protocols.errors import LocalProtocolError
 MAX_DEPTH = 8
 
 
+_SHORT = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
 def _enc_str(s, out):
     out.append('"')
     start = 0
@@ -21,12 +25,8 @@ def _enc_str(s, out):
         if c == '"' or c == "\\" or o < 0x20:
             if start < i:
                 out.append(s[start:i])
-            if c == '"':
-                out.append('\\"')
-            elif c == "\\":
-                out.append("\\\\")
-            else:
-                out.append("\\u%04x" % o)
+            esc = _SHORT.get(c)
+            out.append(esc if esc else "\\u%04x" % o)
             start = i + 1
     if start < len(s):
         out.append(s[start:])

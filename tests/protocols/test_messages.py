@@ -123,7 +123,7 @@ def test_result_status_final():
 
 
 def test_canonical_escaping_and_order():
-    assert canonical.dumps({"b": 1, "a": [True, None, "x\"y\\z\n\u00e9"]}) == '{"a":[true,null,"x\\"y\\\\z\\u000a\u00e9"],"b":1}'
+    assert canonical.dumps({"b": 1, "a": [True, None, "x\"y\\z\n\u00e9"]}) == '{"a":[true,null,"x\\"y\\\\z\\n\u00e9"],"b":1}'
     assert canonical.dumps({"mac": "00", "k": 1}, omit="mac") == '{"k":1}'
 
 
