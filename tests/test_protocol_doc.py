@@ -77,4 +77,4 @@ def test_worked_mac_example():
     key = bytes(range(32))
     signing.verify(key, "cmd", cmd)
     assert signing.mac_input("cmd", cmd).decode() in text
-    assert cmd["mac"] in text.split("and MAC", 1)[1][:100]
+    assert "and MAC `%s`" % cmd["mac"] in text
