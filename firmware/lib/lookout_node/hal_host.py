@@ -1,0 +1,284 @@
+"""Host board for tests and simulators: a fake speaker that records what it played, a scripted PIR, a GPS fed
+with NMEA bytes, a camera returning fixed bytes, files in a directory, and a switchable "network".
+
+Runs on CPython and on MicroPython (no sockets are touched until ``open_connection`` is called).
+"""
+
+import time
+
+from lookout_node import hal
+from lookout_node.hal import asyncio, sleep_ms, ticks_ms
+
+
+def _wall_ms():
+    f = getattr(time, "time_ns", None)
+    if f is not None:
+        return f() // 1000000
+    return int(time.time() * 1000)
+
+
+class FakeSpeaker(hal.AudioOut):
+    """Records every playback session: ``plays`` is a list of dicts
+    ``{"tag", "t_start", "t_end", "bytes", "ms", "volume", "volumes", "cut"}`` (times Unix ms).
+    ``write`` sleeps for the chunk's audio duration divided by ``speed`` so playback takes (scaled) real time."""
+
+    def __init__(self, clock, speed=1):
+        self.clock = clock
+        self.speed = speed
+        self.plays = []
+        self.cur = None
+        self.volume = 80
+        self.playing = False
+
+    def start(self, rate, bits, channels, tag=None):
+        self.bps = rate * (bits // 8) * channels
+        self.cur = {"tag": tag, "t_start": self.clock(), "t_end": None, "bytes": 0, "ms": 0,
+                    "volume": self.volume, "volumes": [self.volume], "cut": False}
+        self.plays.append(self.cur)
+        self.playing = True
+
+    async def write(self, buf):
+        if self.cur is None:
+            raise hal.HalError("write() before start()")
+        n = len(buf)
+        ms = n * 1000 // self.bps
+        await sleep_ms(max(1, ms // self.speed))
+        self.cur["bytes"] += n
+        self.cur["ms"] += ms
+
+    def stop(self, cut=False):
+        if self.cur is not None:
+            self.cur["t_end"] = self.clock()
+            self.cur["cut"] = cut
+        self.cur = None
+        self.playing = False
+
+    def set_volume(self, pct):
+        self.volume = pct
+        if self.cur is not None:
+            self.cur["volumes"].append(pct)
+
+
+class ScriptedGPS:
+    """``feed(bytes)`` queues NMEA bytes (e.g. from protocols.nmea.encode_gga); ``read()`` hands them out."""
+
+    def __init__(self):
+        self._q = []
+        self._ev = asyncio.Event()
+
+    def feed(self, data):
+        self._q.append(bytes(data))
+        self._ev.set()
+
+    async def read(self):
+        while not self._q:
+            self._ev.clear()
+            await self._ev.wait()
+        return self._q.pop(0)
+
+
+class ScriptedPIR:
+    """``trigger()`` makes one rising edge; ``wait()`` returns the ticks of the next edge."""
+
+    def __init__(self):
+        self._q = []
+        self._ev = asyncio.Event()
+        self.level = 0
+
+    def trigger(self, at_ticks=None):
+        self._q.append(ticks_ms() if at_ticks is None else at_ticks)
+        self._ev.set()
+
+    async def wait(self):
+        while not self._q:
+            self._ev.clear()
+            await self._ev.wait()
+        return self._q.pop(0)
+
+
+class FakeCamera:
+    def __init__(self, image=None):
+        self.image = image if image is not None else b"\xff\xd8\xff\xe0FAKEJPEG" + bytes(range(256)) * 8 + b"\xff\xd9"
+        self.count = 0
+
+    def snapshot(self):
+        self.count += 1
+        return self.image
+
+
+class HostHal(hal.Hal):
+    """A board in a directory. ``clock`` (callable -> Unix ms or None) lets tests fake time; ``speed`` speeds up
+    audio; ``on_reboot`` is called by ``reboot()`` (SimNode restarts the app)."""
+
+    def __init__(self, root, clock=None, speed=1, gps=False, pir=False, camera=False):
+        hal.Hal.__init__(self, hal.FileStore(root))
+        self.clock = clock or _wall_ms
+        self.audio = FakeSpeaker(self.time_ms, speed)
+        self.gps = ScriptedGPS() if gps else None
+        self.pir = ScriptedPIR() if pir else None
+        self.camera = FakeCamera() if camera else None
+        self.wdt_timeout = None
+        self.wdt_feeds = 0
+        self.reboots = 0
+        self.on_reboot = None
+        self.net = True
+        self.writers = []
+        self.figures = {"rssi": -61, "bat_mv": 12400, "temp_dc": 215}
+
+    def time_ms(self):
+        return self.clock()
+
+    def wdt_start(self, timeout_ms):
+        self.wdt_timeout = timeout_ms
+
+    def wdt_feed(self):
+        self.wdt_feeds += 1
+
+    def reboot(self):
+        self.reboots += 1
+        if self.on_reboot is not None:
+            self.on_reboot()
+        else:
+            raise hal.HalError("reboot requested")
+
+    def rssi(self):
+        return self.figures.get("rssi")
+
+    def battery_mv(self):
+        return self.figures.get("bat_mv")
+
+    def temperature_dc(self):
+        return self.figures.get("temp_dc")
+
+    def network_up(self):
+        return self.net
+
+    async def open_connection(self, host, port, ssl=None):
+        if not self.net:
+            raise OSError("network down (host hal)")
+        r, w = await asyncio.open_connection(host, port)
+        self.writers.append(w)
+        return r, w
+
+    def kill_connections(self):
+        """Drop every open connection without a DISCONNECT, like a modem losing power (last will fires)."""
+        ws, self.writers = self.writers, []
+        for w in ws:
+            t = getattr(w, "transport", None)
+            if t is not None:
+                t.abort()
+            else:
+                try:
+                    w.close()
+                except Exception:
+                    pass
+
+
+class _LoopStream:
+    """One client connection to ``LoopbackBroker``: the client's reader and writer in one object."""
+
+    def __init__(self, broker):
+        self.broker = broker
+        self.rx = b""
+        self.tx = b""
+        self.ev = asyncio.Event()
+        self.closed = False
+
+    # reader side (what the broker sends to the client)
+    async def read(self, n):
+        while not self.rx and not self.closed:
+            self.ev.clear()
+            await self.ev.wait()
+        d, self.rx = self.rx[:n], self.rx[n:]
+        return d
+
+    def feed(self, data):
+        self.rx += data
+        self.ev.set()
+
+    # writer side (what the client sends)
+    def write(self, data):
+        self.tx += bytes(data)
+        self._parse()
+
+    async def drain(self):
+        pass
+
+    def close(self):
+        self.closed = True
+        self.ev.set()
+
+    async def wait_closed(self):
+        pass
+
+    def _parse(self):
+        while len(self.tx) >= 2:
+            n, mul, i = 0, 1, 1
+            while True:
+                if i >= len(self.tx):
+                    return
+                b = self.tx[i]
+                n += (b & 127) * mul
+                mul *= 128
+                i += 1
+                if not b & 128:
+                    break
+            if len(self.tx) < i + n:
+                return
+            first, body = self.tx[0], self.tx[i:i + n]
+            self.tx = self.tx[i + n:]
+            self.broker._packet(self, first, body)
+
+
+class LoopbackBroker:
+    """A minimal in-process MQTT 3.1.1 broker for one client, for the MicroPython runtime (no sockets) and
+    the footprint bench: CONNACK, SUBACK, PUBACK, PINGRESP; ``published`` records the client's messages and
+    ``inject(topic, payload)`` delivers a QoS 1 message to it."""
+
+    def __init__(self):
+        self.published = []
+        self.conn = None
+        self._pid = 0
+
+    async def open_connection(self, host, port, ssl=None):
+        self.conn = _LoopStream(self)
+        return self.conn, self.conn
+
+    def _packet(self, c, first, body):
+        t = first >> 4
+        if t == 1:
+            c.feed(b"\x20\x02\x00\x00")
+        elif t == 8:
+            count, i = 0, 2
+            while i < len(body):
+                ln = body[i] << 8 | body[i + 1]
+                i += 2 + ln + 1
+                count += 1
+            c.feed(bytes([0x90, 2 + count]) + body[:2] + b"\x01" * count)
+        elif t == 3:
+            qos = (first >> 1) & 3
+            ln = body[0] << 8 | body[1]
+            topic = bytes(body[2:2 + ln]).decode()
+            i = 2 + ln
+            if qos:
+                c.feed(b"\x40\x02" + body[i:i + 2])
+                i += 2
+            self.published.append((topic, bytes(body[i:])))
+        elif t == 12:
+            c.feed(b"\xd0\x00")
+        elif t == 14:
+            c.close()
+
+    def inject(self, topic, payload):
+        self._pid = self._pid % 65535 + 1
+        tb = topic.encode()
+        body = bytes([len(tb) >> 8, len(tb) & 255]) + tb + bytes([self._pid >> 8, self._pid & 255]) + payload
+        n = len(body)
+        rl = b""
+        while True:
+            b = n & 127
+            n >>= 7
+            rl += bytes([b | (128 if n else 0)])
+            if not n:
+                break
+        self.conn.feed(b"\x32" + rl + body)

@@ -1,0 +1,105 @@
+"""Outbox: events and command results waiting for the broker, kept across outages and reboots.
+
+Theory of operation (ThingsBoard users lose data in offline storage; FIELD.md): an item is appended before the
+first send attempt and removed only after the broker acknowledged it (PUBACK for QoS 1), so a crash or link loss
+between the two re-sends it (at-least-once; the gateway de-duplicates by the message ``id``). The queue is
+bounded by item count and by bytes; when full the *oldest* item is dropped and ``dropped`` counts it, and the
+heartbeat reports both figures. Every change is written to ``outbox.json`` through FileStore's write-then-rename,
+so a power cut leaves either the old or the new queue. Heartbeats and location reports never go here: a stale
+one is worth nothing.
+"""
+
+import json
+
+from lookout_node.hal import asyncio
+
+MAX_ITEMS = 64  # design choice: a few hours of events at a busy ferry landing after rate limiting
+MAX_BYTES = 24576  # design choice: ~24 KB of flash-backed JSON, loaded into RAM at boot
+
+
+class Outbox:
+    def __init__(self, fs=None, name="outbox.json", max_items=MAX_ITEMS, max_bytes=MAX_BYTES):
+        if max_items < 1 or max_bytes < 64:
+            raise ValueError("outbox bounds too small")
+        self.fs = fs
+        self.name = name
+        self.max_items = max_items
+        self.max_bytes = max_bytes
+        self.items = []  # [topic, payload text]
+        self.bytes = 0
+        self.dropped = 0
+        self._ev = asyncio.Event()
+        self._load()
+
+    def _load(self):
+        if self.fs is None:
+            return
+        raw = self.fs.read(self.name)
+        if not raw:
+            return
+        try:
+            d = json.loads(raw)
+            items = [[str(t), str(p)] for t, p in d.get("items", [])]
+            self.dropped = int(d.get("dropped", 0))
+        except (ValueError, TypeError, AttributeError):
+            return  # a corrupt file: start empty rather than refuse to boot
+        self.items = items
+        self.bytes = sum(len(t) + len(p) for t, p in items)
+        self._trim()
+        if self.items:
+            self._ev.set()
+
+    def _save(self):
+        if self.fs is not None:
+            self.fs.write(self.name, json.dumps({"dropped": self.dropped, "items": self.items}).encode())
+
+    def _trim(self):
+        n = 0
+        while self.items and (len(self.items) > self.max_items or self.bytes > self.max_bytes):
+            t, p = self.items.pop(0)
+            self.bytes -= len(t) + len(p)
+            self.dropped += 1
+            n += 1
+        return n
+
+    def put(self, topic, payload):
+        """Queue one message (payload bytes or text); returns how many old items were dropped to make room."""
+        if isinstance(payload, (bytes, bytearray)):
+            payload = bytes(payload).decode()
+        size = len(topic) + len(payload)
+        if size > self.max_bytes:
+            self.dropped += 1
+            self._save()
+            return 1
+        self.items.append([topic, payload])
+        self.bytes += size
+        n = self._trim()
+        self._save()
+        self._ev.set()
+        return n
+
+    def peek(self):
+        if not self.items:
+            return None
+        t, p = self.items[0]
+        return t, p.encode()
+
+    def pop(self):
+        """Remove the head after the broker acknowledged it."""
+        if not self.items:
+            return None
+        t, p = self.items.pop(0)
+        self.bytes -= len(t) + len(p)
+        if not self.items:
+            self._ev.clear()
+        self._save()
+        return t, p.encode()
+
+    def __len__(self):
+        return len(self.items)
+
+    async def wait(self):
+        """Return when there is something to send."""
+        while not self.items:
+            self._ev.clear()
+            await self._ev.wait()

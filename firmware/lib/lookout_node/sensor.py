@@ -1,0 +1,169 @@
+"""Sensor/camera role: PIR/radar edges -> debounced, rate-limited detection events; arm/disarm; snapshots.
+
+Theory of operation:
+- ``Detector`` is pure logic (ticks in, decisions out) so it is unit-tested on both runtimes. Edges closer
+  than ``debounce_ms`` are contact bounce and ignored. A *detection* needs ``need`` edges within
+  ``WINDOW_MS``, where ``need`` falls as sensitivity rises (100 -> 1 edge, 50 -> 2, 0 -> 3): a single PIR
+  blip from a bird is not a person at a sensitive setting of 0. Detections closer than ``min_interval_s`` to
+  the last *event* are not sent but counted; the next event carries ``count`` = detections it stands for.
+- A camera node takes a snapshot with each event and uploads it in chunks (protocols/cliptransfer) on
+  ``up/<tid>``: the manifest (JSON, with SHA-256) first, then the binary chunks, each QoS 1. The event lists
+  ``sha256:<hex>`` in ``evidence``, hashed at the source (FIELD.md custody practice).
+- Local warning: if configured, a detection while the gateway has been unreachable for ``offline_after_s``
+  plays the configured clip on the node's own speaker (priority 2).
+"""
+
+from protocols import cliptransfer, defaults
+from lookout_node.commands import Failed, Rejected
+from lookout_node.hal import ticks_diff
+
+WINDOW_MS = 3000
+
+
+def need_edges(sensitivity):
+    return 1 if sensitivity >= 75 else (2 if sensitivity >= 25 else 3)
+
+
+class Detector:
+    def __init__(self, debounce_ms=200, min_interval_s=30, sensitivity=50):
+        self.debounce_ms = debounce_ms
+        self.min_interval_ms = min_interval_s * 1000
+        self.sensitivity = sensitivity
+        self.edges = []
+        self.last_edge = None
+        self.last_event = None
+        self.suppressed = 0
+        self.bounces = 0
+
+    def feed(self, t):
+        """One rising edge at ticks ``t``. Returns None, or ``(count, conf)`` when an event should be sent."""
+        if self.last_edge is not None and ticks_diff(t, self.last_edge) < self.debounce_ms:
+            self.last_edge = t
+            self.bounces += 1
+            return None
+        self.last_edge = t
+        self.edges = [e for e in self.edges if ticks_diff(t, e) < WINDOW_MS]
+        self.edges.append(t)
+        need = need_edges(self.sensitivity)
+        if len(self.edges) < need:
+            return None
+        conf = min(100, 40 + 20 * len(self.edges) + self.sensitivity // 5)
+        self.edges = []
+        if self.last_event is not None and ticks_diff(t, self.last_event) < self.min_interval_ms:
+            self.suppressed += 1
+            return None
+        count = 1 + self.suppressed
+        self.suppressed = 0
+        self.last_event = t
+        return count, conf
+
+
+async def upload(publish, topic_for, data, clip_id, tid, kind, mime, created_ms,
+                 chunk=defaults.CLIP_CHUNK_SIZE_MQTT):
+    """Send ``data`` as manifest + chunks on ``topic_for(tid)`` (QoS 1 each); returns the Manifest."""
+    s = cliptransfer.ClipSender(data, chunk, clip_id, tid, kind, mime, created_ms)
+    t = topic_for(tid)
+    await publish(t, s.manifest.encode(), 1)
+    buf = bytearray(cliptransfer.CHUNK_HEADER_LEN + chunk)
+    for i in range(s.manifest.chunks):
+        n = s.chunk_into(i, buf)
+        await publish(t, bytes(buf[:n]), 1)
+    return s.manifest
+
+
+class Sensor:
+    CAPS = ("arm", "disarm", "sensitivity", "snapshot")
+
+    def __init__(self, hal, cfg, node):
+        self.hal = hal
+        self.cfg = cfg
+        self.node = node  # emit_event, position(), online_for_ms(), publish(), upload_topic(), save_cfg()
+        s = cfg.get("sensor", {})
+        self.armed = s.get("armed", True)
+        self.det = Detector(s.get("debounce_ms", 200), s.get("min_interval_s", 30), s.get("sensitivity", 50))
+        self.events = 0
+        self.local_warnings = 0
+
+    def _save(self):
+        s = dict(self.cfg.get("sensor", {}))
+        s["armed"] = self.armed
+        s["sensitivity"] = self.det.sensitivity
+        self.node.save_cfg("sensor", s)
+
+    def register(self, proc):
+        proc.register("arm", self.arm)
+        proc.register("disarm", self.disarm)
+        proc.register("sensitivity", self.set_sensitivity, self.check_sensitivity)
+        proc.register("snapshot", self.snapshot, self.check_snapshot)
+
+    async def arm(self, args, cmd):
+        self.armed = True
+        self._save()
+        return {"armed": True}
+
+    async def disarm(self, args, cmd):
+        self.armed = False
+        self._save()
+        return {"armed": False}
+
+    def check_sensitivity(self, args, cmd):
+        v = args.get("value")
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 100:
+            raise Rejected("bad_args", "value: expected an integer 0..100, got %r" % (v,))
+        return {"value": v}
+
+    async def set_sensitivity(self, args, cmd):
+        self.det.sensitivity = args["value"]
+        self._save()
+        return {"sensitivity": args["value"], "need_edges": need_edges(args["value"])}
+
+    def check_snapshot(self, args, cmd):
+        if self.hal.camera is None:
+            raise Rejected("no_camera", "this node has no camera")
+        return args
+
+    async def take_snapshot(self):
+        img = self.hal.camera.snapshot()
+        if not img:
+            raise Failed("camera", "camera returned no image")
+        ts = self.hal.time_ms() or 0
+        tid = self.node.new_tid()
+        m = await upload(self.node.publish, self.node.upload_topic, img, "snap-%d" % tid, tid, "snapshot",
+                         "image/jpeg", ts)
+        return m
+
+    async def snapshot(self, args, cmd):
+        m = await self.take_snapshot()
+        return {"clip": m.clip_id, "tid": m.tid, "size": m.size, "sha256": m.sha256}
+
+    async def run(self):
+        """Wait for PIR/radar edges and turn them into events (supervised task)."""
+        if self.hal.pir is None:
+            return
+        while True:
+            t = await self.hal.pir.wait()
+            if not self.armed:
+                continue
+            r = self.det.feed(t)
+            if r is None:
+                continue
+            count, conf = r
+            await self._detected(count, conf)
+
+    async def _detected(self, count, conf):
+        self.events += 1
+        evidence = None
+        lw = self.cfg.get("local_warning") or {}
+        offline_ms = self.node.offline_for_ms()
+        limit = (self.cfg.get("sensor") or {}).get("offline_after_s", 60) * 1000
+        if lw.get("enabled") and offline_ms is not None and offline_ms >= limit:
+            self.local_warnings += 1
+            self.node.local_warning(lw.get("clip"))
+        if self.hal.camera is not None and offline_ms is None:
+            try:
+                m = await self.take_snapshot()
+                evidence = ["sha256:" + m.sha256]
+            except Exception as e:  # the event matters more than its picture
+                self.node.record_error("snapshot", e)
+        self.node.emit_event("presence", "general", conf=conf, count=count, evidence=evidence,
+                             detail="local warning played" if self.local_warnings and offline_ms else None)

@@ -1,0 +1,216 @@
+"""Command path (firmware/lib/lookout_node/commands.py) on both runtimes: every rejection code, acceptance,
+duplicate ids re-acknowledged without re-execution, the counter surviving a reboot."""
+
+import sys
+
+try:
+    import lookout_node  # noqa: F401 - on a device / the MicroPython runner it sits in /lib
+except ImportError:
+    from simulators import firmware_path  # noqa: F401 - CPython: puts firmware/lib on sys.path
+
+from protocols import messages, signing
+from lookout_node.commands import CommandProcessor, Failed, Rejected
+
+KEY = bytes(range(32))
+OTHER = bytes(range(1, 33))
+NOW = 1700000000000
+
+
+def arun(coro):
+    """Run a coroutine: the MicroPython runner awaits a returned coroutine, CPython runs it here."""
+    if sys.implementation.name == "micropython":
+        return coro
+    import asyncio
+
+    asyncio.run(coro)
+
+
+class MemFS:
+    def __init__(self):
+        self.files = {}
+
+    def read(self, name):
+        return self.files.get(name)
+
+    def write(self, name, data):
+        self.files[name] = bytes(data)
+
+    def remove(self, name):
+        return self.files.pop(name, None) is not None
+
+
+def make(fs=None, clock=NOW):
+    sent = []
+    ran = []
+    p = CommandProcessor("spk-01", KEY, fs if fs is not None else MemFS(), lambda: clock, sent.append)
+
+    async def play(args, cmd):
+        ran.append(cmd["id"])
+        return {"played_ms": 1000}
+
+    async def boom(args, cmd):
+        raise Failed("no_audio", "amplifier off")
+
+    def check_play(args, cmd):
+        if "clip" not in args:
+            raise Rejected("bad_args", "clip missing")
+        return args
+
+    p.register("play", play, check_play)
+    p.register("boom", boom)
+    return p, sent, ran
+
+
+def cmd(cid="c1", ctr=1, name="play", args=None, to="spk-01", ts=NOW, exp=NOW + 60000, key=KEY, prio=1):
+    m = messages.command(cid, to, name, {"clip": "nofish"} if args is None else args, ts, exp, prio, ctr)
+    signing.sign(key, "cmd", m)
+    return messages.encode("cmd", m)
+
+
+def statuses(sent):
+    return [(m["id"], m["status"], m.get("code")) for m in sent]
+
+
+def check_signed(sent):
+    for m in sent:
+        signing.verify(KEY, "res", m)
+        messages.validate("res", m)
+
+
+def test_valid_command_accepted_then_done():
+    async def body():
+        p, sent, ran = make()
+        coro = p.receive(cmd())
+        assert statuses(sent) == [("c1", "accepted", None)]
+        assert await coro == "done"
+        assert statuses(sent) == [("c1", "accepted", None), ("c1", "done", None)]
+        assert sent[-1]["data"] == {"played_ms": 1000}
+        assert ran == ["c1"]
+        check_signed(sent)
+    return arun(body())
+
+
+def test_forged_mac_rejected():
+    p, sent, ran = make()
+    assert p.receive(cmd(key=OTHER)) == "rejected"
+    assert statuses(sent) == [("c1", "rejected", "bad_mac")]
+    assert ran == [] and p.last_ctr == 0
+    check_signed(sent)
+
+
+def test_altered_command_rejected():
+    raw = cmd().replace(b'"nofish"', b'"evil00"')
+    p, sent, ran = make()
+    p.receive(raw)
+    assert statuses(sent) == [("c1", "rejected", "bad_mac")]
+
+
+def test_wrong_device_rejected():
+    p, sent, ran = make()
+    p.receive(cmd(to="spk-02"))
+    assert statuses(sent) == [("c1", "rejected", "wrong_device")]
+
+
+def test_replay_rejected():
+    async def body():
+        p, sent, ran = make()
+        await p.receive(cmd("c1", ctr=5))
+        p.receive(cmd("c2", ctr=5))  # same counter, different id: a replay/forgery, not a redelivery
+        p.receive(cmd("c3", ctr=4))
+        assert statuses(sent)[-2:] == [("c2", "rejected", "replay"), ("c3", "rejected", "replay")]
+        assert ran == ["c1"]
+    return arun(body())
+
+
+def test_expired_rejected():
+    p, sent, ran = make(clock=NOW + 120000)
+    p.receive(cmd())
+    assert statuses(sent) == [("c1", "rejected", "expired")]
+    assert ran == []
+
+
+def test_no_clock_skips_expiry_but_counter_still_guards():
+    async def body():
+        p, sent, ran = make(clock=None)
+        await p.receive(cmd(ctr=3))
+        assert ran == ["c1"]
+        p.receive(cmd("c2", ctr=2))
+        assert statuses(sent)[-1] == ("c2", "rejected", "replay")
+        assert "ts" not in sent[0]
+    return arun(body())
+
+
+def test_malformed_rejected_with_reason_when_id_readable():
+    p, sent, ran = make()
+    assert p.receive(b'{"id": "bad1", "name": "play"}') == "rejected"
+    assert sent[0]["id"] == "bad1" and sent[0]["code"] == "bad_message"
+    assert "detail" in sent[0]
+    assert p.receive(b"\xff\x00garbage") is None
+    assert p.receive(b'{"id": "has space"}') is None
+    assert p.dropped == 2 and len(sent) == 1
+
+
+def test_unknown_command_and_bad_args_rejected_and_consume_counter():
+    p, sent, ran = make()
+    p.receive(cmd("c1", ctr=1, name="selfdestruct"))
+    p.receive(cmd("c2", ctr=2, args={}))
+    assert statuses(sent) == [("c1", "rejected", "unknown_command"), ("c2", "rejected", "bad_args")]
+    assert p.last_ctr == 2
+
+
+def test_duplicate_id_reacked_not_reexecuted():
+    async def body():
+        p, sent, ran = make()
+        await p.receive(cmd())
+        n = len(sent)
+        assert p.receive(cmd()) == "done"  # redelivery of the same command
+        assert ran == ["c1"]
+        assert statuses(sent[n:]) == [("c1", "done", None)]
+        assert sent[-1]["data"] == {"played_ms": 1000}
+        # a forged copy of a known id gets no cached result
+        p.receive(cmd(key=OTHER))
+        assert statuses(sent)[-1] == ("c1", "rejected", "bad_mac")
+    return arun(body())
+
+
+def test_duplicate_while_running_reports_accepted():
+    async def body():
+        p, sent, ran = make()
+        coro = p.receive(cmd())
+        assert p.receive(cmd()) == "accepted"
+        await coro
+        assert ran == ["c1"]
+    return arun(body())
+
+
+def test_failed_handler_reports_code():
+    async def body():
+        p, sent, ran = make()
+        await p.receive(cmd(name="boom", args={}))
+        assert statuses(sent)[-1] == ("c1", "failed", "no_audio")
+    return arun(body())
+
+
+def test_counter_and_cache_survive_reboot():
+    async def body():
+        fs = MemFS()
+        p, sent, ran = make(fs)
+        await p.receive(cmd("c1", ctr=7))
+        p2, sent2, ran2 = make(fs)  # a reboot: new processor, same flash
+        assert p2.last_ctr == 7
+        p2.receive(cmd("c0", ctr=6))
+        assert statuses(sent2) == [("c0", "rejected", "replay")]
+        assert p2.receive(cmd("c1", ctr=7)) == "done"  # redelivered after reboot: answered from flash
+        assert ran2 == []
+    return arun(body())
+
+
+def test_counter_persisted_before_handler_runs():
+    fs = MemFS()
+    p, sent, ran = make(fs)
+    coro = p.receive(cmd("c1", ctr=9))  # accepted, handler not run yet (a crash here...)
+    p2, sent2, ran2 = make(fs)  # ...and the reboot still knows the counter
+    assert p2.last_ctr == 9
+    assert p2.receive(cmd("c1", ctr=9)) == "accepted"
+    assert ran2 == []
+    coro.close()

@@ -1,0 +1,129 @@
+"""Property tests for the MQTT codec (CPython only): round trips; junk bytes raise only MQTTPacketError."""
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from protocols import mqttpacket as mp
+from protocols.errors import MQTTPacketError
+
+# Topic names: printable text without wildcards or U+0000 (surrogates cannot be UTF-8 encoded anyway).
+topic_level = st.text(st.characters(blacklist_characters="+#/\x00", blacklist_categories=("Cs",)), max_size=8)
+topics = st.lists(topic_level, min_size=1, max_size=5).map("/".join).filter(
+    lambda t: 0 < len(t.encode()) <= 200)
+payloads = st.binary(max_size=600)
+
+
+def drain(reader):
+    out = []
+    while True:
+        ev = reader.next_event()
+        if ev is mp.NEED_DATA or ev is mp.CLOSED:
+            return out
+        out.append(ev)
+
+
+@settings(max_examples=300)
+@given(st.integers(0, mp.MAX_REMAINING_LENGTH))
+def test_varint_round_trip(n):
+    enc = mp.encode_varint(n)
+    assert 1 <= len(enc) <= 4
+    assert mp.decode_varint(enc) == (n, len(enc))
+
+
+@settings(max_examples=250)
+@given(topics, payloads, st.sampled_from([0, 1]), st.booleans(), st.booleans(), st.integers(1, 65535))
+def test_publish_round_trip(topic, payload, qos, retain, dup, pid):
+    dup = dup and qos == 1
+    pkt = mp.encode_publish(topic, payload, qos, retain, dup, pid if qos else None)
+    r = mp.PacketReader()
+    r.receive_data(pkt)
+    assert r.next_event() == mp.Publish(topic, payload, qos, retain, dup, pid if qos else None)
+    assert r.next_event() is mp.NEED_DATA
+
+
+@settings(max_examples=200)
+@given(st.lists(st.one_of(
+    st.builds(mp.encode_connack, st.integers(0, 5)),
+    st.builds(mp.encode_suback, st.integers(1, 65535), st.lists(st.sampled_from([0, 1, 2, 0x80]), min_size=1,
+                                                                max_size=4)),
+    st.builds(mp.encode_puback, st.integers(1, 65535)),
+    st.builds(mp.encode_unsuback, st.integers(1, 65535)),
+    st.just(mp.encode_pingresp()),
+    st.builds(lambda t, p, pid: mp.encode_publish(t, p, 1, False, False, pid), topics, payloads,
+              st.integers(1, 65535)),
+), min_size=1, max_size=6), st.integers(1, 50))
+def test_any_split_gives_the_same_events(packets, step):
+    stream = b"".join(packets)
+    whole = mp.PacketReader()
+    whole.receive_data(stream)
+    expected = drain(whole)
+    assert len(expected) == len(packets)
+    chunked = mp.PacketReader()
+    got = []
+    for i in range(0, len(stream), step):
+        chunked.receive_data(stream[i:i + step])
+        got += drain(chunked)
+    assert got == expected
+
+
+def _feed_all(data, step):
+    r = mp.PacketReader(max_packet_size=1024)
+    try:
+        for i in range(0, len(data), step):
+            r.receive_data(data[i:i + step])
+            drain(r)
+        r.receive_data(b"")
+        drain(r)
+    except MQTTPacketError:
+        pass
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=400), st.integers(1, 64))
+def test_arbitrary_bytes_raise_only_mqtt_errors(data, step):
+    _feed_all(data, step)
+
+
+@settings(max_examples=300)
+@given(st.lists(st.one_of(
+    st.builds(mp.encode_connack, st.integers(0, 5)),
+    st.builds(lambda t, p, pid: mp.encode_publish(t, p, 1, True, False, pid), topics, payloads,
+              st.integers(1, 65535)),
+    st.just(mp.encode_pingresp())), min_size=1, max_size=3),
+    st.lists(st.tuples(st.integers(0, 10 ** 6), st.integers(0, 255)), min_size=1, max_size=4),
+    st.integers(1, 64))
+def test_mutated_packets_raise_only_mqtt_errors(packets, flips, step):
+    data = bytearray(b"".join(packets))
+    for pos, val in flips:
+        data[pos % len(data)] = val
+    _feed_all(bytes(data), step)
+
+
+@settings(max_examples=200)
+@given(st.lists(st.sampled_from(["a", "b", "", "$x", "+", "#"]), min_size=1, max_size=4),
+       st.lists(st.sampled_from(["a", "b", "", "$x"]), min_size=1, max_size=4))
+def test_topic_matches_agrees_with_reference(flevels, tlevels):
+    flt = "/".join(flevels)
+    topic = "/".join(tlevels)
+    try:
+        mp.validate_topic_filter(flt)
+    except Exception:
+        return
+    assert mp.topic_matches(flt, topic) == _reference_match(flevels, tlevels)
+
+
+def _reference_match(fl, tl):
+    """Recursive restatement of §4.7 (independent of the implementation's loop)."""
+    if tl[0].startswith("$") and fl[0] in ("+", "#"):
+        return False
+
+    def rec(i, j):
+        if i == len(fl):
+            return j == len(tl)
+        if fl[i] == "#":
+            return True
+        if j == len(tl):
+            return False
+        return (fl[i] == "+" or fl[i] == tl[j]) and rec(i + 1, j + 1)
+
+    return rec(0, 0)
