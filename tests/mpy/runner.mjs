@@ -1,6 +1,7 @@
 // Runs Python test modules under real MicroPython 1.27 (WebAssembly port) and prints one JSON line of results.
 //
 // usage: node runner.mjs --root REPO --module tests/protocols/test_x.py [--module ...] [--code "python"]
+//        [--lib DIR]   copy DIR (e.g. a tree of .mpy built by mpy-cross) to /lib instead of the sources
 //
 // The repo's protocols/ and firmware/ trees and tests/support/ are copied into the MicroPython VFS under /lib,
 // so test code imports them exactly as on a device. Test functions may be plain or `async def`; async ones are
@@ -13,10 +14,12 @@ const args = process.argv.slice(2);
 let root = ".";
 const modules = [];
 const codes = [];
+let libDir = null;
 for (let i = 0; i < args.length; i++) {
   if (args[i] === "--root") root = args[++i];
   else if (args[i] === "--module") modules.push(args[++i]);
   else if (args[i] === "--code") codes.push(args[++i]);
+  else if (args[i] === "--lib") libDir = args[++i];
 }
 
 const out = [];
@@ -35,14 +38,18 @@ function copyTree(src, dst) {
     const s = path.join(src, entry.name);
     const d = dst + "/" + entry.name;
     if (entry.isDirectory()) copyTree(s, d);
-    else if (entry.name.endsWith(".py") || entry.name.endsWith(".json")) mp.FS.writeFile(d, fs.readFileSync(s));
+    else if (/\.(py|mpy|json)$/.test(entry.name)) mp.FS.writeFile(d, fs.readFileSync(s));
   }
 }
 
-copyTree(path.join(root, "protocols"), "/lib/protocols");
-copyTree(path.join(root, "firmware"), "/lib/firmware");
-// firmware/lib holds modules that sit at the top of /lib on a device (e.g. lookout_node).
-copyTree(path.join(root, "firmware", "lib"), "/lib");
+if (libDir) {
+  copyTree(libDir, "/lib");
+} else {
+  copyTree(path.join(root, "protocols"), "/lib/protocols");
+  copyTree(path.join(root, "firmware"), "/lib/firmware");
+  // firmware/lib holds modules that sit at the top of /lib on a device (e.g. lookout_node).
+  copyTree(path.join(root, "firmware", "lib"), "/lib");
+}
 copyTree(path.join(root, "tests", "support"), "/lib");
 mp.FS.mkdirTree("/tests");
 for (const m of modules) mp.FS.writeFile("/tests/" + path.basename(m), fs.readFileSync(path.join(root, m)));

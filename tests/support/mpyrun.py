@@ -29,8 +29,11 @@ def ensure_runtime() -> Path:
     return pkg
 
 
-def run_micropython(modules: list[str] = (), code: list[str] = (), timeout: float = 120) -> dict:
-    """Run test modules (paths relative to the repo) and/or code snippets; returns the runner's result dict."""
+def run_micropython(modules: list[str] = (), code: list[str] = (), timeout: float = 120,
+                    lib_dir: str | None = None) -> dict:
+    """Run test modules (paths relative to the repo) and/or code snippets; returns the runner's result dict.
+
+    ``lib_dir`` replaces the sources in /lib with a prepared tree (e.g. .mpy files, as flashed on a node)."""
     ensure_runtime()
     node = shutil.which("node")
     if node is None:
@@ -40,6 +43,8 @@ def run_micropython(modules: list[str] = (), code: list[str] = (), timeout: floa
         cmd += ["--module", m]
     for c in code:
         cmd += ["--code", c]
+    if lib_dir is not None:
+        cmd += ["--lib", str(lib_dir)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ})
     result = None
     lines = []

@@ -471,18 +471,29 @@ class MQTTClient:
         link.tasks.append(asyncio.create_task(self._read_loop(link)))
         if self.keepalive_ms:
             link.tasks.append(asyncio.create_task(self._keepalive_loop(link)))
-        if self._subs:
-            items = list(self._subs.items())
-            ack = await self._request(link, mp.SUBACK, lambda pid: mp.encode_subscribe(pid, items))
-            for i, (flt, _) in enumerate(items):
-                if i < len(ack.return_codes) and ack.return_codes[i] == mp.SUBACK_FAILURE:
-                    self._log("warning", "broker refused resubscription to %r (SUBACK 0x80)" % (flt,))
+        sent = {}
+        await self._resubscribe(link, sent)
         if self.birth is not None:
             await self._publish_on(link, *self.birth)
+            await self._resubscribe(link, sent)  # filters added by subscribe() while the birth was in flight
         link.up_since = _ticks_ms()
         self.connects += 1
         self.connected.set()
         self._log("info", "connected to %s:%d as %s" % (self.host, self.port, self.client_id))
+
+    async def _resubscribe(self, link, sent):
+        """SUBSCRIBE every remembered filter not yet in ``sent``, in one packet per round, until none is left
+        (subscribe() calls made while we wait are picked up by the next round)."""
+        while True:
+            items = [(f, q) for f, q in self._subs.items() if sent.get(f) != q]
+            if not items:
+                return
+            ack = await self._request(link, mp.SUBACK,
+                                      lambda pid, items=items: mp.encode_subscribe(pid, items))
+            for i, (flt, qos) in enumerate(items):
+                sent[flt] = qos
+                if i < len(ack.return_codes) and ack.return_codes[i] == mp.SUBACK_FAILURE:
+                    self._log("warning", "broker refused resubscription to %r (SUBACK 0x80)" % (flt,))
 
     async def _close_link(self, link):
         link.kill(link.reason or "closed")
