@@ -484,7 +484,8 @@ class Node:
             await sleep_ms(200)
 
     def _make_client(self):
-        from lookout_node.mqtt import MQTTClient
+        # MQTT or, for battery sensor nodes with transport "coap", the CoAP uplink with the same interface
+        from lookout_node.uplink import make_uplink
 
         b = self.cfg["broker"]
         state = self.topic("state")
@@ -492,13 +493,13 @@ class Node:
         opts.update(self.mqtt_opts)
         for k, v in (self.cfg.get("mqtt") or {}).items():
             opts[k] = v
-        return MQTTClient(b["host"], b["port"], client_id=self.id, username=b["user"] or self.id,
-                          password=b["password"] or None, clean_session=False,
-                          will=(state, messages.encode("death", messages.death(self.bdseq, "connection lost")), 1,
-                                True),
-                          birth=(state, self.birth_payload(), 1, True), ssl=True if b["tls"] else None,
-                          on_message=self._on_message, on_log=self.log, open_connection=self.hal.open_connection,
-                          **opts)
+        return make_uplink(self.cfg, client_id=self.id, username=b["user"] or self.id,
+                           password=b["password"] or None, clean_session=False,
+                           will=(state, messages.encode("death", messages.death(self.bdseq, "connection lost")), 1,
+                                 True),
+                           birth=(state, self.birth_payload(), 1, True), ssl=True if b["tls"] else None,
+                           on_message=self._on_message, on_log=self.log, open_connection=self.hal.open_connection,
+                           **opts)
 
     async def run(self):
         """Run until a restart is requested; returns the reason."""
