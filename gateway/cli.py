@@ -18,6 +18,7 @@ AREAS = (
     "gateway.cli_gateway",  # gateway, demo, devices, watch, broadcast, stop, command, locate, clips, journal
     "gateway.cli_security",  # provision, broker-config, pki
     "gateway.cli_firmware",  # firmware build / flash
+    "gateway.cli_demo",  # demo
 )
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_OFFLINE = 0, 1, 2, 3

@@ -1,0 +1,465 @@
+"""Commands: one path for every device kind, from the operator's request to the device's final result.
+
+Theory of operation
+-------------------
+``issue()`` gives a command an id, a deadline (``exp``) and a priority, stores it in SQLite, and then either sends
+it (target online or stale) or leaves it ``queued`` (target offline/unknown; or ``refused`` if the caller asked
+not to queue). Sending reserves the device's next counter from the key store, signs the canonical message
+(protocols/signing.py, purpose ``cmd``) and hands the bytes to the device's ``Transport``; only when the
+transport confirms (MQTT: PUBACK) does the command become ``sent``. The signed bytes are stored, so a retry
+re-sends the *identical* message: a node that already ran it rejects the copy as a replay instead of running it
+twice, and that ``replay`` rejection of a retry is ignored.
+
+Status machine (``STATUS_NEXT``)::
+
+    queued -> sent -> accepted -> done | failed | rejected
+       |        |         \\-> timeout (no final result by exp)
+       |        +-> queued (target went offline before answering) / timeout (max_attempts, no answer)
+       +-> expired (exp passed while waiting)          refused (offline and queue=False)
+
+Delivery policy: re-send every ``retry_s`` while no result arrived, at most ``max_attempts`` times; a command
+whose target goes offline returns to the queue and is re-sent on the next birth unless expired. The queue is
+the gateway's own (SQLite), because no broker session queue can be trusted with it (amqtt delivered 2 of 5).
+
+Results (``res``) and events (``evt``) must carry a valid MAC from the device's key (purpose ``res``/``evt``);
+unsigned or forged ones are counted, journaled by the caller and never acted on.
+
+Device-kind specifics (MQTT node, MAVLink drone, serial recorder) live behind ``Transport``: a transport only
+moves bytes to one device and reports when they left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from gateway.config import CommandsConfig
+from gateway.registry import Device, Registry
+from protocols import canonical, messages, signing
+from protocols.errors import LocalProtocolError
+
+log = logging.getLogger(__name__)
+
+FINAL = ("done", "failed", "rejected", "expired", "timeout", "refused")
+STATUS_NEXT = {
+    "queued": ("sent", "expired", "refused", "accepted", "done", "failed", "rejected"),
+    "sent": ("queued", "accepted", "done", "failed", "rejected", "expired", "timeout"),
+    "accepted": ("done", "failed", "rejected", "timeout", "expired"),
+}
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class CommandError(Exception):
+    """A command could not be issued; ``code`` is an operator-API code (unknown_device, offline, bad_request)."""
+
+    def __init__(self, msg: str, code: str):
+        super().__init__(msg)
+        self.code = code
+
+
+class Transport(Protocol):
+    """Moves one signed command to one device. ``send`` returns when the bytes left (MQTT: after PUBACK)."""
+
+    async def send(self, device: Device, wire: bytes, cmd: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class Command:
+    id: str
+    device: str
+    site: str
+    name: str
+    args: dict[str, Any]
+    prio: int
+    issued_ms: int
+    exp_ms: int
+    status: str = "queued"
+    op: str | None = None
+    group: str | None = None
+    attempts: int = 0
+    ctr: int | None = None
+    wire: str | None = None  # the signed message, re-sent unchanged on retry
+    first_sent_ms: int | None = None
+    sent_ms: int | None = None
+    accepted_ms: int | None = None
+    final_ms: int | None = None
+    code: str | None = None
+    detail: str | None = None
+    data: dict[str, Any] | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL
+
+    @property
+    def latency_ms(self) -> int | None:
+        if self.final_ms is None or self.first_sent_ms is None:
+            return None
+        return self.final_ms - self.first_sent_ms
+
+    def summary(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items() if k != "wire" and v is not None}
+
+
+@dataclass(frozen=True)
+class SignatureProblem:
+    device: str
+    purpose: str
+    code: str  # "unsigned", "bad_mac", "unknown_device"
+    detail: str
+
+
+Listener = Callable[[Command, str], None]  # (command, previous status)
+
+
+def canonical_fast(msg: dict[str, Any]) -> bytes:
+    """protocols/canonical.py's form via CPython's C json encoder (the gateway's hot path).
+
+    With sorted keys, compact separators and ``ensure_ascii=False`` the C encoder writes exactly the canonical
+    form except for control characters (it uses ``\\n``-style short escapes where canonical uses ``\\u000a``),
+    so any output containing a backslash-escaped control character falls back to the reference encoder.
+    Floats are refused by the fallback as well.
+    """
+    text = json.dumps(msg, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    if "\\" in text or any(isinstance(v, float) for v in msg.values()):
+        return canonical.dumpb(msg)
+    return text.encode()
+
+
+def mac_hex(key: bytes, purpose: str, msg: dict[str, Any]) -> str:
+    """Same value as ``signing.compute_mac`` (tests check), with stdlib C HMAC and the fast canonical form."""
+    body = {k: v for k, v in msg.items() if k != "mac"}
+    return hmac.new(key, signing.DOMAIN + purpose.encode() + b"|" + canonical_fast(body), hashlib.sha256).hexdigest()
+
+
+def check_signature(keystore: Any, device_id: str, purpose: str, msg: dict[str, Any]) -> SignatureProblem | None:
+    """None if ``msg`` carries a valid MAC from ``device_id``'s key, else what is wrong."""
+    ident = keystore.get(device_id)
+    if ident is None:
+        return SignatureProblem(device_id, purpose, "unknown_device", "no key for this device")
+    got = msg.get("mac")
+    if got is None:
+        return SignatureProblem(device_id, purpose, "unsigned", f"{purpose} message without mac")
+    if not isinstance(got, str) or not hmac.compare_digest(got.encode(), mac_hex(ident.hmac_key, purpose, msg).encode()):
+        return SignatureProblem(device_id, purpose, "bad_mac", "mac does not match (wrong key or altered message)")
+    return None
+
+
+class CommandService:
+    def __init__(self, cfg: CommandsConfig, keystore: Any, registry: Registry, path: str | Path | None = None,
+                 clock: Callable[[], int] = now_ms):
+        self.cfg = cfg
+        self.keystore = keystore
+        self.registry = registry
+        self.clock = clock
+        self.transports: dict[str, Transport] = {}
+        self.active: dict[str, Command] = {}
+        self._recent: dict[str, Command] = {}  # final commands kept for late lookups (bounded)
+        self._listeners: list[Listener] = []
+        self._waiters: dict[str, list[tuple[str, asyncio.Future[Command]]]] = {}
+        self._bg: set[asyncio.Task[Any]] = set()
+        self._sending: set[str] = set()  # ids whose transport send is in progress
+        self.forged = 0
+        self.unsigned = 0
+        self.orphans = 0
+        self._db: sqlite3.Connection | None = None
+        if path is not None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(str(path), isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("CREATE TABLE IF NOT EXISTS commands (id TEXT PRIMARY KEY, device TEXT NOT NULL,"
+                             " status TEXT NOT NULL, issued_ms INTEGER NOT NULL, doc TEXT NOT NULL)")
+            self._db.execute("CREATE INDEX IF NOT EXISTS commands_status ON commands (status, device)")
+            ph = ",".join("?" * len(FINAL))
+            for (doc,) in self._db.execute(f"SELECT doc FROM commands WHERE status NOT IN ({ph})", FINAL):
+                c = Command(**json.loads(doc))
+                self.active[c.id] = c
+
+    def close(self) -> None:
+        for t in list(self._bg):
+            t.cancel()
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    # -- plumbing --------------------------------------------------------------------------------------------
+    def register_transport(self, name: str, transport: Transport) -> None:
+        self.transports[name] = transport
+
+    def add_listener(self, fn: Listener) -> None:
+        self._listeners.append(fn)
+
+    def _save(self, c: Command) -> None:
+        if self._db is not None:
+            self._db.execute("INSERT OR REPLACE INTO commands (id, device, status, issued_ms, doc)"
+                             " VALUES (?, ?, ?, ?, ?)", (c.id, c.device, c.status, c.issued_ms,
+                                                         json.dumps(vars(c))))
+
+    def _set(self, c: Command, status: str, now: int, code: str | None = None, detail: str | None = None) -> None:
+        old = c.status
+        if old == status:
+            return
+        if old in FINAL or status not in STATUS_NEXT.get(old, ()):
+            raise LocalProtocolError(f"command {c.id}: illegal transition {old} -> {status}")
+        c.status = status
+        if code is not None:
+            c.code = code
+        if detail is not None:
+            c.detail = detail
+        if status == "accepted":
+            c.accepted_ms = now
+        if status in FINAL:
+            c.final_ms = now
+            self.active.pop(c.id, None)
+            self._recent[c.id] = c
+            if len(self._recent) > 10000:
+                self._recent.pop(next(iter(self._recent)))
+        self._save(c)
+        for fn in self._listeners:
+            try:
+                fn(c, old)
+            except Exception:
+                log.exception("command listener failed")
+        self._wake(c)
+
+    def _wake(self, c: Command) -> None:
+        ws = self._waiters.get(c.id)
+        if not ws:
+            return
+        keep = []
+        for until, fut in ws:
+            if fut.done():
+                continue
+            if c.final or (until == "accepted" and c.status in ("accepted",)) or (until == "sent" and c.status != "queued"):
+                fut.set_result(c)
+            else:
+                keep.append((until, fut))
+        if keep:
+            self._waiters[c.id] = keep
+        else:
+            self._waiters.pop(c.id, None)
+
+    def get(self, cmd_id: str) -> Command | None:
+        c = self.active.get(cmd_id) or self._recent.get(cmd_id)
+        if c is None and self._db is not None:
+            row = self._db.execute("SELECT doc FROM commands WHERE id = ?", (cmd_id,)).fetchone()
+            if row:
+                c = Command(**json.loads(row[0]))
+        return c
+
+    def queued(self, device: str | None = None) -> list[Command]:
+        out = [c for c in self.active.values() if c.status == "queued" and (device is None or c.device == device)]
+        return sorted(out, key=lambda c: (-c.prio, c.issued_ms, c.id))
+
+    def depths(self) -> dict[str, int]:
+        d = {"queued": 0, "sent": 0, "accepted": 0}
+        for c in self.active.values():
+            d[c.status] = d.get(c.status, 0) + 1
+        return d
+
+    def _spawn(self, coro) -> None:
+        t = asyncio.get_running_loop().create_task(coro)
+        self._bg.add(t)
+        t.add_done_callback(self._bg.discard)
+
+    # -- issuing ---------------------------------------------------------------------------------------------
+    def new_id(self) -> str:
+        return "c" + secrets.token_hex(6)
+
+    def prepare(self, device_id: str, name: str, args: dict[str, Any] | None = None, *, prio: int = 1,
+                ttl_s: int | None = None, op: str | None = None, queue: bool = True, group: str | None = None,
+                cmd_id: str | None = None) -> Command:
+        """Validate and store a command (status ``queued`` or ``refused``); ``dispatch`` sends it."""
+        ident = self.keystore.get(device_id)
+        dev = self.registry.get(device_id)
+        if ident is None:
+            raise CommandError(f"unknown device {device_id!r}: no key in the key store", "unknown_device")
+        if dev is None:
+            dev = self.registry.ensure(device_id, ident.site, ident.kind)
+        now = self.clock()
+        ttl = ttl_s if ttl_s is not None else self.cfg.default_ttl_s
+        c = Command(cmd_id or self.new_id(), device_id, dev.site, name, dict(args or {}), prio, now,
+                    now + ttl * 1000, op=op, group=group)
+        # validate the wire form now (ctr/mac placeholders) so a bad argument fails at the operator, not later
+        try:
+            messages.validate("cmd", messages.command(c.id, device_id, name, c.args, now, c.exp_ms, prio, 1, op)
+                              | {"mac": "0" * 64}, err=LocalProtocolError)
+        except LocalProtocolError as e:
+            raise CommandError(f"invalid command: {e}", "bad_request") from None
+        if not dev.live:
+            if not queue:
+                c.status = "refused"
+                c.code = "offline"
+                c.detail = f"{device_id} is {dev.state}; not queued"
+                c.final_ms = now
+                self._save(c)
+                self._recent[c.id] = c
+                for fn in self._listeners:
+                    fn(c, "new")
+                return c
+            if len(self.queued(device_id)) >= self.cfg.queue_limit:
+                raise CommandError(f"queue for {device_id} is full ({self.cfg.queue_limit})", "offline")
+        self.active[c.id] = c
+        self._save(c)
+        for fn in self._listeners:
+            fn(c, "new")
+        return c
+
+    async def issue(self, device_id: str, name: str, args: dict[str, Any] | None = None, **kw: Any) -> Command:
+        c = self.prepare(device_id, name, args, **kw)
+        if c.status == "queued":
+            dev = self.registry.get(device_id)
+            if dev is not None and dev.live:
+                await self._send(c)
+        return c
+
+    async def issue_group(self, device_ids: Iterable[str], name: str, args: dict[str, Any] | None = None,
+                          **kw: Any) -> tuple[str, list[Command]]:
+        """The same command to many devices; each gets its own id, counter, MAC and result."""
+        gid = "g" + secrets.token_hex(6)
+        cmds = [self.prepare(d, name, args, group=gid, **kw) for d in device_ids]
+        await asyncio.gather(*(self._send(c) for c in cmds
+                               if c.status == "queued" and (d := self.registry.get(c.device)) and d.live))
+        return gid, cmds
+
+    async def _send(self, c: Command) -> None:
+        """Sign (first time only) and hand to the transport; one send per command at a time."""
+        if c.id in self._sending or c.final:
+            return
+        self._sending.add(c.id)
+        try:
+            await self._send_locked(c)
+        finally:
+            self._sending.discard(c.id)
+
+    async def _send_locked(self, c: Command) -> None:
+        dev = self.registry.get(c.device)
+        if dev is None:
+            return
+        transport = self.transports.get(dev.transport)
+        if transport is None:
+            log.warning("no transport %r for %s; %s stays queued", dev.transport, dev.id, c.id)
+            return
+        if self.clock() > c.exp_ms:
+            self._set(c, "expired", self.clock(), "expired", "deadline passed before delivery")
+            return
+        if c.wire is None:
+            ident = self.keystore.get(c.device)
+            if ident is None:
+                self._set(c, "expired", self.clock(), "unknown_device", "key removed before delivery")
+                return
+            # the key store persists (fsyncs) the counter before returning it: keep that off the event loop
+            c.ctr = await asyncio.to_thread(self.keystore.next_counter, c.device)
+            if c.final:
+                return
+            msg = messages.command(c.id, c.device, c.name, c.args, self.clock(), c.exp_ms, c.prio, c.ctr, c.op)
+            msg["mac"] = mac_hex(ident.hmac_key, "cmd", msg)
+            messages.validate("cmd", msg, err=LocalProtocolError)
+            c.wire = canonical_fast(msg).decode()
+        now = self.clock()
+        c.attempts += 1
+        c.sent_ms = now
+        if c.first_sent_ms is None:
+            c.first_sent_ms = now
+        self._save(c)
+        try:
+            await transport.send(dev, c.wire.encode(), json.loads(c.wire))
+        except Exception as e:  # the link dropped: the command stays queued; tick() or the next birth re-sends
+            log.info("sending %s to %s failed (%s); queued", c.id, c.device, e)
+            return
+        if c.status == "queued" and dev.live:  # (a device that died meanwhile keeps it queued for its birth)
+            self._set(c, "sent", self.clock())
+
+    # -- inputs ----------------------------------------------------------------------------------------------
+    def on_result(self, device_id: str, msg: dict[str, Any], signed_ok: bool = True) -> Command | None:
+        """A validated ``res`` message from ``device_id`` (signature already checked by the caller)."""
+        c = self.active.get(msg["id"])
+        if c is None:
+            self.orphans += 1
+            return None
+        if c.device != device_id:
+            self.orphans += 1
+            log.warning("%s answered command %s addressed to %s; ignored", device_id, c.id, c.device)
+            return None
+        status = msg["status"]
+        now = self.clock()
+        if status == "rejected" and msg.get("code") == "replay" and c.attempts > 1:
+            return c  # our own retry of a command the node already had
+        if msg.get("data") is not None:
+            c.data = msg["data"]
+        if c.status == "queued":  # result for a command we re-queued: it did arrive after all
+            c.status = "sent"
+        if status == "accepted":
+            if c.status == "sent":
+                self._set(c, "accepted", now, msg.get("code"), msg.get("detail"))
+        else:
+            self._set(c, status, now, msg.get("code") or status, msg.get("detail"))
+        return c
+
+    async def on_birth(self, device_id: str) -> None:
+        """Send what waited for this device (queued, or sent in a session that has just ended)."""
+        for c in [c for c in self.active.values() if c.device == device_id and c.status == "sent"]:
+            self._set(c, "queued", self.clock())
+        for c in self.queued(device_id):
+            await self._send(c)
+
+    def on_offline(self, device_id: str) -> None:
+        """The device went offline: commands it has not answered go back to the queue."""
+        now = self.clock()
+        for c in [c for c in self.active.values() if c.device == device_id and c.status == "sent"]:
+            self._set(c, "queued", now)
+
+    async def tick(self) -> None:
+        """Retries and deadlines; the service calls this every few hundred ms."""
+        now = self.clock()
+        for c in list(self.active.values()):
+            if now > c.exp_ms:
+                if c.status == "accepted":
+                    self._set(c, "timeout", now, "timeout", "accepted, but no final result before the deadline")
+                else:
+                    self._set(c, "expired", now, "expired", "deadline passed without a result")
+            elif c.status == "queued" and c.id not in self._sending \
+                    and (d := self.registry.get(c.device)) is not None and d.live \
+                    and (c.sent_ms is None or now - c.sent_ms >= self.cfg.retry_s * 1000):
+                await self._send(c)  # live again without a birth we saw (e.g. after our own reconnect)
+            elif c.status == "sent" and c.sent_ms is not None and now - c.sent_ms >= self.cfg.retry_s * 1000:
+                if c.attempts >= self.cfg.max_attempts:
+                    self._set(c, "timeout", now, "no_response", f"no answer after {c.attempts} attempts")
+                else:
+                    await self._send(c)
+
+    async def wait(self, cmd_ids: Iterable[str], until: str = "final", timeout: float | None = None
+                   ) -> list[Command]:
+        """Wait until each command is ``final`` (or ``accepted``/``sent``) or the timeout; return them all."""
+        loop = asyncio.get_running_loop()
+        futs = []
+        cmds: list[Command] = []
+        for cid in cmd_ids:
+            c = self.get(cid)
+            if c is None:
+                continue
+            cmds.append(c)
+            if c.final or (until == "accepted" and c.status == "accepted") or (until == "sent" and c.status != "queued"):
+                continue
+            fut: asyncio.Future[Command] = loop.create_future()
+            self._waiters.setdefault(cid, []).append((until, fut))
+            futs.append(fut)
+        if futs:
+            await asyncio.wait(futs, timeout=timeout)
+            for f in futs:
+                f.cancel()
+        return [self.get(c.id) or c for c in cmds]

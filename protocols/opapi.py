@@ -1,0 +1,246 @@
+"""Operator API over MQTT: requests on ``.../<operator-id>/opreq``, responses on ``.../<operator-id>/opres``.
+
+Theory of operation: an operator tool (the ``lookout`` CLI, a console on another machine) publishes one JSON
+request per action; the gateway answers with one JSON response carrying the same ``id``. A request names its
+``op`` and carries the operator's ``token`` (checked against the gateway's key store; the broker login already
+confined the operator to its own two topics). ``decode_request`` validates the envelope and the op's arguments and
+raises ``OpAPIError`` naming the field; the gateway turns that into a response with ``code = "bad_request"``.
+
+Response codes (``code``; docs/parts/operator-api.md):
+``ok``, ``queued`` (target offline, command stored until its next birth), ``partial`` (group: some devices did
+not succeed), ``bad_request``, ``unauthorized``, ``unknown_device``, ``offline`` (target offline and the request
+asked not to queue: refused), ``failed`` (device answered failed/rejected), ``timeout`` (no final result within
+``wait_s``; the command is still tracked), ``expired``, ``internal``.
+
+Sans-IO and MicroPython-compatible (a handheld console may run it): json only, no time, no I/O.
+"""
+
+import json
+
+from protocols.errors import MessageError
+
+MAX_REQUEST = 4096
+MAX_RESPONSE = 262144
+
+OPS = ("devices", "broadcast", "stop", "command", "locate", "journal", "clips", "status")
+WAITS = ("none", "accepted", "final")
+CODES = ("ok", "queued", "partial", "bad_request", "unauthorized", "unknown_device", "offline", "failed",
+         "timeout", "expired", "internal")
+PRIORITY_NAMES = ("background", "normal", "priority", "emergency")
+DEVICE_STATES = ("unknown", "online", "stale", "offline")
+CLIP_ACTIONS = ("list", "distribute")
+
+
+class OpAPIError(MessageError):
+    code = "bad_request"
+
+
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _idlike(s, extra=""):
+    if not isinstance(s, str) or not 0 < len(s) <= 48:
+        return False
+    for c in s:
+        if not ("a" <= c <= "z" or "0" <= c <= "9" or c in "-_" or c in extra):
+            return False
+    return True
+
+
+def _int(a, key, lo, hi, default=None):
+    v = a.get(key, default)
+    if v is None:
+        return None
+    if not _is_int(v) or not lo <= v <= hi:
+        raise OpAPIError("expected integer %d..%d, got %r" % (lo, hi, v), field="args." + key)
+    a[key] = v
+    return v
+
+
+def _id(a, key, required=True, extra=""):
+    v = a.get(key)
+    if v is None:
+        if required:
+            raise OpAPIError("required", field="args." + key)
+        return None
+    if not _idlike(v, extra):
+        raise OpAPIError("expected an id of [a-z0-9_-], got %r" % (v,), field="args." + key)
+    return v
+
+
+def _enum(a, key, allowed, default=None):
+    v = a.get(key, default)
+    if v is None:
+        return None
+    if v not in allowed:
+        raise OpAPIError("%r not one of %s" % (v, ", ".join(allowed)), field="args." + key)
+    a[key] = v
+    return v
+
+
+def _bool(a, key, default):
+    v = a.get(key, default)
+    if not isinstance(v, bool):
+        raise OpAPIError("expected true or false, got %r" % (v,), field="args." + key)
+    a[key] = v
+    return v
+
+
+def _prio(a):
+    v = a.get("priority", "normal")
+    if isinstance(v, str):
+        if v not in PRIORITY_NAMES:
+            raise OpAPIError("%r not one of %s or 0..3" % (v, ", ".join(PRIORITY_NAMES)), field="args.priority")
+        v = PRIORITY_NAMES.index(v)
+    if not _is_int(v) or not 0 <= v <= 3:
+        raise OpAPIError("expected 0..3 or a priority name, got %r" % (v,), field="args.priority")
+    a["priority"] = v
+
+
+def _delivery(a):
+    """Common to every command-like op: queue when offline, how long to wait, time to live."""
+    _bool(a, "queue", True)
+    _enum(a, "wait", WAITS, "final")
+    _int(a, "wait_s", 0, 3600)
+    _int(a, "ttl_s", 1, 7 * 86400)
+
+
+def _check_cmd_args(v):
+    if not isinstance(v, dict) or len(v) > 16:
+        raise OpAPIError("expected an object of at most 16 keys", field="args.args")
+    for k in v:
+        if not _idlike(k) or "-" in k:
+            raise OpAPIError("key %r: expected [a-z0-9_]" % (k,), field="args.args")
+        x = v[k]
+        if isinstance(x, float) or isinstance(x, (dict, list)):
+            raise OpAPIError("value of %r: scalars only (int, str, bool, null)" % (k,), field="args.args")
+
+
+def validate_args(op, a):
+    """Check and normalise (defaults filled in) the arguments of ``op``; returns ``a``."""
+    if op == "devices":
+        _enum(a, "kind", ("speaker", "sensor", "camera", "drone", "recorder", "gateway"))
+        _id(a, "site", False)
+        _enum(a, "state", DEVICE_STATES)
+    elif op == "broadcast":
+        _id(a, "to")
+        _id(a, "clip", True, ".")
+        _int(a, "repeat", 1, 20, 1)
+        _int(a, "volume", 0, 100)
+        _prio(a)
+        _delivery(a)
+    elif op == "stop":
+        _id(a, "to")
+        _prio(a)
+        _delivery(a)
+    elif op == "command":
+        _id(a, "to")
+        name = a.get("name")
+        if not isinstance(name, str) or not 0 < len(name) <= 24 or not _idlike(name) or "-" in name:
+            raise OpAPIError("expected a command name of [a-z0-9_], got %r" % (name,), field="args.name")
+        if "args" not in a:
+            a["args"] = {}
+        _check_cmd_args(a["args"])
+        _prio(a)
+        _delivery(a)
+    elif op == "locate":
+        _id(a, "device")
+    elif op == "journal":
+        _bool(a, "verify", False)
+        _int(a, "from", 0, 2 ** 47)
+        _int(a, "to", 0, 2 ** 47)
+        _int(a, "after", 0, 2 ** 53, 0)
+        _int(a, "limit", 1, 5000, 200)
+        _id(a, "device", False)
+    elif op == "clips":
+        _enum(a, "action", CLIP_ACTIONS, "list")
+        if a["action"] == "distribute":
+            _id(a, "to")
+            _id(a, "clip", True, ".")
+            _prio(a)
+            _delivery(a)
+    elif op == "status":
+        pass
+    else:
+        raise OpAPIError("unknown op %r (expected one of %s)" % (op, ", ".join(OPS)), field="op")
+    return a
+
+
+def request(req_id, op, token, args=None):
+    return {"id": req_id, "op": op, "token": token, "args": args or {}}
+
+
+def encode_request(req):
+    """Validated request -> JSON bytes (the caller's copy of ``args`` is normalised in place)."""
+    validate_request(req)
+    return json.dumps(req).encode()
+
+
+def validate_request(req):
+    if not isinstance(req, dict):
+        raise OpAPIError("request must be a JSON object", field="request")
+    for k in req:
+        if k not in ("id", "op", "token", "args"):
+            raise OpAPIError("unknown field", field=k)
+    rid = req.get("id")
+    if not isinstance(rid, str) or not 0 < len(rid) <= 48 or not _idlike(rid, ".ABCDEFGHIJKLMNOPQRSTUVWXYZ"):
+        raise OpAPIError("expected 1-48 chars of [A-Za-z0-9._-], got %r" % (rid,), field="id")
+    tok = req.get("token")
+    if not isinstance(tok, str) or not 0 < len(tok) <= 128:
+        raise OpAPIError("required: the operator's token (1-128 chars)", field="token")
+    op = req.get("op")
+    if op not in OPS:
+        raise OpAPIError("unknown op %r (expected one of %s)" % (op, ", ".join(OPS)), field="op")
+    a = req.get("args")
+    if a is None:
+        a = {}
+        req["args"] = a
+    if not isinstance(a, dict):
+        raise OpAPIError("expected an object", field="args")
+    validate_args(op, a)
+    return req
+
+
+def decode_request(payload):
+    if len(payload) > MAX_REQUEST:
+        raise OpAPIError("request is %d bytes, limit %d" % (len(payload), MAX_REQUEST), field="payload")
+    try:
+        req = json.loads(bytes(payload).decode())
+    except Exception:
+        raise OpAPIError("not valid UTF-8 JSON", field="payload")
+    return validate_request(req)
+
+
+def peek_id(payload):
+    """Best-effort request id of an invalid request, so the error response can still be matched."""
+    try:
+        rid = json.loads(bytes(payload).decode()).get("id")
+    except Exception:
+        return None
+    return rid if isinstance(rid, str) and len(rid) <= 48 else None
+
+
+def response(req_id, code, data=None, error=None):
+    if code not in CODES:
+        raise ValueError("unknown response code %r" % (code,))
+    r = {"id": req_id, "ok": code in ("ok", "queued"), "code": code}
+    if data is not None:
+        r["data"] = data
+    if error:
+        r["error"] = error
+    return r
+
+
+def encode_response(resp):
+    return json.dumps(resp, separators=(",", ":")).encode()
+
+
+def decode_response(payload):
+    try:
+        r = json.loads(bytes(payload).decode())
+    except Exception:
+        raise OpAPIError("not valid UTF-8 JSON", field="payload")
+    if not isinstance(r, dict) or not isinstance(r.get("id"), (str, type(None))) or r.get("code") not in CODES:
+        raise OpAPIError("not an operator response", field="payload")
+    return r

@@ -1,0 +1,63 @@
+"""Gateway config: errors name the key, every error is reported, defaults are sane."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.config import ConfigError, from_dict, load
+
+
+def errors(d):
+    with pytest.raises(ConfigError) as e:
+        from_dict(d)
+    return e.value.errors
+
+
+def test_minimal_and_defaults(tmp_path):
+    p = tmp_path / "gw.toml"
+    p.write_text('[gateway]\nid = "gw-1"\nsite = "dongshan"\ndata_dir = "data"\n')
+    cfg = load(p)
+    assert cfg.broker.embedded and cfg.data_dir == tmp_path / "data"
+    assert cfg.registry.offline_after_missed == 3 and cfg.commands.max_attempts == 3
+    assert cfg.keystore_path == tmp_path / "data" / "keystore.db"
+
+
+def test_errors_name_the_key():
+    errs = errors({"gateway": {"site": "dongshan"}, "broker": {"url": "mqtt://h", "port": "x"}})
+    assert errs == ["[broker].port: unknown key"]
+    errs = errors({"gateway": {"site": "Dong Shan"}, "broker": {"url": "http://x", "keepalive_s": "x"},
+                   "registry": {"offline_after_mised": 3, "stale_after_missed": 0},
+                   "commands": {"retry_s": -1}, "metrics": {"listen": "nowhere"}, "extra": {}})
+    text = "\n".join(errs)
+    assert "[extra]: unknown section" in text
+    assert "[gateway].site: expected an id" in text
+    assert "[broker].url: expected mqtt://host[:port] or mqtts://host[:port], got 'http://x'" in text
+    assert "[broker].keepalive_s: expected integer 5..3600, got 'x'" in text
+    assert "[registry].offline_after_mised: unknown key" in text
+    assert "[registry].stale_after_missed: expected integer 1..100, got 0" in text
+    assert "[commands].retry_s: expected integer 1..3600, got -1" in text
+    assert "[metrics].listen: expected host:port, got 'nowhere'" in text
+
+
+def test_cross_field_rules():
+    text = "\n".join(errors({"gateway": {"site": "s"}, "registry": {"stale_after_missed": 3},
+                             "broker": {"url": "mqtt://h", "cert": "c.pem", "ca": "ca.pem"}}))
+    assert "[registry].stale_after_missed: must be below offline_after_missed (3), got 3" in text
+    assert "[broker].cert: cert and key must be given together" in text
+    assert "[broker].ca: a CA is only used with an mqtts:// url" in text
+    assert errors({}) == ["[gateway].site: required (the site id this gateway serves)"]
+
+
+def test_toml_syntax_error(tmp_path):
+    p = tmp_path / "bad.toml"
+    p.write_text("[gateway\nsite=1")
+    with pytest.raises(ConfigError, match="TOML syntax error"):
+        load(p)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load(tmp_path / "missing.toml")
+
+
+def test_example_config_is_valid():
+    from pathlib import Path
+    cfg = load(Path(__file__).resolve().parents[1] / "deploy" / "gateway.example.toml")
+    assert cfg.site and cfg.broker.url
