@@ -38,17 +38,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "support")]
 
-import paho.mqtt.client as paho  # noqa: E402
-from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
+import paho.mqtt.client as paho
+from broker import Mosquitto
+from paho.mqtt.enums import CallbackAPIVersion
 
-from broker import Mosquitto  # noqa: E402
-from gateway.config import from_dict  # noqa: E402
-from gateway.keystore import KeyStore  # noqa: E402
-from gateway.mqtt import MQTTLink, nodelay  # noqa: E402
-from gateway.opclient import OperatorClient  # noqa: E402
-from gateway.service import Gateway  # noqa: E402
-from protocols import messages, signing, topics  # noqa: E402
-from protocols.errors import AuthError, MessageError  # noqa: E402
+from gateway.config import from_dict
+from gateway.keystore import KeyStore
+from gateway.mqtt import MQTTLink, nodelay
+from gateway.opclient import OperatorClient
+from gateway.service import Gateway
+from protocols import messages, signing, topics
+from protocols.errors import AuthError, MessageError
 
 SITE = "bench"
 
@@ -144,7 +144,7 @@ def farm_process(host: str, port: int, keys: dict[str, bytes], ready, stop) -> N
 
 def pct(xs: list[float], q: float) -> float:
     s = sorted(xs)
-    return s[min(len(s) - 1, int(round(q / 100 * (len(s) - 1))))]
+    return s[min(len(s) - 1, round(q / 100 * (len(s) - 1)))]
 
 
 async def baseline(url: str, n: int) -> list[float]:

@@ -19,7 +19,7 @@ import json
 import os
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_OFFLINE = 0, 1, 2, 3
@@ -45,7 +45,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         return asyncio.run(run(cfg, broker_url=args.broker))
     except KeyboardInterrupt:
         return EXIT_OK
-    except Exception as e:  # startup failures (broker unreachable, data_dir not writable) in one line
+    except Exception as e:  # noqa: BLE001 - startup failures (broker unreachable, data_dir not writable) in one line
         print(f"lookout gateway: {type(e).__name__}: {e}", file=sys.stderr)
         return EXIT_FAILED
 
@@ -97,7 +97,7 @@ def _call(args: argparse.Namespace, fn) -> int:
 def _ts(ms: int | None) -> str:
     if not ms:
         return "-"
-    return datetime.fromtimestamp(ms / 1000, timezone.utc).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    return datetime.fromtimestamp(ms / 1000, UTC).astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _age(ms: int | None) -> str:
@@ -312,7 +312,7 @@ def cmd_journal(args: argparse.Namespace) -> int:
                 return EXIT_OK
             text = _export(entries, args.format, a.get("from"), a.get("to"), head)
             if args.output:
-                with open(args.output, "w", encoding="utf-8") as f:
+                with open(args.output, "w", encoding="utf-8") as f:  # noqa: ASYNC230 - one small file
                     f.write(text)
                 print(f"{len(entries)} entries written to {args.output}", file=sys.stderr)
             else:

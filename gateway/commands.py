@@ -172,6 +172,10 @@ class CommandService:
         self._waiters: dict[str, list[tuple[str, asyncio.Future[Command]]]] = {}
         self._bg: set[asyncio.Task[Any]] = set()
         self._sending: set[str] = set()  # ids whose transport send is in progress
+        self._spare: dict[str, int] = {}  # device -> a counter reserved ahead of need
+        self._reserving: set[str] = set()
+        self._last_used: dict[str, int] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
         self.forged = 0
         self.unsigned = 0
         self.orphans = 0
@@ -357,19 +361,64 @@ class CommandService:
         if self.clock() > c.exp_ms:
             self._set(c, "expired", self.clock(), "expired", "deadline passed before delivery")
             return
-        if c.wire is None:
-            ident = self.keystore.get(c.device)
-            if ident is None:
-                self._set(c, "expired", self.clock(), "unknown_device", "key removed before delivery")
-                return
-            # the key store persists (fsyncs) the counter before returning it: keep that off the event loop
-            c.ctr = await asyncio.to_thread(self.keystore.next_counter, c.device)
+        if c.wire is not None:  # a retry or a re-send after a birth: the identical signed bytes
+            await self._transmit(c, dev, transport)
+            return
+        ident = self.keystore.get(c.device)
+        if ident is None:
+            self._set(c, "expired", self.clock(), "unknown_device", "key removed before delivery")
+            return
+        async with self._device_lock(c.device):  # counters reach the transport in the order reserved
+            c.ctr = await self._counter(c.device)
             if c.final:
                 return
             msg = messages.command(c.id, c.device, c.name, c.args, self.clock(), c.exp_ms, c.prio, c.ctr, c.op)
             msg["mac"] = mac_hex(ident.hmac_key, "cmd", msg)
             messages.validate("cmd", msg, err=LocalProtocolError)
             c.wire = canonical_fast(msg).decode()
+            await self._transmit(c, dev, transport)
+
+    async def _counter(self, device_id: str) -> int:
+        """The device's next command counter, persisted by the key store before we use it.
+
+        ``next_counter`` commits (and fsyncs) a SQLite transaction, milliseconds on a disk: it runs in a worker
+        thread, and one counter per device is reserved ahead of need (at birth and after each use) so a command
+        normally finds it ready. A reserved counter that is never used (gateway restart) only leaves a gap,
+        which the node accepts: it requires ``ctr`` above the last one, not consecutive.
+        """
+        ctr = self._spare.pop(device_id, None)
+        if ctr is None:
+            ctr = await asyncio.to_thread(self.keystore.next_counter, device_id)
+            if self._spare.get(device_id, ctr + 1) <= ctr:  # a racing reservation landed meanwhile, lower
+                del self._spare[device_id]
+        self._last_used[device_id] = ctr
+        self.reserve_counter(device_id)
+        return ctr
+
+    def reserve_counter(self, device_id: str) -> None:
+        """Reserve the device's next counter in the background (no-op if one is ready or on its way)."""
+        if device_id in self._spare or device_id in self._reserving or self.keystore.get(device_id) is None:
+            return
+        self._reserving.add(device_id)
+
+        async def reserve() -> None:
+            try:
+                ctr = await asyncio.to_thread(self.keystore.next_counter, device_id)
+                # a reservation racing a direct one may come back lower than a counter already used: drop it
+                if ctr > self._last_used.get(device_id, 0):
+                    self._spare.setdefault(device_id, ctr)
+            finally:
+                self._reserving.discard(device_id)
+        self._spawn(reserve())
+
+    def _device_lock(self, device_id: str) -> asyncio.Lock:
+        lock = self._locks.get(device_id)
+        if lock is None:
+            lock = self._locks[device_id] = asyncio.Lock()
+        return lock
+
+    async def _transmit(self, c: Command, dev: Device, transport: Transport) -> None:
+        assert c.wire is not None
         now = self.clock()
         c.attempts += 1
         c.sent_ms = now
@@ -378,7 +427,7 @@ class CommandService:
         self._save(c)
         try:
             await transport.send(dev, c.wire.encode(), json.loads(c.wire))
-        except Exception as e:  # the link dropped: the command stays queued; tick() or the next birth re-sends
+        except Exception as e:  # noqa: BLE001 - link dropped: stays queued; tick() or the next birth re-sends
             log.info("sending %s to %s failed (%s); queued", c.id, c.device, e)
             return
         if c.status == "queued" and dev.live:  # (a device that died meanwhile keeps it queued for its birth)
@@ -412,6 +461,7 @@ class CommandService:
 
     async def on_birth(self, device_id: str) -> None:
         """Send what waited for this device (queued, or sent in a session that has just ended)."""
+        self.reserve_counter(device_id)
         for c in [c for c in self.active.values() if c.device == device_id and c.status == "sent"]:
             self._set(c, "queued", self.clock())
         for c in self.queued(device_id):

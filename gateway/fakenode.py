@@ -43,7 +43,7 @@ class FakeNode:
     def _topic(self, ch: str) -> str:
         return topics.topic(self.site, self.id, ch)
 
-    def start(self, timeout: float = 5.0) -> "FakeNode":
+    def start(self, timeout: float = 5.0) -> FakeNode:
         c = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.id, protocol=paho.MQTTv311)
         death = messages.encode("death", messages.death(self.bdseq, "lost"))
         c.will_set(self._topic("state"), death, 1, True)

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
 GENESIS = "0" * 64
 KINDS = ("alert", "command", "result", "state", "operator", "security", "system")
 

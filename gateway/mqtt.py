@@ -23,6 +23,7 @@ import socket
 import ssl
 from collections.abc import Callable
 from types import TracebackType
+from typing import Self
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as paho
@@ -48,7 +49,7 @@ class MQTTError(Exception):
 
 
 class Message:
-    __slots__ = ("topic", "payload", "qos", "retain")
+    __slots__ = ("payload", "qos", "retain", "topic")
 
     def __init__(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False):
         self.topic = topic
@@ -166,7 +167,7 @@ class MQTTLink:
             fut.set_result(None)
 
     # -- API -------------------------------------------------------------------------------------------------
-    async def __aenter__(self) -> "MQTTLink":
+    async def __aenter__(self) -> Self:
         self._loop = asyncio.get_running_loop()
         self._first = self._loop.create_future()
         try:

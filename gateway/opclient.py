@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from typing import Any
+from typing import Any, Self
 
 from gateway.mqtt import MQTTLink
 from protocols import opapi, topics
@@ -26,7 +26,7 @@ class OperatorClient:
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._n = 0
 
-    async def __aenter__(self) -> "OperatorClient":
+    async def __aenter__(self) -> Self:
         self.link.subscribe(topics.topic(self.site, self.operator, "opres"), self._on_response, qos=1)
         await self.link.__aenter__()
         return self

@@ -69,7 +69,7 @@ class Device:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Device":
+    def from_dict(cls, d: dict[str, Any]) -> Device:
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in d.items() if k in known})
 

@@ -24,7 +24,7 @@ import logging
 import signal
 import sys
 import time
-from typing import Any
+from typing import Any, Self
 
 from gateway.commands import Command, CommandError, CommandService, check_signature
 from gateway.config import Config
@@ -48,7 +48,7 @@ def now_ms() -> int:
 class MQTTTransport:
     """Commands to MQTT nodes: QoS 1 on ``.../<id>/cmd``; returns after PUBACK."""
 
-    def __init__(self, gw: "Gateway"):
+    def __init__(self, gw: Gateway):
         self.gw = gw
 
     async def send(self, device: Device, wire: bytes, cmd: dict[str, Any]) -> None:
@@ -90,9 +90,10 @@ class Gateway:
         self._tasks: asyncio.Task[None] | None = None
         self._bg: set[asyncio.Task[Any]] = set()
         self.coap: Any = None
+        self.metrics_port: int | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------------------
-    async def __aenter__(self) -> "Gateway":
+    async def __aenter__(self) -> Self:
         cfg = self.cfg
         try:
             await self._open()
@@ -153,7 +154,7 @@ class Gateway:
                             device=cfg.gateway_id, detail={"broker": url, "bdseq": self.bdseq})
 
         if cfg.metrics_listen:
-            port = self.metrics.serve(cfg.metrics_listen)
+            port = self.metrics_port = self.metrics.serve(cfg.metrics_listen)
             self._stack.callback(self.metrics.close)
             log.info("metrics on %s (port %d)", cfg.metrics_listen, port)
         if cfg.coap_listen:
@@ -372,7 +373,7 @@ class Gateway:
             return
         try:
             resp = await self.handle_op(op_id, req["op"], req["args"], req["id"])
-        except Exception as e:  # never leave an operator without an answer
+        except Exception as e:
             log.exception("operator request %s failed", req["id"])
             resp = opapi.response(req["id"], "internal", error=f"{type(e).__name__}: {e}")
         await self._respond(op_id, resp)
@@ -380,10 +381,7 @@ class Gateway:
     async def _respond(self, op_id: str, resp: dict[str, Any]) -> None:
         if self.link is None:
             return
-        try:
-            t = topics.topic(self.cfg.site, op_id, "opres")
-        except Exception:
-            return
+        t = topics.topic(self.cfg.site, op_id, "opres")  # op_id came from a parsed topic: valid
         await self.link.publish(t, opapi.encode_response(resp), qos=1, timeout=10.0)
         self.metrics.messages_out.labels("opres").inc()
 
@@ -565,4 +563,4 @@ async def run(cfg: Config, broker_url: str | None = None) -> int:
     return 0
 
 
-__all__ = ["Gateway", "MQTTTransport", "run", "device_view"]
+__all__ = ["Gateway", "MQTTTransport", "device_view", "run"]

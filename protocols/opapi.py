@@ -113,7 +113,7 @@ def _check_cmd_args(v):
         if not _idlike(k) or "-" in k:
             raise OpAPIError("key %r: expected [a-z0-9_]" % (k,), field="args.args")
         x = v[k]
-        if isinstance(x, float) or isinstance(x, (dict, list)):
+        if isinstance(x, (float, dict, list)):
             raise OpAPIError("value of %r: scalars only (int, str, bool, null)" % (k,), field="args.args")
 
 
@@ -207,7 +207,7 @@ def decode_request(payload):
         raise OpAPIError("request is %d bytes, limit %d" % (len(payload), MAX_REQUEST), field="payload")
     try:
         req = json.loads(bytes(payload).decode())
-    except Exception:
+    except Exception:  # noqa: BLE001 - MicroPython's json and decode raise assorted types
         raise OpAPIError("not valid UTF-8 JSON", field="payload")
     return validate_request(req)
 
@@ -216,7 +216,7 @@ def peek_id(payload):
     """Best-effort request id of an invalid request, so the error response can still be matched."""
     try:
         rid = json.loads(bytes(payload).decode()).get("id")
-    except Exception:
+    except Exception:  # noqa: BLE001 - any garbage: no id (MicroPython's json raises assorted types)
         return None
     return rid if isinstance(rid, str) and len(rid) <= 48 else None
 
@@ -239,7 +239,7 @@ def encode_response(resp):
 def decode_response(payload):
     try:
         r = json.loads(bytes(payload).decode())
-    except Exception:
+    except Exception:  # noqa: BLE001 - MicroPython's json and decode raise assorted types
         raise OpAPIError("not valid UTF-8 JSON", field="payload")
     if not isinstance(r, dict) or not isinstance(r.get("id"), (str, type(None))) or r.get("code") not in CODES:
         raise OpAPIError("not an operator response", field="payload")

@@ -125,7 +125,6 @@ def test_cli_end_to_end(running, capsys):
 
 
 def test_cli_wrong_token_and_config_error(running, capsys, tmp_path):
-    proc, node, data = running
     wait_online(capsys)
     assert main(["devices", "--token", "wrong"]) == 2
     assert "unauthorized" in capsys.readouterr().err

@@ -6,14 +6,10 @@ import asyncio
 import json
 import sqlite3
 
-import pytest
-
 from gateway.config import from_dict
 from gateway.fakenode import FakeNode
 from gateway.keystore import KeyStore
 from gateway.service import Gateway
-
-
 
 
 def make_cfg(tmp_path, url, **registry):
@@ -33,7 +29,7 @@ async def until(pred, timeout=5.0, step=0.02):
         if pred():
             return True
         await asyncio.sleep(step)
-    raise AssertionError("condition not met within %.1f s" % timeout)
+    raise AssertionError(f"condition not met within {timeout:.1f} s")
 
 
 def node(mosquitto, ks, dev="spk-01", **kw):
@@ -253,3 +249,33 @@ def test_fast_mac_equals_reference_signing():
         assert canonical_fast(m) == canonical.dumpb(m)
         for purpose in ("cmd", "res", "evt"):
             assert mac_hex(key, purpose, m) == signing.compute_mac(key, purpose, m)
+
+
+def test_counter_reservation_never_goes_backwards(tmp_path):
+    """Spare counters reserved in the background race direct reservations: used counters still only grow."""
+    from gateway.commands import CommandService
+    from gateway.config import CommandsConfig, RegistryConfig
+    from gateway.registry import Registry
+
+    async def main():
+        ks = KeyStore(tmp_path / "ks.db")
+        for i in range(5):
+            ks.ensure(f"spk-{i}", "dongshan", "speaker")
+        cs = CommandService(CommandsConfig(), ks, Registry(RegistryConfig()))
+        used = {f"spk-{i}": [] for i in range(5)}
+
+        async def use(dev):
+            async with cs._device_lock(dev):
+                used[dev].append(await cs._counter(dev))
+
+        for _ in range(20):
+            for dev in used:
+                cs.reserve_counter(dev)
+            await asyncio.gather(*(use(d) for d in used for _ in range(3)))
+            await asyncio.sleep(0)
+        for dev, seq in used.items():
+            assert seq == sorted(seq) and len(set(seq)) == len(seq), dev
+        cs.close()
+        ks.close()
+
+    asyncio.run(main())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import sqlite3
 
@@ -23,7 +24,7 @@ def filled(tmp_path, n=5):
 def test_chain_links_and_verifies(tmp_path):
     j = filled(tmp_path)
     es = j.entries()
-    assert es[0].prev_hash == GENESIS and all(b.prev_hash == a.hash for a, b in zip(es, es[1:]))
+    assert es[0].prev_hash == GENESIS and all(b.prev_hash == a.hash for a, b in itertools.pairwise(es))
     assert es[0].hash == entry_hash(GENESIS, 1, T0, "op-1", "command", "spk-00", "play -> spk-00",
                                     '{"clip":"nofish","i":0}')
     v = j.verify()

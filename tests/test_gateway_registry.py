@@ -89,10 +89,11 @@ def test_persistence_and_rebase(tmp_path):
 
 @pytest.mark.mosquitto
 def test_last_will_marks_offline(mosquitto, tmp_path):
+    from test_gateway_commands import make_cfg, until
+
     from gateway.fakenode import FakeNode
     from gateway.keystore import KeyStore
     from gateway.service import Gateway
-    from test_gateway_commands import make_cfg, until
 
     async def main():
         ks = KeyStore(tmp_path / "ks.db")

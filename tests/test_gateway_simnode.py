@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import binascii
 
+from test_gateway_commands import make_cfg, until
+
 from gateway.keystore import KeyStore
 from gateway.service import Gateway
 from simulators.node import SimNode, make_config
-from test_gateway_commands import make_cfg, until
 
 
 def test_broadcast_to_firmware_node_and_offline_queue(mosquitto, tmp_path):
