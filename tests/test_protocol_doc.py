@@ -1,7 +1,8 @@
 """docs/PROTOCOL.md tells the truth: every tagged example decodes with the reference codecs.
 
 A fenced block opened with ```<lang> lookout:<kind> is an example of <kind>. JSON kinds are message schemas;
-binary kinds are hex dumps (whitespace ignored) fed to the matching decoder; ``nmea`` blocks hold sentences.
+binary kinds are hex dumps (a comment may follow the bytes on a line) fed to the matching decoder, ``<kind>-each``
+holds one message per line; ``nmea`` blocks hold sentences.
 """
 
 from __future__ import annotations
@@ -23,13 +24,22 @@ def examples() -> list[tuple[str, str, str]]:
 
 
 def _hex(text: str) -> bytes:
-    return binascii.unhexlify(re.sub(r"\s+", "", text))
+    """Hex dumps may carry a comment after the bytes on each line: take the leading hex tokens only."""
+    out = []
+    for line in text.splitlines():
+        for tok in line.split():
+            if not re.fullmatch(r"(?:[0-9a-fA-F]{2})+", tok):
+                break
+            out.append(tok)
+    return binascii.unhexlify("".join(out))
 
 
 def _decode_binary(kind: str, data: bytes):
     if kind == "coap":
         from protocols import coap
-        return coap.decode(data)
+        msg = coap.decode(data)
+        assert coap.encode(msg) == data
+        return msg
     if kind == "serialframe":
         from protocols import serialframe
         dec = serialframe.FrameDecoder()
@@ -64,8 +74,21 @@ def test_example_decodes(lang: str, kind: str, body: str):
         assert messages.encode(kind, obj) == body.strip().encode()
     elif kind == "nmea":
         from protocols import nmea
+        sentences = [ln.strip().replace("\u240d\u240a", "") for ln in body.splitlines() if ln.strip().startswith("$")]
+        assert sentences
+        for line in sentences:
+            nmea.parse_sentence(line.encode())
+    elif kind == "clipmanifest":
+        from protocols import cliptransfer
+        m = cliptransfer.decode_manifest(body.strip().encode())
+        assert m.encode() == body.strip().encode()
+    elif kind == "clipstatus":
+        from protocols import cliptransfer
+        cliptransfer.decode_status(body.strip().encode())
+    elif kind.endswith("-each"):  # one message per line
+        assert lang == "hex"
         for line in body.strip().splitlines():
-            nmea.parse_sentence(line.strip().encode())
+            _decode_binary(kind[:-5], _hex(line))
     else:
         assert lang == "hex"
         _decode_binary(kind, _hex(body))
