@@ -19,6 +19,7 @@ AREAS = (
     "gateway.cli_security",  # provision, broker-config, pki
     "gateway.cli_firmware",  # firmware build / flash
     "gateway.cli_demo",  # demo
+    "gateway.cli_rotation",  # rotate-key
 )
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_OFFLINE = 0, 1, 2, 3

@@ -90,6 +90,11 @@ def _validate_manifest(d, err):
     if not isinstance(d, dict):
         raise _bad(err, E_MANIFEST, "manifest", "must be a JSON object, got %s" % type(d).__name__)
     for k in d:
+        if k == "mac":  # node-signed upload manifest (signing.py, purpose "up"); verified by the receiver
+            m = d[k]
+            if type(m) is not str or len(m) != 64:
+                raise _bad(err, E_MANIFEST, "mac", "must be 64 hex digits, got %r" % (str(m)[:80],))
+            continue
         if k not in MANIFEST_KEYS and not (type(k) is str and k.startswith("x_")):
             raise _bad(err, E_MANIFEST, str(k)[:32], "unknown field, expected one of %s or x_*"
                        % ",".join(MANIFEST_KEYS))

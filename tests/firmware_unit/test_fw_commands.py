@@ -214,3 +214,52 @@ def test_counter_persisted_before_handler_runs():
     assert p2.receive(cmd("c1", ctr=9)) == "accepted"
     assert ran2 == []
     coro.close()
+
+
+def test_every_rejection_is_answered_signed_with_code_and_detail():
+    """No refusal is silent: each gets exactly one signed ``rejected`` result naming the check that failed, and
+    none of the authentication failures moves the persisted counter."""
+    async def body():
+        fs = MemFS()
+        p, sent, ran = make(fs)
+        await p.receive(cmd("c0", ctr=5))
+        state = fs.read("cmdstate.json")
+        cases = [
+            (cmd("f1", ctr=6, key=OTHER), "bad_mac"),
+            (cmd("f2", ctr=6).replace(b'"ctr":6', b'"ctr":60'), "bad_mac"),  # counter bumped by a forger
+            (cmd("f3", ctr=6, to="spk-02"), "wrong_device"),
+            (cmd("f4", ctr=5), "replay"),
+            (cmd("f5", ctr=4), "replay"),
+            (cmd("f6", ctr=6, ts=NOW - 60000, exp=NOW - 1), "expired"),
+        ]
+        for raw, code in cases:
+            n = len(sent)
+            assert p.receive(raw) == "rejected"
+            new = sent[n:]
+            assert len(new) == 1, new
+            assert new[0]["status"] == "rejected" and new[0]["code"] == code, new[0]
+            assert new[0]["detail"]
+        check_signed(sent)
+        assert fs.read("cmdstate.json") == state and p.last_ctr == 5
+        assert ran == ["c0"]
+        for raw, code in ((cmd("u1", ctr=6, name="nope"), "unknown_command"), (cmd("u2", ctr=7, args={}), "bad_args"),
+                          (b'{"id":"m1","name":"play"}', "bad_message")):
+            n = len(sent)
+            assert p.receive(raw) == "rejected"
+            assert [(m["status"], m["code"]) for m in sent[n:]] == [("rejected", code)]
+        check_signed(sent)
+    return arun(body())
+
+
+def test_expired_and_replayed_after_reboot():
+    async def body():
+        fs = MemFS()
+        p, sent, ran = make(fs)
+        raw = cmd("c1", ctr=3)
+        await p.receive(raw)
+        p2, sent2, ran2 = make(fs, clock=NOW + 120000)  # rebooted later: the same bytes are now also stale
+        assert p2.receive(cmd("c2", ctr=3)) == "rejected"
+        assert p2.receive(cmd("c3", ctr=4)) == "rejected"
+        assert statuses(sent2) == [("c2", "rejected", "replay"), ("c3", "rejected", "expired")]
+        assert ran2 == [] and p2.last_ctr == 3
+    return arun(body())

@@ -122,12 +122,13 @@ class CommandProcessor:
         self._save()
 
     # ---- handlers -----------------------------------------------------------------------------------------
-    def register(self, name, run, check=None, progress=False):
+    def register(self, name, run, check=None, progress=False, after=None):
         """``check(args, cmd)`` (sync) returns normalised args or raises Rejected; ``await run(args, cmd)``
         returns result data (dict) or None, or raises Failed. ``run(args, cmd, progress)`` when the handler wants
         to report progress: ``progress(data)`` sends an extra ``accepted`` result carrying ``data`` (e.g. the
-        moment playback actually starts)."""
-        self.handlers[name] = (run, check, progress)
+        moment playback actually starts). ``after(args, cmd)`` (sync) runs once a ``done`` result has been signed
+        and queued (key rotation: the result must still carry the old key's MAC)."""
+        self.handlers[name] = (run, check, progress, after)
 
     # ---- results ------------------------------------------------------------------------------------------
     def _result(self, cid, status, code=None, detail=None, data=None):
@@ -174,7 +175,7 @@ class CommandProcessor:
             self._remember(cid, ctr, "rejected", "unknown_command", "no command %r on this node" % cmd["name"])
             self._result(cid, "rejected", code="unknown_command", detail="no command %r on this node" % cmd["name"])
             return "rejected"
-        run, check, wants_progress = h
+        run, check, wants_progress, after = h
         args = cmd["args"]
         try:
             if check is not None:
@@ -185,7 +186,7 @@ class CommandProcessor:
             return "rejected"
         self._remember(cid, ctr, "accepted")
         self._result(cid, "accepted")
-        coro = self._run(cid, ctr, run, args, cmd, wants_progress)
+        coro = self._run(cid, ctr, run, args, cmd, wants_progress, after)
         if self.spawn is None:
             return coro  # the caller awaits it (unit tests)
         self.running[cid] = self.spawn(coro)
@@ -198,7 +199,7 @@ class CommandProcessor:
         self._remember(cid, e[1] if e else 0, status, code, detail, data)
         self._result(cid, status, code=code, detail=detail, data=data)
 
-    async def _run(self, cid, ctr, run, args, cmd, wants_progress=False):
+    async def _run(self, cid, ctr, run, args, cmd, wants_progress=False, after=None):
         try:
             if wants_progress:
                 data = await run(args, cmd, lambda d: self._result(cid, "accepted", data=d))
@@ -218,4 +219,6 @@ class CommandProcessor:
         self.running.pop(cid, None)
         self._remember(cid, ctr, status, code, detail, data)
         self._result(cid, status, code=code, detail=detail, data=data)
+        if after is not None and status == "done":
+            after(args, cmd)
         return status

@@ -16,7 +16,11 @@ simulators. A board provides:
 - ``fs``: a ``FileStore`` rooted on flash (config.json, cmdstate.json, outbox.json, clips/...);
 - figures for the heartbeat: ``rssi()``, ``battery_mv()``, ``temperature_dc()``, ``free_heap()`` (each may
   return None when the board cannot tell);
-- ``open_connection(host, port)`` -> (reader, writer) asyncio streams to the broker (the MQTT client's transport);
+- ``open_connection(host, port, ssl=None, server_hostname=None)`` -> (reader, writer) asyncio streams to the
+  broker (the MQTT client's transport); ``ssl`` is a context from ``tls_context``;
+- ``tls_context(ca_path, cert_path=None, key_path=None)`` -> an SSL context that trusts ONLY the site CA at
+  ``ca_path`` (CA pinning: no system store), requires the server's certificate, and optionally presents a client
+  certificate; raises ``HalError`` when the board has no TLS;
 - ``network_up()`` -> bool and ``await connect_network(cfg)`` (WiFi/4G bring-up; no-op on the host).
 
 Everything here runs on MicroPython and CPython alike.
@@ -241,5 +245,10 @@ class Hal:
     async def connect_network(self, cfg):
         return True
 
-    async def open_connection(self, host, port, ssl=None):
+    def tls_context(self, ca_path, cert_path=None, key_path=None):
+        raise HalError("TLS is not supported on this board")
+
+    async def open_connection(self, host, port, ssl=None, server_hostname=None):
+        if ssl:
+            return await asyncio.open_connection(host, port, ssl=ssl, server_hostname=server_hostname or host)
         return await asyncio.open_connection(host, port)

@@ -19,6 +19,14 @@ PINS = {"i2s_sck": 26, "i2s_ws": 25, "i2s_sd": 22, "gps_tx": 17, "gps_rx": 16, "
 IBUF = 3840
 
 
+def _read(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
 class Esp32Audio(hal.AudioOut):
     def __init__(self, pins):
         self.pins = pins
@@ -208,10 +216,37 @@ class Esp32Hal(hal.Hal):
                 pass
         return self.wlan.isconnected()
 
-    async def open_connection(self, host, port, ssl=None):
+    def tls_context(self, ca_path, cert_path=None, key_path=None):
+        """MicroPython ``ssl``: trust only the site CA (pinned), require the broker's certificate.
+
+        mbedtls verifies only with ``CERT_REQUIRED`` (CERT_NONE/OPTIONAL check nothing). The CA is loaded as
+        DER (``ca.der`` next to ``ca.crt``, written by ``lookout provision``) when present, else the file as is
+        (MicroPython >= 1.23 also takes PEM). Client certificate and key are passed as bytes.
+        """
+        import ssl
+
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        der = None
+        if ca_path.endswith(".crt") or ca_path.endswith(".pem"):
+            der = _read(ca_path[:-4] + ".der")
+        ca = der if der is not None else _read(ca_path)
+        if ca is None:
+            raise hal.HalError("CA file %s missing" % ca_path)
+        ctx.load_verify_locations(cadata=ca)
+        if cert_path:
+            cert, key = _read(cert_path), _read(key_path)
+            if cert is None or key is None:
+                raise hal.HalError("client certificate or key missing")
+            ctx.load_cert_chain(cert, key)
+        return ctx
+
+    async def open_connection(self, host, port, ssl=None, server_hostname=None):
         await self.connect_network(self._cfg_for_net)
         if ssl:
-            return await asyncio.open_connection(host, port, ssl=True)
+            # asyncio.open_connection wraps the socket with ctx.wrap_socket(server_hostname=...): SNI and the
+            # name check against the broker certificate
+            return await asyncio.open_connection(host, port, ssl=ssl, server_hostname=server_hostname or host)
         return await asyncio.open_connection(host, port)
 
     _cfg_for_net = {}

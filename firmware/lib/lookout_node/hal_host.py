@@ -153,10 +153,22 @@ class HostHal(hal.Hal):
     def network_up(self):
         return self.net
 
-    async def open_connection(self, host, port, ssl=None):
+    def tls_context(self, ca_path, cert_path=None, key_path=None):
+        """CPython: a client context trusting only ``ca_path`` (not the system store), hostname checked."""
+        import ssl
+
+        ctx = ssl.create_default_context(cafile=ca_path)  # CERT_REQUIRED + check_hostname
+        if cert_path:
+            ctx.load_cert_chain(cert_path, key_path)
+        return ctx
+
+    async def open_connection(self, host, port, ssl=None, server_hostname=None):
         if not self.net:
             raise OSError("network down (host hal)")
-        r, w = await asyncio.open_connection(host, port)
+        if ssl:
+            r, w = await asyncio.open_connection(host, port, ssl=ssl, server_hostname=server_hostname or host)
+        else:
+            r, w = await asyncio.open_connection(host, port)
         self.writers.append(w)
         return r, w
 
@@ -240,7 +252,7 @@ class LoopbackBroker:
         self.conn = None
         self._pid = 0
 
-    async def open_connection(self, host, port, ssl=None):
+    async def open_connection(self, host, port, ssl=None, server_hostname=None):
         self.conn = _LoopStream(self)
         return self.conn, self.conn
 

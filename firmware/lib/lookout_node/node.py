@@ -36,6 +36,46 @@ CRASH_WINDOW_MS = 60000
 OFFLINE_REBOOT_S = 1800
 
 
+class TLSConfigError(Exception):
+    """The TLS settings cannot be honoured (CA missing or not the pinned one): the node stays off the broker."""
+
+
+def pem_to_der(raw):
+    """DER of the first certificate in a PEM file (what ``broker.ca_sha256`` pins); DER input is returned as is."""
+    raw = bytes(raw)
+    if not raw.startswith(b"-----BEGIN"):
+        return raw
+    body = []
+    inside = False
+    for line in raw.split(b"\n"):
+        line = line.strip()
+        if line.startswith(b"-----BEGIN"):
+            inside = True
+        elif line.startswith(b"-----END"):
+            break
+        elif inside:
+            body.append(line)
+    return binascii.a2b_base64(b"".join(body))
+
+
+async def _reap(task, tries=200):
+    """Wait for a cancelled task to end. A task can swallow one cancellation (CPython 3.11: a ``wait_for`` whose
+    inner await completes as it is cancelled returns normally), then block forever (e.g. the sender back on an
+    empty outbox), so cancel again until it is done; bounded, so a shutdown never hangs."""
+    n = 0
+    task.cancel()
+    while not task.done() and n < tries:
+        await sleep_ms(5)
+        n += 1
+        if n % 20 == 0:  # still running after 100 ms: it swallowed the cancellation (cleanup is never that slow)
+            task.cancel()
+    if task.done():
+        try:
+            await task
+        except BaseException:  # CancelledError, or an error already counted
+            pass
+
+
 def _trim(s, n=200):
     s = str(s)
     return "".join(c if " " <= c != "\x7f" else " " for c in s[:n])
@@ -74,7 +114,7 @@ class Node:
         self.proc.register("ping", self.cmd_ping)
         self.proc.register("reboot", self.cmd_reboot)
         self.proc.register("set_config", self.cmd_set_config, self.check_set_config)
-        self.proc.register("rotate_key", self.cmd_rotate_key, self.check_rotate_key)
+        self.proc.register("rotate_key", self.cmd_rotate_key, self.check_rotate_key, after=self.after_rotate_key)
         self.speaker = None
         self.sensor = None
         lw = c.get("local_warning") or {}
@@ -267,6 +307,8 @@ class Node:
         return {"applied": args["keys"]}
 
     def check_rotate_key(self, args, cmd):
+        if self.store.trial is not None:  # the backup config holds the old key: a rollback would undo this
+            raise Rejected("busy", "a config change is on trial; rotate after it is committed")
         try:
             k = signing.unwrap_key(self.key, args.get("key"), cmd["ctr"])
         except Exception as e:
@@ -274,17 +316,19 @@ class Node:
         return {"key": k}
 
     async def cmd_rotate_key(self, args, cmd):
-        """The result is signed with the old key (the gateway switches after it has verified it)."""
-        new = args["key"]
-        self.cfg["key"] = binascii.hexlify(new).decode()
-        self.store.save(self.cfg)
-        asyncio.create_task(self._switch_key(new))
+        """Persist the new key (config.json written to a temp file, then renamed: a power cut leaves either the
+        old or the new file, never half of one). The ``done`` result is still signed with the OLD key, so the
+        gateway can verify it before it commits; ``after_rotate_key`` switches once that result is queued."""
+        new = dict(self.cfg)
+        new["key"] = binascii.hexlify(args["key"]).decode()
+        self.store.save(new)
+        self.cfg["key"] = new["key"]
         return {"rotated": True}
 
-    async def _switch_key(self, new):
-        await sleep_ms(0)
-        self.key = new
-        self.proc.key = new
+    def after_rotate_key(self, args, cmd):
+        self.key = args["key"]
+        self.proc.key = args["key"]
+        self.log("info", "device key rotated by %s" % cmd["id"])
 
     # ---- incoming -----------------------------------------------------------------------------------------
     def _on_message(self, msg):
@@ -483,6 +527,31 @@ class Node:
         while self.client.is_connected():
             await sleep_ms(200)
 
+    def _tls_opts(self):
+        """MQTTClient TLS arguments from ``broker``: ``tls``, ``ca`` (file on flash), optional ``ca_sha256`` (pin
+        of the CA's DER, checked before use), ``cert``/``cert_key`` (client certificate). Without ``tls``: {}.
+
+        Raises TLSConfigError (or the board's error) rather than ever falling back to plaintext."""
+        b = self.cfg["broker"]
+        if not b["tls"]:
+            return {}
+        ca = b.get("ca") or "ca.crt"
+        raw = self.fs.read(ca)
+        if not raw:
+            raise TLSConfigError("broker.ca: %r is not on flash" % ca)
+        pin = b.get("ca_sha256")
+        if pin:
+            import hashlib
+
+            got = binascii.hexlify(hashlib.sha256(pem_to_der(raw)).digest()).decode()
+            if got != str(pin).lower():
+                raise TLSConfigError("broker.ca_sha256: %s is %s..., the pinned CA is %s..." % (ca, got[:16],
+                                                                                             str(pin)[:16]))
+        cert, key = b.get("cert"), b.get("cert_key")
+        ctx = self.hal.tls_context(self.fs.path(ca), self.fs.path(cert) if cert else None,
+                                   self.fs.path(key) if key else None)
+        return {"ssl": ctx, "server_hostname": b.get("sni") or b["host"]}
+
     def _make_client(self):
         # MQTT or, for battery sensor nodes with transport "coap", the CoAP uplink with the same interface
         from lookout_node.uplink import make_uplink
@@ -490,6 +559,11 @@ class Node:
         b = self.cfg["broker"]
         state = self.topic("state")
         opts = {"keepalive_s": b["keepalive"]}
+        try:
+            opts.update(self._tls_opts())
+        except Exception as e:
+            self.record_error("tls", e)
+            raise
         opts.update(self.mqtt_opts)
         for k, v in (self.cfg.get("mqtt") or {}).items():
             opts[k] = v
@@ -497,7 +571,7 @@ class Node:
                            password=b["password"] or None, clean_session=False,
                            will=(state, messages.encode("death", messages.death(self.bdseq, "connection lost")), 1,
                                  True),
-                           birth=(state, self.birth_payload(), 1, True), ssl=True if b["tls"] else None,
+                           birth=(state, self.birth_payload(), 1, True),
                            on_message=self._on_message, on_log=self.log, open_connection=self.hal.open_connection,
                            **opts)
 
@@ -532,10 +606,7 @@ class Node:
         for t in list(self.proc.running.values()) + self.tasks:
             t.cancel()
         for t in self.tasks:
-            try:
-                await t
-            except BaseException:  # CancelledError, or an error already counted
-                pass
+            await _reap(t)
         self.tasks = []
         if self.speaker is not None and self.speaker.current is not None:
             self.hal.audio.stop(True)

@@ -7,13 +7,14 @@ Theory of operation:
   blip from a bird is not a person at a sensitive setting of 0. Detections closer than ``min_interval_s`` to
   the last *event* are not sent but counted; the next event carries ``count`` = detections it stands for.
 - A camera node takes a snapshot with each event and uploads it in chunks (protocols/cliptransfer) on
-  ``up/<tid>``: the manifest (JSON, with SHA-256) first, then the binary chunks, each QoS 1. The event lists
+  ``up/<tid>``: the manifest (JSON, with SHA-256, MAC'd with the device key, purpose ``up``) first, then the
+  binary chunks, each QoS 1 (the chunks need no MAC: the signed SHA-256 covers them). The event lists
   ``sha256:<hex>`` in ``evidence``, hashed at the source (FIELD.md custody practice).
 - Local warning: if configured, a detection while the gateway has been unreachable for ``offline_after_s``
   plays the configured clip on the node's own speaker (priority 2).
 """
 
-from protocols import cliptransfer, defaults
+from protocols import canonical, cliptransfer, defaults, signing
 from lookout_node.commands import Failed, Rejected
 from lookout_node.hal import ticks_diff
 
@@ -58,12 +59,20 @@ class Detector:
         return count, conf
 
 
+def signed_manifest(key, manifest):
+    """Canonical JSON of the manifest with ``mac`` = HMAC(device key, purpose ``up``) over the manifest itself."""
+    d = manifest.to_dict()
+    signing.sign(key, "up", d)
+    return canonical.dumpb(d)
+
+
 async def upload(publish, topic_for, data, clip_id, tid, kind, mime, created_ms,
-                 chunk=defaults.CLIP_CHUNK_SIZE_MQTT):
-    """Send ``data`` as manifest + chunks on ``topic_for(tid)`` (QoS 1 each); returns the Manifest."""
+                 chunk=defaults.CLIP_CHUNK_SIZE_MQTT, key=None):
+    """Send ``data`` as manifest + chunks on ``topic_for(tid)`` (QoS 1 each); returns the Manifest.
+    ``key``: the device key that signs the manifest (purpose ``up``); None sends it unsigned (tests only)."""
     s = cliptransfer.ClipSender(data, chunk, clip_id, tid, kind, mime, created_ms)
     t = topic_for(tid)
-    await publish(t, s.manifest.encode(), 1)
+    await publish(t, signed_manifest(key, s.manifest) if key is not None else s.manifest.encode(), 1)
     buf = bytearray(cliptransfer.CHUNK_HEADER_LEN + chunk)
     for i in range(s.manifest.chunks):
         n = s.chunk_into(i, buf)
@@ -129,7 +138,7 @@ class Sensor:
         ts = self.hal.time_ms() or 0
         tid = self.node.new_tid()
         m = await upload(self.node.publish, self.node.upload_topic, img, "snap-%d" % tid, tid, "snapshot",
-                         "image/jpeg", ts)
+                         "image/jpeg", ts, key=self.node.key)
         return m
 
     async def snapshot(self, args, cmd):

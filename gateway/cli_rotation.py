@@ -1,0 +1,90 @@
+"""`lookout rotate-key DEVICE`: rotate a node's HMAC key by signed command (gateway/rotation.py).
+
+Runs next to the gateway with its config file: opens the same keystore (SQLite; counters stay strictly increasing
+across processes) and logs in to the broker with the gateway's own credentials. Refuses (exit 3) when the node's
+retained state says it is offline: a rotation must be confirmed while both sides are reachable.
+Exit codes: 0 committed, 1 refused or unconfirmed, 2 usage/config error, 3 device offline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import secrets
+import sys
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_OFFLINE = 0, 1, 2, 3
+
+
+def _err(msg: str, code: int) -> int:
+    print("lookout: " + msg, file=sys.stderr)
+    return code
+
+
+async def _state(link, site: str, device: str, wait: float = 1.0) -> bool | None:
+    """The node's retained birth/death: True online, False offline, None unknown."""
+    from protocols import topics
+
+    got: asyncio.Queue[bytes] = asyncio.Queue()
+    link.subscribe(topics.topic(site, device, "state"), lambda t, p, r: got.put_nowait(p), 1)
+    try:
+        payload = await asyncio.wait_for(got.get(), wait)
+    except TimeoutError:
+        return None
+    try:
+        return bool(json.loads(payload).get("online"))
+    except (ValueError, AttributeError):
+        return None
+
+
+async def _run(args: argparse.Namespace) -> int:
+    from gateway import config as gwconfig
+    from gateway.keystore import KeyStore
+    from gateway.mqtt import MQTTError, MQTTLink
+    from gateway.rotation import RotationError, outcome_json, rotate_over_mqtt
+
+    try:
+        cfg = gwconfig.load(args.config)
+    except (OSError, gwconfig.ConfigError) as e:
+        return _err(f"config {args.config}: {e}", EXIT_USAGE)
+    b = cfg.broker
+    url = b.url or f"mqtt://{b.host}:{b.port}"
+    with KeyStore(cfg.keystore_path) as ks:
+        ident = ks.get(args.device)
+        if ident is None or ident.kind not in ("speaker", "sensor", "camera"):
+            return _err(f"{args.device}: not a provisioned node in {cfg.keystore_path}", EXIT_USAGE)
+        try:
+            async with MQTTLink(url, f"{cfg.gateway_id}-rk-{secrets.token_hex(3)}", username=b.username,
+                                password=b.password, ca=b.ca, cert=b.cert, key=b.key) as link:
+                online = await _state(link, ident.site, ident.device_id)
+                if online is False and not args.force:
+                    return _err(f"{args.device} is offline; not rotating (--force to send anyway)", EXIT_OFFLINE)
+                out = await rotate_over_mqtt(link, ks, ident.device_id, timeout=args.timeout,
+                                             ttl_ms=int(args.ttl * 1000), op=args.op)
+        except (MQTTError, RotationError, OSError) as e:
+            return _err(str(e), EXIT_FAILED)
+    if args.json:
+        print(outcome_json(out, args.device))
+    elif out.status == "committed":
+        print(f"{args.device}: key rotated (confirmed via {out.via}, command {out.cmd_id})")
+    else:
+        print(f"{args.device}: {out.status} ({out.code}: {out.detail})")
+    return EXIT_OK if out.status == "committed" else EXIT_FAILED
+
+
+def cmd_rotate_key(args: argparse.Namespace) -> int:
+    return asyncio.run(_run(args))
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("rotate-key", help="rotate a node's HMAC key by signed command",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("device", help="node id, e.g. spk-01")
+    p.add_argument("--config", "-c", default="gateway.toml", help="gateway config file (default gateway.toml)")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the node's answer (default 10)")
+    p.add_argument("--ttl", type=float, default=60.0, help="command lifetime in seconds (default 60)")
+    p.add_argument("--op", help="operator id recorded in the command")
+    p.add_argument("--force", action="store_true", help="send even if the node's retained state says offline")
+    p.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    p.set_defaults(func=cmd_rotate_key)
