@@ -342,6 +342,13 @@ def _export(entries: list[dict[str, Any]], fmt: str, since: int | None, until: i
 
 
 def cmd_clips(args: argparse.Namespace) -> int:
+    from gateway import cli_clips
+
+    if getattr(args, "clips_cmd", None) == "upload":
+        return _call(args, lambda: cli_clips.upload(args))
+    if getattr(args, "clips_cmd", None) == "evidence":
+        return _call(args, lambda: cli_clips.evidence(args))
+
     async def go() -> int:
         r = await _one(args, "clips", {"action": "list"})
         if r["code"] != "ok":
@@ -352,7 +359,8 @@ def cmd_clips(args: argparse.Namespace) -> int:
             print(json.dumps(clips))
         else:
             for c in clips:
-                print(f"{c['id']:<24} {c['size']:>9} B  sha256 {c['sha256'][:16]}…")
+                fmt = f"{c['rate']} Hz {c['bits']}-bit {c['ms']} ms" if "rate" in c else "?"
+                print(f"{c['id']:<24} {c['size']:>9} B  {fmt:<24} sha256 {c['sha256'][:16]}…")
             print(f"{len(clips)} clip(s) on the gateway")
         return EXIT_OK
     return _call(args, go)
@@ -444,5 +452,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--last", type=int, default=50, help="show the last N entries (0 = all)")
     p.set_defaults(func=cmd_journal)
 
-    p = subparsers.add_parser("clips", parents=[conn], help="audio clips on the gateway")
-    p.set_defaults(func=cmd_clips)
+    p = subparsers.add_parser("clips", parents=[conn], help="audio clips (list, upload to speakers) and evidence")
+    p.set_defaults(func=cmd_clips, clips_cmd="list")
+    from gateway import cli_clips
+    cli_clips.register(p, _conn_parent(), _delivery_parent())

@@ -4,10 +4,18 @@ Theory of operation:
 - one SQLite file, created with mode 0600 before SQLite opens it (the journal inherits the mode); everything
   secret about a site lives here, so back it up like a password vault and never copy it to a node;
 - keys come from ``secrets.token_bytes`` (the OS CSPRNG) and are never logged or put in ``repr``;
-- ``next_counter`` hands out the per-device command counter ``ctr``. It is ``max(last + 1, now_ms)``, persisted
-  in the same transaction: strictly increasing, survives restarts, and a keystore restored from an older backup
-  still issues counters above anything the node accepted (the node rejects ``ctr <= last``) as long as the
-  server clock is sane;
+- ``next_counter`` hands out the per-device command counter ``ctr``: ``max(last + 1, now_ms)``, strictly
+  increasing, never repeated after a restart, and a keystore restored from an older backup still issues counters
+  above anything the node accepted (the node rejects ``ctr <= last``) as long as the server clock is sane.
+  Counters are reserved in blocks: the ``ctr`` column holds a high-water mark ``COUNTER_BLOCK_MS`` ahead of the
+  counter handed out, committed *before* any counter under it is used, so a command needs no disk write until
+  the block runs out (about once per 10 minutes per busy device). After a restart counters continue above the
+  high-water mark (a gap the node accepts: it wants larger, not consecutive). Another process committing to the
+  file (``PRAGMA data_version`` changes) drops the cached blocks, so two processes never hand out the same value;
+- the file is in WAL mode with ``synchronous=NORMAL``: a commit survives a crash of the gateway process; a power
+  loss or OS crash may lose the last commits before the next checkpoint but never corrupts the file. Losing a
+  counter block's commit that way is safe because blocks are time-based (``now_ms`` floor). Back the file up
+  with ``sqlite3 keystore.db ".backup copy.db"`` (a plain ``cp`` without the ``-wal`` file misses recent commits);
 - ``kind`` says what the key is for: a node role (``speaker``/``sensor``/``camera``: HMAC over canonical JSON,
   protocols/signing.py), ``drone`` (32-byte MAVLink 2 signing secret) or ``recorder`` (serial body-worn recorder
   key); ``meta`` holds kind-specific settings (e.g. a drone's MAVLink system id);
@@ -37,6 +45,8 @@ DEVICE_KINDS = ("speaker", "sensor", "camera")
 KEY_KINDS = DEVICE_KINDS + ("drone", "recorder", "gateway")
 OPERATOR_ROLES = ("operator", "admin")
 MQTT_ROLES = ("device", "gateway", "operator")
+VERSION_CHECK_S = 0.5  # how often caches look for commits by other processes
+COUNTER_BLOCK_MS = 600_000  # high-water mark reserved ahead of the counter in use (10 min of ms-based counters)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS identities (
@@ -144,7 +154,13 @@ class KeyStore:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA busy_timeout = 5000")
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._blocks: dict[str, list[int]] = {}  # device -> [last counter issued, persisted high-water mark]
+        self._rows: dict[str, tuple | None] = {}  # device -> identities row (get() cache)
+        self._data_version = self._version()
+        self._version_due = 0.0
         cols = [r[1] for r in self._db.execute("PRAGMA table_info(identities)")]
         if "pending_key" not in cols:  # keystores created before rotation support
             self._db.execute("ALTER TABLE identities ADD COLUMN pending_key BLOB")
@@ -171,9 +187,15 @@ class KeyStore:
     _ID_COLS = "device_id, site, kind, hmac_key, created_ms, rotated_ms, meta"
 
     def get(self, device_id: str) -> Identity | None:
+        """Rows are cached (the gateway looks a key up for every command and result); the cache is dropped on
+        our own writes and whenever another connection committed to the file (``PRAGMA data_version``)."""
         with self._lock:
-            row = self._db.execute(f"SELECT {self._ID_COLS} FROM identities WHERE device_id = ?",
-                                   (device_id,)).fetchone()
+            self._check_version()
+            try:
+                row = self._rows[device_id]
+            except KeyError:
+                row = self._rows[device_id] = self._db.execute(
+                    f"SELECT {self._ID_COLS} FROM identities WHERE device_id = ?", (device_id,)).fetchone()
         return self._identity(row) if row else None
 
     def list(self, kind: str | None = None, site: str | None = None) -> list[Identity]:
@@ -199,6 +221,7 @@ class KeyStore:
         _check_key(key)
         now = _now_ms()
         with self._lock:
+            self._rows.pop(device_id, None)  # get() cache
             try:
                 self._db.execute(
                     "INSERT INTO identities (device_id, site, kind, hmac_key, ctr, created_ms, meta)"
@@ -220,25 +243,59 @@ class KeyStore:
                 raise
             return got
 
+    def _version(self) -> int:
+        return self._db.execute("PRAGMA data_version").fetchone()[0]
+
+    def _check_version(self) -> None:
+        """Another connection committed to the file: drop the caches (lock held). Checked at most every
+        ``VERSION_CHECK_S``: each SQLite call releases the GIL, which costs the gateway's event loop more than
+        the query itself. So a key changed by another process is seen within that time; counters stay unique
+        regardless (another process always issues above our persisted high-water mark)."""
+        t = time.monotonic()
+        if t < self._version_due:
+            return
+        self._version_due = t + VERSION_CHECK_S
+        v = self._version()
+        if v != self._data_version:
+            self._data_version = v
+            self._blocks.clear()
+            self._rows.clear()
+
     def next_counter(self, device_id: str) -> int:
-        """Reserve and return the next command counter: ``max(last + 1, now_ms)``, persisted before return."""
+        """Return the next command counter, ``max(last + 1, now_ms)``; its block is persisted before return."""
         now = _now_ms()
         with self._lock:
+            self._check_version()
+            blk = self._blocks.get(device_id)
+            if blk is not None:
+                ctr = max(blk[0] + 1, now)
+                if ctr <= blk[1]:
+                    blk[0] = ctr
+                    return ctr
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 row = self._db.execute("SELECT ctr FROM identities WHERE device_id = ?", (device_id,)).fetchone()
                 if row is None:
                     raise KeyStoreError(f"no identity {device_id!r}")
-                ctr = max(row[0] + 1, now)
-                self._db.execute("UPDATE identities SET ctr = ? WHERE device_id = ?", (ctr, device_id))
+                # renewing our own block (the row still holds its mark): continue from the last counter issued
+                last = blk[0] if blk is not None and blk[1] == row[0] else row[0]
+                ctr = max(last + 1, now)
+                hw = ctr + COUNTER_BLOCK_MS
+                self._db.execute("UPDATE identities SET ctr = ? WHERE device_id = ?", (hw, device_id))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+            self._blocks[device_id] = [ctr, hw]
         return ctr
 
     def last_counter(self, device_id: str) -> int:
+        """The last counter this process issued; else the persisted high-water mark (nothing above is used)."""
         with self._lock:
+            self._check_version()
+            blk = self._blocks.get(device_id)
+            if blk is not None:
+                return blk[0]
             row = self._db.execute("SELECT ctr FROM identities WHERE device_id = ?", (device_id,)).fetchone()
         if row is None:
             raise KeyStoreError(f"no identity {device_id!r}")
@@ -252,6 +309,7 @@ class KeyStore:
         new_key = bytes(new_key)
         _check_key(new_key)
         with self._lock:
+            self._rows.pop(device_id, None)  # get() cache
             cur = self._db.execute("UPDATE identities SET hmac_key = ?, rotated_ms = ?, pending_key = NULL"
                                    " WHERE device_id = ?",
                                    (new_key, _now_ms(), device_id))
@@ -285,6 +343,7 @@ class KeyStore:
 
     def set_meta(self, device_id: str, meta: dict) -> None:
         with self._lock:
+            self._rows.pop(device_id, None)  # get() cache
             cur = self._db.execute("UPDATE identities SET meta = ? WHERE device_id = ?",
                                    (json.dumps(meta), device_id))
         if cur.rowcount != 1:
@@ -293,6 +352,7 @@ class KeyStore:
     def remove(self, device_id: str) -> bool:
         """Revoke: forget the key and the broker login of ``device_id``. True if anything was removed."""
         with self._lock:
+            self._rows.pop(device_id, None)  # get() cache
             a = self._db.execute("DELETE FROM identities WHERE device_id = ?", (device_id,)).rowcount
             b = self._db.execute("DELETE FROM mqtt_users WHERE username = ? AND role != 'operator'",
                                  (device_id,)).rowcount

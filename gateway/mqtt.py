@@ -81,6 +81,7 @@ class MQTTLink:
         self.messages_in = 0
         self.messages_out = 0
         self._subs: dict[str, tuple[int, Handler]] = {}
+        self._routes: dict[str, list[tuple[str, Handler]]] = {}  # topic -> matching handlers (cache)
         self._pending: dict[int, asyncio.Future[None]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._first: asyncio.Future[int] | None = None
@@ -154,12 +155,17 @@ class MQTTLink:
 
     def _on_message(self, topic: str, payload: bytes, retain: bool) -> None:
         self.messages_in += 1
-        for filt, (_q, handler) in self._subs.items():
-            if paho.topic_matches_sub(filt, topic):
-                try:
-                    handler(topic, payload, retain)
-                except Exception:
-                    log.exception("handler for %s failed on %s", filt, topic)
+        handlers = self._routes.get(topic)
+        if handlers is None:  # paho's matcher builds a trie per call: match once per topic, then look it up
+            handlers = [(f, h) for f, (_q, h) in self._subs.items() if paho.topic_matches_sub(f, topic)]
+            if len(self._routes) >= 20000:
+                self._routes.clear()
+            self._routes[topic] = handlers
+        for filt, handler in handlers:
+            try:
+                handler(topic, payload, retain)
+            except Exception:
+                log.exception("handler for %s failed on %s", filt, topic)
 
     def _on_publish(self, mid: int) -> None:
         fut = self._pending.pop(mid, None)
@@ -214,6 +220,7 @@ class MQTTLink:
     def subscribe(self, filt: str, handler: Handler, qos: int = 1) -> None:
         """Register ``handler`` for ``filt``; (re)subscribed on every connect."""
         self._subs[filt] = (qos, handler)
+        self._routes.clear()
         if self.connected.is_set():
             self._client.subscribe(filt, qos)
 

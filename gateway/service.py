@@ -122,6 +122,14 @@ class Gateway:
         self.commands.register_transport("mqtt", MQTTTransport(self))
         self.registry.add_listener(self._on_change)
         self.commands.add_listener(self._on_command)
+        from gateway.clipdist import ClipDistributor
+        from gateway.clipstore import ClipStore
+        self.clipstore = ClipStore(cfg.data_dir / "clips", self.journal, self.keystore, send=self._clip_status,
+                                   clock=self.clock)
+        self._stack.callback(self.clipstore.close)
+        self.clipdist = ClipDistributor(self)
+        self.clipstore.on_status = self.clipdist.on_status
+        self.commands.add_listener(self.clipdist.on_command)
         self.metrics.bind(self._device_counts, self.commands.depths)
 
         url = self._broker_url
@@ -140,10 +148,11 @@ class Gateway:
                              cert=b.cert, key=b.key, keepalive=b.keepalive_s, will=Message(st, death, 1, True),
                              birth=Message(st, birth, 1, True), on_connect=self._on_link_up)
         root = topics.ROOT + "/" + cfg.site + "/+/"
-        for ch in ("state", "hb", "loc", "evt", "res", "opreq"):
+        for ch in ("state", "hb", "loc", "evt", "res", "opreq", "up/+"):
             self.link.subscribe(root + ch, self._on_message, qos=1)
         await self._stack.enter_async_context(self.link)
         self._stack.push_async_callback(self._farewell)
+        self.spawn(self.clipdist.run(), name="clips")
 
         now = self.clock()
         me = self.registry.ensure(cfg.gateway_id, cfg.site, "gateway")
@@ -322,6 +331,8 @@ class Gateway:
                 self._on_event(site, dev, messages.decode("evt", payload), now)
             elif ch == "res":
                 self._on_result(site, dev, messages.decode("res", payload), now)
+            elif ch == "up":
+                self.clipstore.on_message(site, dev, _sub, payload, now)  # uploads; never raises
         except (MessageError, ValueError) as e:
             self.metrics.rejected.labels("invalid").inc()
             log.warning("invalid %s from %s: %s", ch, dev, e)
@@ -345,8 +356,10 @@ class Gateway:
         if not self._signed(dev, "evt", msg):
             return
         self.registry.touch(dev, site, now, seq=msg.get("seq"), channel="evt")
-        self.journal.append("alert", f"{msg['sev']} {msg['kind']} at {dev}", device=dev, ts=now,
-                            detail={k: v for k, v in msg.items() if k != "mac"})
+        e = self.journal.append("alert", f"{msg['sev']} {msg['kind']} at {dev}", device=dev, ts=now,
+                                detail={k: v for k, v in msg.items() if k != "mac"})
+        if msg.get("evidence"):
+            self.clipstore.link_event(dev, msg, e.seq, now)
 
     def _on_result(self, site: str, dev: str, msg: dict[str, Any], now: int) -> None:
         if not self._signed(dev, "res", msg):
@@ -422,10 +435,8 @@ class Gateway:
                                               "bdseq": self.bdseq, "devices": self.registry.counts(),
                                               "commands": self.commands.depths(), "journal_seq": seq,
                                               "journal_head": head})
-        if op == "clips":
-            if a["action"] == "list":
-                return opapi.response(rid, "ok", {"clips": self.list_clips()})
-            return opapi.response(rid, "internal", error="clip distribution is not implemented in this gateway")
+        if op in ("clips", "clip_put"):
+            return await self.clipdist.handle_op(op_id, op, a, rid)
         if op == "broadcast":
             name, args = "play", {"clip": a["clip"], "repeat": a["repeat"]}
             if a.get("volume") is not None:
@@ -489,15 +500,12 @@ class Gateway:
                                           "head_seq": seq, "head_hash": head})
 
     def list_clips(self) -> list[dict[str, Any]]:
-        import hashlib
-        d = self.cfg.data_dir / "clips"
-        out = []
-        if d.is_dir():
-            for p in sorted(d.iterdir()):
-                if p.is_file():
-                    data = p.read_bytes()
-                    out.append({"id": p.name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()})
-        return out
+        return self.clipdist.audio.list()
+
+    def _clip_status(self, site: str, dev: str, tid: int, payload: bytes) -> None:
+        """Resume request for a stalled upload: the status goes to the node's own dl/<tid> (its ACL allows it)."""
+        if self.link is not None:
+            self.link.publish_nowait(topics.topic(site, dev, "dl", str(tid)), payload, 1)
 
 
 class _Stop(Exception):

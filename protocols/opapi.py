@@ -20,15 +20,22 @@ import json
 from protocols.errors import MessageError
 
 MAX_REQUEST = 4096
+# clip_put carries one piece of an audio clip (base64) per request. 8 KiB of audio per request (10,924 base64
+# chars) needs a larger envelope than the 4 KiB every other op fits in: 256 requests for the 2 MiB node clip
+# limit instead of ~700 at 3 KiB, and still far below the broker's 256 KiB max_packet_size. The larger limit
+# applies to clip_put only; every other op is held to MAX_REQUEST after parsing.
+MAX_CLIP_PUT_REQUEST = 12288
+CLIP_PUT_MAX_DATA = 8192  # raw bytes per clip_put piece
+CLIP_PUT_MAX_SIZE = 2 * 1024 * 1024  # = defaults.CLIP_MAX_SIZE_NODE: a clip no loudspeaker could store is refused
 MAX_RESPONSE = 262144
 
-OPS = ("devices", "broadcast", "stop", "command", "locate", "journal", "clips", "status")
+OPS = ("devices", "broadcast", "stop", "command", "locate", "journal", "clips", "status", "clip_put")
 WAITS = ("none", "accepted", "final")
 CODES = ("ok", "queued", "partial", "bad_request", "unauthorized", "unknown_device", "offline", "failed",
          "timeout", "expired", "internal")
 PRIORITY_NAMES = ("background", "normal", "priority", "emergency")
 DEVICE_STATES = ("unknown", "online", "stale", "offline")
-CLIP_ACTIONS = ("list", "distribute")
+CLIP_ACTIONS = ("list", "distribute", "progress", "evidence")
 
 
 class OpAPIError(MessageError):
@@ -77,6 +84,15 @@ def _enum(a, key, allowed, default=None):
         raise OpAPIError("%r not one of %s" % (v, ", ".join(allowed)), field="args." + key)
     a[key] = v
     return v
+
+
+def _is_sha256(h):
+    if not isinstance(h, str) or len(h) != 64:
+        return False
+    for c in h:
+        if c not in "0123456789abcdef":
+            return False
+    return True
 
 
 def _bool(a, key, default):
@@ -160,6 +176,27 @@ def validate_args(op, a):
             _id(a, "clip", True, ".")
             _prio(a)
             _delivery(a)
+        elif a["action"] == "progress":
+            if _int(a, "dist", 0, 0xFFFFFFFF) is None:
+                raise OpAPIError("required: the distribution id", field="args.dist")
+        elif a["action"] == "evidence":
+            _int(a, "limit", 1, 1000, 100)
+            h = a.get("sha256")
+            if h is not None and not _is_sha256(h):
+                raise OpAPIError("expected 64 lower-case hex digits", field="args.sha256")
+    elif op == "clip_put":
+        _id(a, "clip", True, ".")
+        if _int(a, "size", 1, CLIP_PUT_MAX_SIZE) is None:
+            raise OpAPIError("required", field="args.size")
+        if not _is_sha256(a.get("sha256")):
+            raise OpAPIError("expected 64 lower-case hex digits", field="args.sha256")
+        if _int(a, "chunk", 64, CLIP_PUT_MAX_DATA) is None:
+            raise OpAPIError("required", field="args.chunk")
+        if _int(a, "index", 0, CLIP_PUT_MAX_SIZE // 64) is None:
+            raise OpAPIError("required", field="args.index")
+        d = a.get("data")
+        if not isinstance(d, str) or not 0 < len(d) <= (CLIP_PUT_MAX_DATA + 2) // 3 * 4 or len(d) % 4:
+            raise OpAPIError("expected base64 of 1..%d bytes" % CLIP_PUT_MAX_DATA, field="args.data")
     elif op == "status":
         pass
     else:
@@ -203,12 +240,14 @@ def validate_request(req):
 
 
 def decode_request(payload):
-    if len(payload) > MAX_REQUEST:
-        raise OpAPIError("request is %d bytes, limit %d" % (len(payload), MAX_REQUEST), field="payload")
+    if len(payload) > MAX_CLIP_PUT_REQUEST:
+        raise OpAPIError("request is %d bytes, limit %d" % (len(payload), MAX_CLIP_PUT_REQUEST), field="payload")
     try:
         req = json.loads(bytes(payload).decode())
     except Exception:  # noqa: BLE001 - MicroPython's json and decode raise assorted types
         raise OpAPIError("not valid UTF-8 JSON", field="payload")
+    if len(payload) > MAX_REQUEST and not (isinstance(req, dict) and req.get("op") == "clip_put"):
+        raise OpAPIError("request is %d bytes, limit %d" % (len(payload), MAX_REQUEST), field="payload")
     return validate_request(req)
 
 

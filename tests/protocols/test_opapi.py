@@ -79,3 +79,36 @@ def test_encode_request_roundtrip():
     back = opapi.decode_request(data)
     assert back["args"]["verify"] is True and back["args"]["limit"] == 200
     assert json.loads(data)["op"] == "journal"
+
+
+def _put_args(n_data, **kw):
+    a = {"clip": "nofish", "size": 9000, "sha256": "ab" * 32, "chunk": 8192, "index": 0, "data": "QUJD" * n_data}
+    a.update(kw)
+    return a
+
+
+def test_clip_put_gets_the_larger_envelope_only():
+    big = opapi.encode_request(opapi.request("p.1", "clip_put", "t", _put_args(2048)))  # 8 KiB of base64 data
+    assert 4096 < len(big) <= opapi.MAX_CLIP_PUT_REQUEST
+    assert opapi.decode_request(big)["args"]["index"] == 0
+    other = json.dumps({"id": "x", "op": "devices", "token": "t", "args": {"site": "a" * 20, "x": "y" * 5000}})
+    with raises(OpAPIError, match="limit 4096"):
+        opapi.decode_request(other.encode())
+    with raises(OpAPIError, match="limit"):
+        opapi.decode_request(b" " * (opapi.MAX_CLIP_PUT_REQUEST + 1))
+
+
+def test_clip_put_and_clip_actions_validate():
+    for bad, field in ((_put_args(1, sha256="AB" * 32), "args.sha256"), (_put_args(1, data="QUJ"), "args.data"),
+                       (_put_args(2732), "args.data"), (_put_args(1, size=0), "args.size"),
+                       (_put_args(1, chunk=32), "args.chunk"), (_put_args(1, clip="a/b"), "args.clip")):
+        with raises(OpAPIError, match=field):
+            opapi.validate_request(opapi.request("x", "clip_put", "t", bad))
+    r = opapi.validate_request(opapi.request("x", "clips", "t", {"action": "progress", "dist": 7}))
+    assert r["args"]["dist"] == 7
+    with raises(OpAPIError, match="args.dist"):
+        opapi.validate_request(opapi.request("x", "clips", "t", {"action": "progress"}))
+    r = opapi.validate_request(opapi.request("x", "clips", "t", {"action": "evidence"}))
+    assert r["args"]["limit"] == 100
+    with raises(OpAPIError, match="args.sha256"):
+        opapi.validate_request(opapi.request("x", "clips", "t", {"action": "evidence", "sha256": "zz"}))

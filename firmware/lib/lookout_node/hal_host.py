@@ -7,7 +7,10 @@ Runs on CPython and on MicroPython (no sockets are touched until ``open_connecti
 import time
 
 from lookout_node import hal
-from lookout_node.hal import asyncio, sleep_ms, ticks_ms
+from lookout_node.hal import asyncio, sleep_ms, ticks_diff, ticks_ms
+
+
+WDT_LOG = 64
 
 
 def _wall_ms():
@@ -119,6 +122,8 @@ class HostHal(hal.Hal):
         self.camera = FakeCamera() if camera else None
         self.wdt_timeout = None
         self.wdt_feeds = 0
+        self.wdt_log = []  # ticks of the last WDT_LOG feeds
+        self.lose_tx = None  # test hook: callable (topic, payload) -> True drops that publish ("lost on air")
         self.reboots = 0
         self.on_reboot = None
         self.net = True
@@ -133,6 +138,20 @@ class HostHal(hal.Hal):
 
     def wdt_feed(self):
         self.wdt_feeds += 1
+        self.wdt_log.append(ticks_ms())
+        if len(self.wdt_log) > WDT_LOG:
+            self.wdt_log.pop(0)
+
+    def feeds_between(self, t0, t1):
+        """How many watchdog feeds were recorded at ticks t0 < t < t1."""
+        return len([t for t in self.wdt_log if ticks_diff(t, t0) > 0 and ticks_diff(t1, t) > 0])
+
+    def block_ms(self, ms):
+        """A stuck task: hold the CPU (the event loop) for ``ms`` without yielding; returns (t0, t1) ticks."""
+        t0 = ticks_ms()
+        while ticks_diff(ticks_ms(), t0) < ms:
+            pass
+        return t0, ticks_ms()
 
     def reboot(self):
         self.reboots += 1

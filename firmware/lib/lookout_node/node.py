@@ -99,6 +99,8 @@ class Node:
         self.errors = 0
         self.last_error = None
         self.restarts = {}
+        self.restart_delay_ms = 100  # first restart delay of a crashed task (doubles up to 30 s)
+        self.wdt_period_ms = None  # watchdog feed period; None = wdt_ms // 4
         self.hb_seq = 0
         self.loc_seq = 0
         self.evt_seq = 0
@@ -191,6 +193,9 @@ class Node:
             from lookout_node.mqtt import NotConnected
 
             raise NotConnected("no client")
+        lose = getattr(self.hal, "lose_tx", None)  # host hal only: simulated loss on the radio link
+        if lose is not None and lose(topic, payload):
+            return
         await self.client.publish(topic, payload, qos, retain)
 
     async def _publish_up(self, tid, payload):
@@ -222,8 +227,10 @@ class Node:
         from lookout_node.speaker import Broadcast
 
         try:
+            self.speaker.policy(2)  # quiet hours and a broadcast of equal/higher priority win
             self.speaker.submit(Broadcast(None, clip, 1, self.cfg.get("volume", 80), 2))
-        except Rejected:
+        except Rejected as e:
+            self.log("info", "local warning not played: %s" % e.code)
             return False
         return True
 
@@ -341,15 +348,20 @@ class Node:
             r = self.proc.receive(msg.payload)
             if r is None:
                 self.log("warning", "dropped a command with no readable id")
-        elif ch == "dl" and self.speaker is not None and sub is not None:
+        elif ch == "dl" and sub is not None:
             try:
-                self.speaker.on_dl(int(sub), msg.payload)
+                tid = int(sub)
             except ValueError:
-                pass
+                return
+            # a resume request (cliptransfer status) for one of our uploads, else a chunk of a clip download
+            if self.sensor is not None and self.sensor.on_dl(tid, msg.payload):
+                return
+            if self.speaker is not None:
+                self.speaker.on_dl(tid, msg.payload)
 
     # ---- tasks --------------------------------------------------------------------------------------------
     async def _supervise(self, name, fn):
-        delay = 100
+        delay = self.restart_delay_ms
         while True:
             try:
                 await fn()
@@ -377,7 +389,7 @@ class Node:
         while True:
             if self.healthy():
                 self.hal.wdt_feed()
-            await sleep_ms(wdt_ms // 4)
+            await sleep_ms(self.wdt_period_ms or wdt_ms // 4)
 
     async def _sender(self):
         from lookout_node.mqtt import NotConnected
@@ -404,6 +416,8 @@ class Node:
                 await self.client.publish(self.topic("hb"), messages.encode("hb", self.heartbeat()), 0)
             except NotConnected:
                 pass
+            if self.sensor is not None:
+                self.sensor.expire_uploads()
             await sleep_ms(self.cfg["hb_s"] * 1000)
 
     def _loc_msg(self):
@@ -453,17 +467,19 @@ class Node:
 
         self._nmea = nmea
         rd = nmea.NMEAReader()
+        step = rd.max_buffer // 2  # a UART read can be bigger than the reader's bound: feed it in slices
         while True:
             data = await self.hal.gps.read()
             if not data:
                 continue
-            rd.receive_data(data)
             changed = False
-            while True:
-                ev = rd.next_event()
-                if ev is nmea.NEED_DATA or ev is nmea.CLOSED:
-                    break
-                changed = self._gps_event(ev) or changed
+            for i in range(0, len(data), step):
+                rd.receive_data(data[i:i + step])
+                while True:
+                    ev = rd.next_event()  # garbage comes out as NMEABadSentence (counted in rd.bad_count)
+                    if ev is nmea.NEED_DATA or ev is nmea.CLOSED:
+                        break
+                    changed = self._gps_event(ev) or changed
             if changed:
                 await self._send_loc()
 
@@ -579,7 +595,8 @@ class Node:
         """Run until a restart is requested; returns the reason."""
         self.client = self._make_client()
         await self.client.subscribe(self.topic("cmd"), 1)
-        if self.speaker is not None:
+        if self.speaker is not None or (self.sensor is not None and self.hal.camera is not None):
+            # speaker: clip download chunks; camera: resume requests for its snapshot uploads
             await self.client.subscribe(topics.ROOT + "/%s/%s/dl/+" % (self.site, self.id), 1)
         self.client.start()
         jobs = [("session", self._session), ("sender", self._sender), ("hb", self._heartbeat),

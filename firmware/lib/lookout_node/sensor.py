@@ -10,15 +10,25 @@ Theory of operation:
   ``up/<tid>``: the manifest (JSON, with SHA-256, MAC'd with the device key, purpose ``up``) first, then the
   binary chunks, each QoS 1 (the chunks need no MAC: the signed SHA-256 covers them). The event lists
   ``sha256:<hex>`` in ``evidence``, hashed at the source (FIELD.md custody practice).
+- Resume: the node keeps each snapshot (the image bytes it already holds, via its ``ClipSender``) after sending
+  it. The gateway's clip store publishes a cliptransfer *status* on ``dl/<tid>`` when an upload stalls; the
+  node then re-sends exactly the chunks in its ``missing`` ranges. A status with state ``complete`` or
+  ``failed`` ends the transfer. Kept snapshots are bounded (``UPLOAD_KEEP`` transfers, ``UPLOAD_KEEP_BYTES``,
+  oldest forgotten first) and forgotten ``UPLOAD_KEEP_MS`` after the last activity (the clip store abandons a
+  silent upload after 120 s, so nothing asks later).
 - Local warning: if configured, a detection while the gateway has been unreachable for ``offline_after_s``
-  plays the configured clip on the node's own speaker (priority 2).
+  plays the configured clip on the node's own speaker (priority 2, quiet hours respected).
 """
 
 from protocols import canonical, cliptransfer, defaults, signing
+from protocols.errors import TransferError
 from lookout_node.commands import Failed, Rejected
-from lookout_node.hal import ticks_diff
+from lookout_node.hal import asyncio, ticks_diff, ticks_ms
 
 WINDOW_MS = 3000
+UPLOAD_KEEP = 2  # snapshots kept for resume requests
+UPLOAD_KEEP_BYTES = 65536  # ... and their bytes in all; a bigger image is sent once, without resume
+UPLOAD_KEEP_MS = 120000  # = the gateway clip store's expiry (gateway/clipstore.py EXPIRE_MS)
 
 
 def need_edges(sensitivity):
@@ -67,17 +77,28 @@ def signed_manifest(key, manifest):
 
 
 async def upload(publish, topic_for, data, clip_id, tid, kind, mime, created_ms,
-                 chunk=defaults.CLIP_CHUNK_SIZE_MQTT, key=None):
+                 chunk=defaults.CLIP_CHUNK_SIZE_MQTT, key=None, sender=None):
     """Send ``data`` as manifest + chunks on ``topic_for(tid)`` (QoS 1 each); returns the Manifest.
-    ``key``: the device key that signs the manifest (purpose ``up``); None sends it unsigned (tests only)."""
-    s = cliptransfer.ClipSender(data, chunk, clip_id, tid, kind, mime, created_ms)
+    ``key``: the device key that signs the manifest (purpose ``up``); None sends it unsigned (tests only).
+    ``sender``: an existing ClipSender for ``data`` (the caller keeps it to answer resume requests)."""
+    s = sender or cliptransfer.ClipSender(data, chunk, clip_id, tid, kind, mime, created_ms)
     t = topic_for(tid)
     await publish(t, signed_manifest(key, s.manifest) if key is not None else s.manifest.encode(), 1)
-    buf = bytearray(cliptransfer.CHUNK_HEADER_LEN + chunk)
-    for i in range(s.manifest.chunks):
-        n = s.chunk_into(i, buf)
-        await publish(t, bytes(buf[:n]), 1)
+    await send_chunks(publish, t, s, ((0, s.manifest.chunks),))
     return s.manifest
+
+
+async def send_chunks(publish, topic, sender, ranges):
+    """Publish the chunks of ``sender`` in the half-open index ``ranges`` (QoS 1 each); returns how many."""
+    m = sender.manifest
+    buf = bytearray(cliptransfer.CHUNK_HEADER_LEN + m.chunk_size)
+    n = 0
+    for a, b in ranges:
+        for i in range(max(0, a), min(b, m.chunks)):
+            k = sender.chunk_into(i, buf)
+            await publish(topic, bytes(buf[:k]), 1)
+            n += 1
+    return n
 
 
 class Sensor:
@@ -92,6 +113,8 @@ class Sensor:
         self.det = Detector(s.get("debounce_ms", 200), s.get("min_interval_s", 30), s.get("sensitivity", 50))
         self.events = 0
         self.local_warnings = 0
+        self.uploads = {}  # tid -> [ClipSender, ticks of last activity, resend task or None]
+        self.resent = 0  # chunks re-sent on resume requests
 
     def _save(self):
         s = dict(self.cfg.get("sensor", {}))
@@ -137,9 +160,67 @@ class Sensor:
             raise Failed("camera", "camera returned no image")
         ts = self.hal.time_ms() or 0
         tid = self.node.new_tid()
-        m = await upload(self.node.publish, self.node.upload_topic, img, "snap-%d" % tid, tid, "snapshot",
-                         "image/jpeg", ts, key=self.node.key)
+        s = cliptransfer.ClipSender(img, defaults.CLIP_CHUNK_SIZE_MQTT, "snap-%d" % tid, tid, "snapshot",
+                                    "image/jpeg", ts)
+        self._keep(tid, s)  # before the first send: a link lost mid-upload is resumed from the gateway's status
+        m = await upload(self.node.publish, self.node.upload_topic, img, s.manifest.clip_id, tid, "snapshot",
+                         "image/jpeg", ts, key=self.node.key, sender=s)
         return m
+
+    # ---- upload resume ------------------------------------------------------------------------------------
+    def _forget(self, tid):
+        u = self.uploads.pop(tid, None)
+        if u is not None and u[2] is not None and not u[2].done():
+            u[2].cancel()
+
+    def expire_uploads(self):
+        now = ticks_ms()
+        for tid in list(self.uploads):
+            if ticks_diff(now, self.uploads[tid][1]) >= UPLOAD_KEEP_MS:
+                self._forget(tid)
+
+    def _keep(self, tid, sender):
+        size = sender.manifest.size
+        if size > UPLOAD_KEEP_BYTES:
+            return
+        self.expire_uploads()
+        while self.uploads and (len(self.uploads) >= UPLOAD_KEEP or
+                                size + sum(u[0].manifest.size for u in self.uploads.values()) > UPLOAD_KEEP_BYTES):
+            oldest = None
+            for t in self.uploads:
+                if oldest is None or ticks_diff(self.uploads[oldest][1], self.uploads[t][1]) > 0:
+                    oldest = t
+            self._forget(oldest)
+        self.uploads[tid] = [sender, ticks_ms(), None]
+
+    def on_dl(self, tid, payload):
+        """A message on ``dl/<tid>``; True if it was a status for one of our uploads (handled here)."""
+        u = self.uploads.get(tid)
+        if u is None or payload[:1] != b"{":
+            return False
+        try:
+            st = cliptransfer.decode_status(payload)
+        except TransferError as e:  # a bad status must not hurt the node
+            self.node.record_error("upload status", e)
+            return True
+        if st["tid"] != tid or st["id"] != u[0].manifest.clip_id:
+            return True
+        if st["state"] != cliptransfer.RECEIVING:  # the gateway's final word: filed, or failed for good
+            self._forget(tid)
+            return True
+        u[1] = ticks_ms()
+        if st["missing"] and (u[2] is None or u[2].done()):
+            u[2] = asyncio.create_task(self._resend(tid, u[0], st["missing"]))
+        return True
+
+    async def _resend(self, tid, sender, missing):
+        try:
+            self.resent += await send_chunks(self.node.publish, self.node.upload_topic(tid), sender, missing)
+        except Exception as e:  # offline again: the gateway asks again after its stall period
+            self.node.record_error("upload resume", e)
+        u = self.uploads.get(tid)
+        if u is not None:
+            u[1] = ticks_ms()
 
     async def snapshot(self, args, cmd):
         m = await self.take_snapshot()
@@ -165,9 +246,11 @@ class Sensor:
         lw = self.cfg.get("local_warning") or {}
         offline_ms = self.node.offline_for_ms()
         limit = (self.cfg.get("sensor") or {}).get("offline_after_s", 60) * 1000
+        played = False
         if lw.get("enabled") and offline_ms is not None and offline_ms >= limit:
-            self.local_warnings += 1
-            self.node.local_warning(lw.get("clip"))
+            played = self.node.local_warning(lw.get("clip"))
+            if played:
+                self.local_warnings += 1
         if self.hal.camera is not None and offline_ms is None:
             try:
                 m = await self.take_snapshot()
@@ -175,4 +258,4 @@ class Sensor:
             except Exception as e:  # the event matters more than its picture
                 self.node.record_error("snapshot", e)
         self.node.emit_event("presence", "general", conf=conf, count=count, evidence=evidence,
-                             detail="local warning played" if self.local_warnings and offline_ms else None)
+                             detail="local warning played" if played else None)

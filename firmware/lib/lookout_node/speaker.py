@@ -29,6 +29,7 @@ CHUNK_MS = 60  # audio per write: bounds stop latency (requirement: 200 ms)
 MAX_REPEAT = 100
 FETCH_IDLE_MS = 15000  # no chunk for this long: ask for the missing ranges (status on up/<tid>)
 FETCH_RETRIES = 3  # status requests before the download fails with "incomplete"
+SCHED_TICK_MS = 1000  # how often the scheduler looks for due broadcasts
 RAW_FORMAT = (8000, 16, 1)  # rate, bits, channels of a headerless clip (G.711-class voice rate)
 
 
@@ -140,7 +141,7 @@ class FileSink:
 
 
 class Speaker:
-    CAPS = ("play", "stop", "set_volume", "schedule", "cancel", "fetch_clip")
+    CAPS = ("play", "stop", "set_volume", "schedule", "cancel", "cancel_schedule", "fetch_clip")
 
     def __init__(self, hal, cfg, emit_event=None, save_cfg=None, publish_up=None, on_error=None):
         self.hal = hal
@@ -155,6 +156,7 @@ class Speaker:
         self.paused = []
         self.downloads = {}  # tid -> [receiver, Event, ticks of last chunk]
         self.schedules = {}
+        self.sched_tick_ms = SCHED_TICK_MS
         self._wake = asyncio.Event()
         self._buf = None
         self.fs.makedirs("clips")
@@ -167,6 +169,7 @@ class Speaker:
         proc.register("set_volume", self.set_volume, self.check_volume)
         proc.register("schedule", self.schedule, self.check_schedule)
         proc.register("cancel", self.cancel, self.check_cancel)
+        proc.register("cancel_schedule", self.cancel, self.check_cancel)  # the same, by its longer name
         proc.register("fetch_clip", self.fetch_clip, self.check_fetch)
 
     def clip_path(self, clip):
@@ -175,7 +178,7 @@ class Speaker:
     def has_clip(self, clip):
         return is_safe_clip_id(clip) and self.fs.exists(self.clip_path(clip))
 
-    def _policy(self, prio):
+    def policy(self, prio):
         """Quiet hours and priority; raises Rejected."""
         if prio < 3 and in_quiet_hours(self.cfg.get("quiet_hours"), self.cfg.get("tz_min", 480),
                                        self.hal.time_ms()):
@@ -195,7 +198,7 @@ class Speaker:
         repeat = _int_arg(args, "repeat", 1, 1, MAX_REPEAT)
         prio = cmd.get("prio", 1)
         volume = _int_arg(args, "volume", 100 if prio == 3 else self.volume, 0, 100)
-        self._policy(prio)
+        self.policy(prio)
         return {"clip": clip, "repeat": repeat, "volume": volume, "prio": prio}
 
     async def play(self, args, cmd, progress=None):
@@ -355,8 +358,9 @@ class Speaker:
         now = self.hal.time_ms()
         if now is None:
             raise Rejected("no_clock", "schedules need the wall clock (GPS or NTP) and it is not set")
+        prio = cmd.get("prio", 1)  # an emergency schedule (3) plays through quiet hours, at volume 100 by default
         return {"sid": sid, "clip": clip, "every_s": every, "repeat": _int_arg(args, "repeat", 1, 1, MAX_REPEAT),
-                "volume": _int_arg(args, "volume", self.volume, 0, 100), "prio": min(cmd.get("prio", 1), 2),
+                "volume": _int_arg(args, "volume", 100 if prio == 3 else self.volume, 0, 100), "prio": prio,
                 "count": _int_arg(args, "count", 0, 0, 100000),
                 "next_ms": _int_arg(args, "start_ms", now, 0, 2 ** 47)}
 
@@ -379,9 +383,10 @@ class Speaker:
         return {"sid": args["sid"], "left": len(self.schedules)}
 
     async def run_scheduler(self):
-        """Start due scheduled broadcasts (checked once a second)."""
+        """Start due scheduled broadcasts (checked every ``sched_tick_ms``). A slot missed while the node was off
+        or busy is not made up: the next one is the first slot of the schedule's grid after now."""
         while True:
-            await sleep_ms(1000)
+            await sleep_ms(self.sched_tick_ms)
             now = self.hal.time_ms()
             if now is None or not self.schedules:
                 continue
@@ -391,14 +396,15 @@ class Speaker:
                 if s["next_ms"] > now:
                     continue
                 changed = True
-                s["next_ms"] = max(s["next_ms"] + s["every_s"] * 1000, now)
+                every = s["every_s"] * 1000
+                s["next_ms"] += every * ((now - s["next_ms"]) // every + 1)  # strictly after now, same phase
                 try:
-                    self._policy(s["prio"])
+                    self.policy(s["prio"])
                     if not self.has_clip(s["clip"]):
                         raise Rejected("no_clip")
                     self.submit(Broadcast(None, s["clip"], s["repeat"], s["volume"], s["prio"], sid=sid))
-                except Rejected as e:
-                    if self.emit_event is not None:
+                except Rejected as e:  # quiet hours are expected, not news: no event every period all night
+                    if self.emit_event is not None and e.code != "quiet_hours":
                         self.emit_event("broadcast", "info", "schedule %s skipped: %s" % (sid, e.code))
                 if s["count"]:
                     s["count"] -= 1
