@@ -7,7 +7,7 @@
 ``flash`` validates the config with the firmware's own validator *before* touching the board (an installer sees
 ``hb_s: 2: expected an integer 5..3600``, not a node that never comes online), builds when the .mpy files are
 missing or older than their sources, then runs one chained ``mpremote`` call; ``--dry-run`` prints it instead.
-Layout and helpers: gateway/firmware_build.py. Guide: docs/parts/firmware-deploy.md.
+Layout and helpers: gateway/firmware_build.py. Guide: docs/FIRMWARE.md.
 """
 
 from __future__ import annotations

@@ -221,7 +221,7 @@ class CommandService:
         before its first transmission (a retry after a restart must re-send the identical bytes, never re-sign).
         Status changes after that are batched: each SQLite call on the event loop thread releases the GIL, and
         losing the last few hundred ms of them in a crash only means a ``sent`` command is re-sent (identical
-        bytes: the node answers ``replay``) instead of being known ``done`` (docs/parts/gateway.md).
+        bytes: the node answers ``replay``) instead of being known ``done`` (docs/GATEWAY.md).
         """
         if self._db is None:
             return

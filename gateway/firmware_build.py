@@ -255,7 +255,7 @@ def package_json(role: str) -> dict:
         urls.append([device_path(src, compiled=False)[4:], rel])
     return {"version": PACKAGE_VERSION,
             "description": "Lookout %s node libraries (/lib); then copy firmware/%s/main.py to :main.py and the "
-                           "node's config.json to :config.json (docs/parts/firmware-deploy.md)"
+                           "node's config.json to :config.json (docs/FIRMWARE.md)"
                            % (ROLE_APP[role], ROLE_APP[role]),
             "urls": urls, "deps": [list(d) for d in MIP_DEPS]}
 

@@ -8,7 +8,7 @@ command. ``connect(..., checkpoint_in_background=True)`` turns that off for the 
 ``Checkpointer`` thread runs ``PRAGMA wal_checkpoint(PASSIVE)`` on its own connection every second instead
 (passive: never blocks the writer; readers and the writer carry on while pages are copied).
 
-Durability (docs/parts/gateway.md): a committed transaction survives a crash of the gateway process; a power
+Durability (docs/GATEWAY.md): a committed transaction survives a crash of the gateway process; a power
 loss or OS crash may lose the commits since the last checkpoint's fsync (about a second) but never corrupts the
 file.
 """

@@ -6,7 +6,7 @@ request per action; the gateway answers with one JSON response carrying the same
 confined the operator to its own two topics). ``decode_request`` validates the envelope and the op's arguments and
 raises ``OpAPIError`` naming the field; the gateway turns that into a response with ``code = "bad_request"``.
 
-Response codes (``code``; docs/parts/operator-api.md):
+Response codes (``code``; docs/PROTOCOL.md §9):
 ``ok``, ``queued`` (target offline, command stored until its next birth), ``partial`` (group: some devices did
 not succeed), ``bad_request``, ``unauthorized``, ``unknown_device``, ``offline`` (target offline and the request
 asked not to queue: refused), ``failed`` (device answered failed/rejected), ``timeout`` (no final result within

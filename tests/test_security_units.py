@@ -197,13 +197,13 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert "spk-01" not in (out / "passwd").read_text() and "spk-01" not in (out / "acl").read_text()
 
 
-# -- docs/parts/security-wire.md vectors ---------------------------------------------------------------------------
+# -- docs/PROTOCOL.md §8 vectors ---------------------------------------------------------------------------
 def test_security_wire_doc_vectors():
     import binascii
 
     from protocols import canonical, messages
 
-    doc = (Path(__file__).resolve().parents[1] / "docs" / "parts" / "security-wire.md").read_text()
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "PROTOCOL.md").read_text()
     old, new = bytes(range(32)), bytes(range(32, 64))
     pad = binascii.hexlify(signing.hmac_sha256(old, b"rotate|43")).decode()
     wrapped = signing.wrap_key(old, new, 43)

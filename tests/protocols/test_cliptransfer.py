@@ -12,7 +12,7 @@ from protocols.errors import LocalProtocolError, TransferError
 DATA = bytes(range(256)) * 2 + b"tail"  # 516 bytes -> 5 chunks of 128 (last one 4 bytes)
 SHA = "0eab4186793e884baf23a388179b63638b6cbbec858076a086b7c358b8cd8613"
 TS = 1717000000000
-# Golden vectors (docs/parts/cliptransfer.md, "Worked examples")
+# Golden vectors (docs/PROTOCOL.md §12, "Worked examples")
 MANIFEST_JSON = (b'{"chunk":128,"id":"warn-01.wav","kind":"audio","mime":"audio/wav","n":5,'
                  b'"sha256":"' + SHA.encode() + b'","size":516,"tid":7,"ts":1717000000000,"v":1}')
 CHUNK4 = b"\x01\x00\x00\x00\x00\x07\x00\x00\x00\x04tail"

@@ -1,4 +1,4 @@
-"""CoAP codec and Transmitter: golden vectors (RFC 7252 Appendix A and docs/parts/coap.md), every rejection
+"""CoAP codec and Transmitter: golden vectors (RFC 7252 Appendix A and docs/PROTOCOL.md §10), every rejection
 path, retransmission timing with injected time. Runs under CPython and MicroPython alike."""
 
 import binascii
@@ -38,7 +38,7 @@ EMPTY_ACK = h("60 00 7d34")
 PING = h("40 00 1234")
 RST_1234 = h("70 00 1234")
 
-# docs/parts/coap.md worked examples
+# docs/PROTOCOL.md §10 worked examples
 # NON POST /s/lvl?u=cm, MID 0x0102, token a1b2, Content-Format 50 (application/json), payload {"lvl":3}
 DOC_POST = h("52 02 0102 a1b2 b1 73 03 6c766c 11 32 34 753d636d ff 7b226c766c223a337d")
 # ACK 2.04 Changed piggybacked for a CON with token a1b2

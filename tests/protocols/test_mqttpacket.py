@@ -5,7 +5,7 @@ from ptest import raises
 from protocols import mqttpacket as mp
 from protocols.errors import LocalProtocolError, MQTTPacketError
 
-# The worked example of docs/parts/mqtt-client.md, laid out field by field as in MQTT 3.1.1 §3.1.
+# The worked example of docs/PROTOCOL.md §15, laid out field by field as in MQTT 3.1.1 §3.1.
 CONNECT_GOLDEN = (
     b"\x10\x47"  # fixed header: CONNECT (1 << 4), remaining length 71
     + b"\x00\x04MQTT"  # §3.1.2.1 protocol name

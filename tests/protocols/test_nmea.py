@@ -506,7 +506,7 @@ def test_events_compare_by_value():
 
 
 def test_docs_worked_example():
-    # docs/parts/nmea.md, "Worked example": the no-fix VTG byte for byte and its checksum.
+    # docs/PROTOCOL.md §13, "Worked example": the no-fix VTG byte for byte and its checksum.
     assert binascii.hexlify(VTG_NOFIX) == b"244750565447" + b"2c" * 9 + b"4e2a33300d0a"
     assert nmea.checksum(b"GPVTG") == 0x52 and nmea.checksum(b"GPVTG,,,,,,,,,") == 0x7E
     assert nmea.checksum(b"GPVTG,,,,,,,,,N") == 0x30

@@ -8,7 +8,7 @@ from protocols import serialframe as sf
 from protocols.errors import FrameError, LocalProtocolError
 
 HELLO_PAYLOAD = b'{"dev":"bwc-0001","fw":"1.2.0"}'
-# Golden vectors (docs/parts/serialframe.md, "Worked examples")
+# Golden vectors (docs/PROTOCOL.md §14, "Worked examples")
 HELLO_HEX = ("fbc101010001001f350f" "7b22646576223a226277632d30303031222c226677223a22312e322e30227d" "79ee")
 ACK_HEX = "fbc1010500070002cd35" "0007" "6de8"
 HEARTBEAT_HEX = "fbc10102ffff00008bf3" "ffff"

@@ -9,7 +9,7 @@ report is one Confirmable POST (RFC 7252 §4.2) to the gateway's CoAP bridge (ga
     Content-Format: 50 (application/json)       payload: the exact bytes protocols/messages.encode() made
 
 The bridge republishes the unchanged bytes on ``lookout/v1/<site>/<device>/<channel>``, so the gateway cannot
-tell a CoAP node from an MQTT node (except that there is no last will: see docs/parts/firmware-deploy.md).
+tell a CoAP node from an MQTT node (except that there is no last will: see docs/FIRMWARE.md).
 
 Layers: ``protocols.coap`` owns every byte and the retransmission state machine (``Transmitter``: initial
 timeout ACK_TIMEOUT x [1, ACK_RANDOM_FACTOR], doubling, MAX_RETRANSMIT resends, §4.8). This module only moves
@@ -24,7 +24,7 @@ code runs on CPython (the socket module is the same there); tests inject a fake 
 disconnect(publish_will)``. Plus the transport-neutral ``await send(channel, payload) -> bool`` and ``await
 post(channel, payload) -> Result``.
 
-Delivery policy (one place; docs/parts/firmware-deploy.md repeats it):
+Delivery policy (one place; docs/FIRMWARE.md repeats it):
 
 - NSTART = 1 (§4.7): one exchange at a time; concurrent callers queue on a lock.
 - 2.xx                           -> delivered. ``publish`` returns; ``send`` returns True.

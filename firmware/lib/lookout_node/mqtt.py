@@ -17,7 +17,7 @@ arrival order and sends the QoS 1 PUBACK after the handler ran (MQTT 3.1.1 §4.6
 with no handler, messages go to a bounded inbox read by ``await next_message()`` and are acknowledged once
 queued. A handler may itself ``await client.publish(...)``: the reader keeps running, so the PUBACK arrives.
 
-Delivery policy (defaults in protocols/defaults.py, prose in docs/parts/mqtt-client.md): QoS 1 publish waits
+Delivery policy (defaults in protocols/defaults.py, prose in docs/PROTOCOL.md §15): QoS 1 publish waits
 for PUBACK ``puback_timeout_ms``, resends with DUP=1 up to ``publish_retries`` times, then declares the link
 dead and raises ``DeliveryFailed``; ``publish()`` while offline raises ``NotConnected`` at once. Both are
 ``NotConnected``, so the app's outbox keeps the message and tries again later. Nothing is queued here.

@@ -208,7 +208,7 @@ class Node:
     def emit_event(self, kind, sev, detail=None, conf=None, count=None, evidence=None):
         self.evt_seq += 1
         ts = self._clock()
-        if ts is None:  # no clock yet: the earliest legal time marks "unknown" (docs/parts/firmware.md)
+        if ts is None:  # no clock yet: the earliest legal time marks "unknown" (docs/FIRMWARE.md)
             ts = messages.MS_MIN
         lat, lon = self.position()
         m = {"id": "%s-%d-%d" % (self.id, self.bdseq, self.evt_seq), "seq": self.evt_seq, "ts": ts,
