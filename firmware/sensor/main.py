@@ -1,41 +1,8 @@
 """Sensor/camera node entry point (copied to the board's root as main.py by ``lookout firmware flash``).
 
-Loads /config.json, builds the ESP32 hardware layer and runs the app; whenever the app asks for a restart
-(reboot command, a config change on trial, a rollback) or anything escapes it, the board resets: a clean boot
-is the one state known to work on a node nobody visits for months.
+Everything role-independent lives in lookout_node/boot.py; the role itself comes from /config.json.
 """
 
-import asyncio
-import json
-import sys
+from lookout_node import boot
 
-from lookout_node.hal_esp32 import Esp32Hal
-from lookout_node.node import Node
-
-
-def load_config():
-    with open("/config.json") as f:
-        return json.load(f)
-
-
-async def app():
-    cfg = load_config()
-    hal = Esp32Hal(cfg)
-    hal._cfg_for_net = cfg
-    await hal.connect_network(cfg)
-    node = Node(hal, log=lambda level, text: print(level, text) if level != "debug" else None)
-    return await node.run()
-
-
-def main():
-    try:
-        reason = asyncio.run(app())
-        print("restart:", reason)
-    except Exception as e:  # noqa: BLE001 - log, then reset
-        sys.print_exception(e)
-    import machine
-
-    machine.reset()
-
-
-main()
+boot.run()

@@ -1,12 +1,8 @@
 """Command path (firmware/lib/lookout_node/commands.py) on both runtimes: every rejection code, acceptance,
 duplicate ids re-acknowledged without re-execution, the counter surviving a reboot."""
 
-import sys
 
-try:
-    import lookout_node  # noqa: F401 - on a device / the MicroPython runner it sits in /lib
-except ImportError:
-    from simulators import firmware_path  # noqa: F401 - CPython: puts firmware/lib on sys.path
+from fwtest import arun, MemFS
 
 from protocols import messages, signing
 from lookout_node.commands import CommandProcessor, Failed, Rejected
@@ -14,29 +10,6 @@ from lookout_node.commands import CommandProcessor, Failed, Rejected
 KEY = bytes(range(32))
 OTHER = bytes(range(1, 33))
 NOW = 1700000000000
-
-
-def arun(coro):
-    """Run a coroutine: the MicroPython runner awaits a returned coroutine, CPython runs it here."""
-    if sys.implementation.name == "micropython":
-        return coro
-    import asyncio
-
-    asyncio.run(coro)
-
-
-class MemFS:
-    def __init__(self):
-        self.files = {}
-
-    def read(self, name):
-        return self.files.get(name)
-
-    def write(self, name, data):
-        self.files[name] = bytes(data)
-
-    def remove(self, name):
-        return self.files.pop(name, None) is not None
 
 
 def make(fs=None, clock=NOW):

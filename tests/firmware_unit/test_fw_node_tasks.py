@@ -4,13 +4,8 @@ restarted, feeding stops in a crash loop and while the loop is stuck), and recur
 reboot, cancel, quiet hours vs emergency, missed slots not made up)."""
 
 import json
-import sys
-import time
 
-try:
-    import lookout_node  # noqa: F401
-except ImportError:
-    from simulators import firmware_path  # noqa: F401
+from fwtest import arun, tmpdir
 
 import binascii
 
@@ -23,22 +18,6 @@ from lookout_node.speaker import Speaker
 
 KEY = bytes(range(32))
 NOON = 1700049600000  # 2023-11-15 12:00 UTC = 20:00 at UTC+8
-_n = [0]
-
-
-def arun(coro):
-    if sys.implementation.name == "micropython":
-        return coro
-    import asyncio
-
-    asyncio.run(coro)
-
-
-def tmpdir():
-    _n[0] += 1
-    t = getattr(time, "time_ns", None)
-    stamp = t() if t else int(time.time() * 1e9)
-    return "/tmp/lktask-%d-%d" % (stamp % 1000000007, _n[0])
 
 
 async def until(pred, ms=5000, what="condition"):
@@ -53,7 +32,7 @@ async def until(pred, ms=5000, what="condition"):
 
 
 async def start_node(role, gps=False, pir=False, camera=False, wdt_period_ms=None, **extra):
-    h = hal_host.HostHal(tmpdir(), gps=gps, pir=pir, camera=camera)
+    h = hal_host.HostHal(tmpdir("lktask"), gps=gps, pir=pir, camera=camera)
     cfg = {"id": "nd-01", "site": "dongshan", "role": role, "key": binascii.hexlify(KEY).decode(),
            "broker": {"host": "loopback", "port": 1883}, "quiet_hours": [],
            "position": {"lat": 300000000, "lon": 1200000000, "alt_mm": 0}}
@@ -128,7 +107,7 @@ def test_gps_fix_reported_with_sentence_values_and_garbage_never_kills_the_reade
 
 
 def test_no_fix_and_no_position_means_no_loc():
-    h = hal_host.HostHal(tmpdir(), gps=True)
+    h = hal_host.HostHal(tmpdir("lktask"), gps=True)
     cfg = {"id": "nd-02", "site": "dongshan", "role": "speaker", "key": binascii.hexlify(KEY).decode(),
            "broker": {"host": "loopback", "port": 1883}, "quiet_hours": []}
     h.fs.write("config.json", json.dumps(cfg).encode())
@@ -212,7 +191,7 @@ def test_pir_edges_debounced_and_rate_limited_into_signed_events():
 # ---- recurring broadcasts -----------------------------------------------------------------------------------
 
 def make_speaker(clock, quiet=None, root=None):
-    h = hal_host.HostHal(root or tmpdir(), clock=lambda: clock[0], speed=8)
+    h = hal_host.HostHal(root or tmpdir("lktask"), clock=lambda: clock[0], speed=8)
     sp = Speaker(h, {"volume": 70, "quiet_hours": quiet or [], "tz_min": 480})
     sp.sched_tick_ms = 5
     h.fs.write("clips/short", bytes(16 * 300))

@@ -4,13 +4,8 @@ in-process LoopbackBroker standing in for Mosquitto. After a rotation the old ke
 refused, and a bad or ill-timed rotation leaves the old key in force."""
 
 import json
-import sys
-import time
 
-try:
-    import lookout_node  # noqa: F401
-except ImportError:
-    from simulators import firmware_path  # noqa: F401
+from fwtest import arun, tmpdir
 
 import binascii
 
@@ -25,22 +20,6 @@ from lookout_node.node import Node
 OLD = bytes(range(32))
 NEW = bytes(range(100, 132))
 NOW = 1700000000000
-_n = [0]
-
-
-def arun(coro):
-    if sys.implementation.name == "micropython":
-        return coro
-    import asyncio
-
-    asyncio.run(coro)
-
-
-def tmpdir():
-    _n[0] += 1
-    t = getattr(time, "time_ns", None)
-    stamp = t() if t else int(time.time() * 1e9)
-    return "/tmp/lkrot-%d-%d" % (stamp % 1000000007, _n[0])
 
 
 def hexs(b):
@@ -51,7 +30,7 @@ class Rig:
     """One node directory; ``boot()`` starts a Node on it (again after a reboot), ``send`` injects commands."""
 
     def __init__(self):
-        self.root = tmpdir()
+        self.root = tmpdir("lkrot")
         self.hal = hal_host.HostHal(self.root, clock=lambda: NOW)
         cfg = {"id": "spk-01", "site": "dongshan", "role": "sensor", "key": hexs(OLD),
                "broker": {"host": "loopback", "port": 1883}, "quiet_hours": [],

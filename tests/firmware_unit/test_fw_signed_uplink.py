@@ -3,13 +3,8 @@ manifests (``up``) carry the device key's MAC; the gateway-side check (protocols
 and rejects a tampered copy, another purpose, or another key."""
 
 import json
-import sys
-import time
 
-try:
-    import lookout_node  # noqa: F401
-except ImportError:
-    from simulators import firmware_path  # noqa: F401
+from fwtest import arun, tmpdir
 
 import binascii
 
@@ -23,26 +18,10 @@ from lookout_node.node import Node
 KEY = bytes(range(32))
 OTHER = bytes(range(1, 33))
 NOW = 1700000000000
-_n = [0]
-
-
-def arun(coro):
-    if sys.implementation.name == "micropython":
-        return coro
-    import asyncio
-
-    asyncio.run(coro)
-
-
-def tmpdir():
-    _n[0] += 1
-    t = getattr(time, "time_ns", None)
-    stamp = t() if t else int(time.time() * 1e9)
-    return "/tmp/lksig-%d-%d" % (stamp % 1000000007, _n[0])
 
 
 def make_node(role="camera"):
-    h = hal_host.HostHal(tmpdir(), clock=lambda: NOW, pir=True, camera=True)
+    h = hal_host.HostHal(tmpdir("lksig"), clock=lambda: NOW, pir=True, camera=True)
     cfg = {"id": "cam-01", "site": "dongshan", "role": role, "key": binascii.hexlify(KEY).decode(),
            "broker": {"host": "loopback", "port": 1883}, "quiet_hours": [],
            "position": {"lat": 300000000, "lon": 1200000000}}

@@ -1,13 +1,8 @@
 """Loudspeaker logic on both runtimes: pre-emption and resume, stop mid-playback, quiet hours, clip download
 verified before it replaces a clip. Runs the real Speaker over hal_host (files in a temp directory)."""
 
-import sys
-import time
 
-try:
-    import lookout_node  # noqa: F401
-except ImportError:
-    from simulators import firmware_path  # noqa: F401
+from fwtest import arun, tmpdir
 
 import hashlib
 import binascii
@@ -22,22 +17,6 @@ from lookout_node import speaker
 from lookout_node.speaker import Speaker, in_quiet_hours, parse_wav
 
 NOON = 1700049600000  # 2023-11-15 12:00 UTC = 20:00 at UTC+8
-_n = [0]
-
-
-def arun(coro):
-    if sys.implementation.name == "micropython":
-        return coro
-    import asyncio
-
-    asyncio.run(coro)
-
-
-def tmpdir():
-    _n[0] += 1
-    t = getattr(time, "time_ns", None)
-    stamp = t() if t else int(time.time() * 1e9)
-    return "/tmp/lkfw-%d-%d" % (stamp % 1000000007, _n[0])
 
 
 def raw_clip(ms):
@@ -45,7 +24,7 @@ def raw_clip(ms):
 
 
 def make(quiet=None, clock=NOON, speed=1):
-    h = hal_host.HostHal(tmpdir(), clock=lambda: clock, speed=speed)
+    h = hal_host.HostHal(tmpdir("lkfw"), clock=lambda: clock, speed=speed)
     cfg = {"volume": 70, "quiet_hours": quiet or [], "tz_min": 480}
     sp = Speaker(h, cfg)
     h.fs.write("clips/short", raw_clip(300))

@@ -1,29 +1,12 @@
 """Outbox bounds and persistence, config validation and rollback, PIR debounce and rate limit (both runtimes)."""
 
-try:
-    import lookout_node  # noqa: F401
-except ImportError:
-    from simulators import firmware_path  # noqa: F401
+from fwtest import MemFS
 
 from ptest import raises
 
 from lookout_node import config as cfgmod
 from lookout_node.outbox import Outbox
 from lookout_node.sensor import Detector, need_edges
-
-
-class MemFS:
-    def __init__(self):
-        self.files = {}
-
-    def read(self, name):
-        return self.files.get(name)
-
-    def write(self, name, data):
-        self.files[name] = bytes(data)
-
-    def remove(self, name):
-        return self.files.pop(name, None) is not None
 
 
 KEY = "ab" * 32

@@ -1,0 +1,48 @@
+"""Helpers shared by the firmware unit tests, on CPython and MicroPython alike.
+
+Importing this module makes ``lookout_node`` importable: on a device and in the MicroPython runner it sits in
+/lib already; under CPython ``simulators.firmware_path`` puts firmware/lib on sys.path.
+"""
+
+import sys
+import time
+
+try:
+    import lookout_node  # noqa: F401
+except ImportError:
+    from simulators import firmware_path  # noqa: F401
+
+_n = [0]
+
+
+def arun(coro):
+    """Run a coroutine: the MicroPython runner awaits a returned coroutine, CPython runs it here."""
+    if sys.implementation.name == "micropython":
+        return coro
+    import asyncio
+
+    asyncio.run(coro)
+
+
+def tmpdir(prefix="lkfw"):
+    """A fresh directory name under /tmp, unique within the run on both runtimes."""
+    _n[0] += 1
+    t = getattr(time, "time_ns", None)
+    stamp = t() if t else int(time.time() * 1e9)
+    return "/tmp/%s-%d-%d" % (prefix, stamp % 1000000007, _n[0])
+
+
+class MemFS:
+    """The flash-storage interface of lookout_node.hal, in memory."""
+
+    def __init__(self):
+        self.files = {}
+
+    def read(self, name):
+        return self.files.get(name)
+
+    def write(self, name, data):
+        self.files[name] = bytes(data)
+
+    def remove(self, name):
+        return self.files.pop(name, None) is not None
