@@ -61,6 +61,9 @@ def inputs(golden, count, seed=1):
             yield mutate(rng, golden[rng.below(len(golden))])
 
 
+TOTAL = [0]  # inputs fed so far in this process (read by bench/fuzz_soak.py)
+
+
 def only_raises(fn, golden, allowed, count=300, seed=1):
     """Call ``fn(data)`` on every input; anything but ``allowed`` fails with the offending input in hex."""
     n = 0
@@ -75,4 +78,5 @@ def only_raises(fn, golden, allowed, count=300, seed=1):
             raise AssertionError("%s escaped on input %s: %s" % (type(e).__name__,
                                                                  binascii.hexlify(data).decode(), e))
         n += 1
+    TOTAL[0] += n
     return n
