@@ -37,6 +37,7 @@ class BrokerConfig:
     cert: str | None = None
     key: str | None = None
     keepalive_s: int = 30
+    embedded_port: int = 1883  # where the embedded broker listens (loopback) when no url is given
 
     @property
     def embedded(self) -> bool:
@@ -175,6 +176,7 @@ def from_dict(d: dict[str, Any], base: Path | None = None) -> Config:
         url=url, username=b.str("username", None), password=b.str("password", None),
         ca=b.str("ca", None), cert=b.str("cert", None), key=b.str("key", None),
         keepalive_s=b.int("keepalive_s", 30, 5, 3600),
+        embedded_port=b.int("embedded_port", 1883, 0, 65535),
     )
     if (broker.cert is None) != (broker.key is None):
         errors.append("[broker].cert: cert and key must be given together")

@@ -135,7 +135,7 @@ class Gateway:
         url = self._broker_url
         if url is None:
             from gateway.broker import EmbeddedBroker
-            url = await self._stack.enter_async_context(EmbeddedBroker())
+            url = await self._stack.enter_async_context(EmbeddedBroker(port=cfg.broker.embedded_port))
         self.url = url
 
         self.bdseq = self._next_bdseq()

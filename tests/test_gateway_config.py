@@ -61,3 +61,13 @@ def test_example_config_is_valid():
     from pathlib import Path
     cfg = load(Path(__file__).resolve().parents[1] / "deploy" / "gateway.example.toml")
     assert cfg.site and cfg.broker.url
+
+
+def test_embedded_broker_port():
+    cfg = from_dict({"gateway": {"id": "gw", "site": "s1", "data_dir": "/tmp/x"}})
+    assert cfg.broker.embedded and cfg.broker.embedded_port == 1883
+    cfg = from_dict({"gateway": {"id": "gw", "site": "s1", "data_dir": "/tmp/x"}, "broker": {"embedded_port": 0}})
+    assert cfg.broker.embedded_port == 0
+    with pytest.raises(ConfigError) as e:
+        from_dict({"gateway": {"id": "gw", "site": "s1", "data_dir": "/tmp/x"}, "broker": {"embedded_port": 70000}})
+    assert "[broker].embedded_port" in str(e.value)
