@@ -18,9 +18,27 @@ gateway process once committed (the writer commits within milliseconds of the ap
 the process dies are lost, and the chain of what was committed still verifies); a power loss or OS crash may lose
 the last commits but never corrupts the file or breaks the chain.
 
+More than one process: the gateway is not the only writer. Admin tools on the gateway host (``lookout provision``,
+``pki``, ``broker-config``, ``rotate-key``) journal what they did into the same file while the gateway runs. Two
+processes each assigning ``seq``/``prev_hash`` from their own memory would fork the chain, and re-chaining the
+gateway's rows at write time would change ``seq`` numbers already handed out (alerts are linked to evidence by
+``seq``). So exactly one process *owns* the chain: the first ``Journal`` to take an exclusive ``flock`` on
+``<file>.lock`` (every ``Journal`` instance in that process shares it). Any other process's ``Journal`` is a
+*guest*: its ``append`` inserts the row (with its own ``ts``) into the unchained table ``journal_inbox`` in one
+synchronous transaction and returns an ``Entry`` with ``seq == 0`` and empty hashes. The owner's writer takes
+the inbox rows inside its batch transaction (``BEGIN IMMEDIATE``), chains them after everything appended so far
+and deletes them from the inbox in the same commit: a row is chained exactly once, never lost. An idle owner
+looks at the inbox every ``INBOX_POLL_S``; an owner also chains the inbox when it opens and when it closes, so a
+row queued while no gateway ran is chained by the next ``Journal`` to open the file (``record()``, which the
+admin tools use, does exactly that when no gateway holds the lock). Inside each batch transaction the writer
+also re-reads the stored head: if some writer outside this protocol appended (an old version, a platform without
+``flock``) the batch is re-chained onto the stored head and an error logged, so the file still verifies.
+``ts`` is the time of the action, not of chaining: a queued row can carry an older ``ts`` than its predecessor.
+
 Kinds: ``alert`` (events from nodes), ``command``, ``result``, ``state`` (registry transitions), ``operator``
-(operator requests, accepted or refused), ``security`` (forged/unsigned messages), ``system`` (start/stop),
-``custody`` (evidence files stored, duplicated or linked to events: gateway/clipstore.py).
+(operator requests, accepted or refused), ``security`` (forged/unsigned messages, refused operators), ``system``
+(start/stop), ``custody`` (evidence files stored, duplicated or linked to events: gateway/clipstore.py),
+``admin`` (key store, PKI, broker files and key rotations done with the admin tools on the gateway host).
 """
 
 from __future__ import annotations
@@ -30,18 +48,22 @@ import hashlib
 import io
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 log = logging.getLogger(__name__)
 
 GENESIS = "0" * 64
 LINGER_S = 0.05  # the writer gathers appends this long before committing them in one transaction
-KINDS = ("alert", "command", "result", "state", "operator", "security", "system", "custody")
+INBOX_POLL_S = 1.0  # an idle owner chains rows queued by other processes at most this late
+LOCK_WAIT_S = 2.0  # how long a new Journal waits to become the owner (a CLI holds the lock for milliseconds)
+BUSY_TIMEOUT_MS = 10_000  # SQLite waits this long for the other process's write transaction
+KINDS = ("alert", "command", "result", "state", "operator", "security", "system", "custody", "admin")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS journal (
@@ -56,6 +78,15 @@ CREATE TABLE IF NOT EXISTS journal (
     hash      TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS journal_ts ON journal (ts);
+CREATE TABLE IF NOT EXISTS journal_inbox (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts        INTEGER NOT NULL,
+    operator  TEXT,
+    kind      TEXT NOT NULL,
+    device    TEXT,
+    summary   TEXT NOT NULL,
+    detail    TEXT NOT NULL
+);
 CREATE TRIGGER IF NOT EXISTS journal_no_update BEFORE UPDATE ON journal
 BEGIN SELECT RAISE(ABORT, 'journal is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS journal_no_delete BEFORE DELETE ON journal
@@ -137,24 +168,83 @@ def entry_hash(prev_hash: str, seq: int, ts: int, operator: str | None, kind: st
     return hashlib.sha256((prev_hash + body).encode()).hexdigest()
 
 
+class _OwnerLock:
+    """The per-file ownership lock: an exclusive ``flock`` on ``<file>.lock``, shared by every ``Journal`` of
+    this process on that file (flock locks belong to an open file, so a second open in the same process would
+    otherwise lock itself out). Without ``fcntl`` (not Linux/BSD/macOS) every instance owns the chain."""
+
+    _held: ClassVar[dict[str, list[Any]]] = {}  # resolved path -> [fd or None, refcount]
+    _mutex = threading.Lock()
+
+    @classmethod
+    def acquire(cls, path: Path, wait_s: float) -> str | None:
+        key = str(path.resolve())
+        with cls._mutex:  # held while waiting: two threads of one process never race for the same file
+            if key in cls._held:
+                cls._held[key][1] += 1
+                return key
+            try:
+                import fcntl
+            except ImportError:
+                cls._held[key] = [None, 1]
+                return key
+            fd = os.open(key + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+            end = time.monotonic() + wait_s
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= end:
+                        os.close(fd)
+                        return None
+                    time.sleep(0.02)
+            cls._held[key] = [fd, 1]
+            return key
+
+    @classmethod
+    def release(cls, key: str) -> None:
+        with cls._mutex:
+            held = cls._held.get(key)
+            if held is None:
+                return
+            held[1] -= 1
+            if held[1] <= 0:
+                del cls._held[key]
+                if held[0] is not None:
+                    os.close(held[0])  # closing the descriptor drops the flock
+
+
+_INSERT = ("INSERT INTO journal (seq, ts, operator, kind, device, summary, detail, prev_hash, hash)"
+           " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+
+
 class Journal:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, owner_wait_s: float = LOCK_WAIT_S):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+        self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._lock_key = _OwnerLock.acquire(self.path, owner_wait_s)
+        self.owner = self._lock_key is not None  # False: a guest, whose appends go to the inbox
         row = self._db.execute("SELECT seq, hash FROM journal ORDER BY seq DESC LIMIT 1").fetchone()
         self._seq, self._head = (row[0], row[1]) if row else (0, GENESIS)
         self._dblock = threading.Lock()  # the connection is used by the writer thread and by readers
         self._cv = threading.Condition()
         self._pending: list[tuple[Any, ...]] = []
-        self._written = self._seq  # highest seq committed
+        self._chained = 0  # rows chained by this instance (its appends and the inbox rows it took)
+        self._committed = 0  # of those, rows committed
+        self._claimed = 0  # highest journal_inbox id chained (deleted from the inbox in the same commit)
         self._closing = False
         self._urgent = False  # a reader is waiting: commit without lingering
         self._error: BaseException | None = None
         self._writer: threading.Thread | None = None
+        if self.owner and not self._commit_batch():  # rows other processes queued while no owner ran
+            log.error("journal %s: could not chain queued rows at open (%s); the writer retries", self.path,
+                      self._error)
 
     def close(self) -> None:
         try:
@@ -166,24 +256,37 @@ class Journal:
             self._cv.notify_all()
         if self._writer is not None:
             self._writer.join(10)
+        if self.owner and self._lock_key is not None:
+            if not self._commit_batch():  # last look at the inbox before giving up ownership
+                log.error("journal %s: queued rows left unchained at close: %s", self.path, self._error)
+            _OwnerLock.release(self._lock_key)
+            self._lock_key = None
         with self._dblock:
             self._db.close()
 
     def head(self) -> tuple[int, str]:
+        """``(seq, hash)`` of the newest entry: the chain as the owner will write it (appends included before
+        they are committed); for a guest, the newest committed row."""
+        if not self.owner:
+            with self._dblock:
+                row = self._db.execute("SELECT seq, hash FROM journal ORDER BY seq DESC LIMIT 1").fetchone()
+            return (row[0], row[1]) if row else (0, GENESIS)
         return self._seq, self._head
 
     def append(self, kind: str, summary: str, *, operator: str | None = None, device: str | None = None,
                detail: dict[str, Any] | None = None, ts: int | None = None) -> Entry:
+        """Chain one entry (owner) and return it; a guest queues it in the inbox and returns it with seq 0."""
         if kind not in KINDS:
             raise ValueError(f"journal kind {kind!r} not one of {', '.join(KINDS)}")
         ts = time.time_ns() // 1_000_000 if ts is None else ts
         det = detail_text(detail or {})
+        if not self.owner:
+            with self._dblock:
+                self._db.execute("INSERT INTO journal_inbox (ts, operator, kind, device, summary, detail)"
+                                 " VALUES (?, ?, ?, ?, ?, ?)", (ts, operator, kind, device, summary, det))
+            return Entry(0, ts, operator, kind, device, summary, det, "", "")
         with self._cv:
-            seq = self._seq + 1
-            h = entry_hash(self._head, seq, ts, operator, kind, device, summary, det)
-            e = Entry(seq, ts, operator, kind, device, summary, det, self._head, h)
-            self._seq, self._head = seq, h
-            self._pending.append((seq, ts, operator, kind, device, summary, det, e.prev_hash, h))
+            e = self._chain(ts, operator, kind, device, summary, det)
             if self._writer is None:
                 self._writer = threading.Thread(target=self._write_loop, name="journal-writer", daemon=True)
                 self._writer.start()
@@ -191,56 +294,115 @@ class Journal:
                 self._cv.notify_all()
         return e
 
+    def _chain(self, ts: int, operator: str | None, kind: str, device: str | None, summary: str,
+               det: str) -> Entry:
+        """Give the row the next seq and link it to the head (caller holds ``_cv``)."""
+        seq = self._seq + 1
+        h = entry_hash(self._head, seq, ts, operator, kind, device, summary, det)
+        self._pending.append((seq, ts, operator, kind, device, summary, det, self._head, h))
+        e = Entry(seq, ts, operator, kind, device, summary, det, self._head, h)
+        self._seq, self._head = seq, h
+        self._chained += 1
+        return e
+
+    def _rechain(self, rows: list[tuple[Any, ...]], seq: int, head: str) -> list[tuple[Any, ...]]:
+        """Re-link ``rows`` onto the stored head (caller holds ``_cv``; only when someone broke the protocol)."""
+        out = []
+        for r in rows:
+            seq += 1
+            h = entry_hash(head, seq, *r[1:7])
+            out.append((seq, *r[1:7], head, h))
+            head = h
+        self._seq, self._head = seq, head
+        return out
+
+    def _inbox_waiting(self) -> bool:
+        try:
+            with self._dblock:
+                return self._db.execute("SELECT 1 FROM journal_inbox WHERE id > ? LIMIT 1",
+                                        (self._claimed,)).fetchone() is not None
+        except sqlite3.Error:
+            return False
+
+    def _commit_batch(self) -> bool:
+        """One transaction: chain the inbox rows after everything appended, insert all pending rows, delete the
+        inbox rows taken. False (rows kept for a retry, ``_error`` set) when SQLite fails."""
+        rows: list[tuple[Any, ...]] = []
+        try:
+            with self._dblock:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    queued = self._db.execute("SELECT id, ts, operator, kind, device, summary, detail FROM"
+                                              " journal_inbox WHERE id > ? ORDER BY id", (self._claimed,)).fetchall()
+                    top = self._db.execute("SELECT seq, hash FROM journal ORDER BY seq DESC LIMIT 1").fetchone()
+                    db_seq, db_head = top if top else (0, GENESIS)
+                    with self._cv:
+                        for q in queued:
+                            self._chain(*q[1:])
+                            self._claimed = q[0]
+                        rows, self._pending = self._pending, []
+                        self._urgent = False
+                        claimed = self._claimed
+                        if rows and (rows[0][0] != db_seq + 1 or rows[0][7] != db_head):
+                            log.error("journal %s: stored head is seq %d but this writer continues seq %d; another"
+                                      " writer bypassed the owner lock; re-chaining %d entries onto the stored head",
+                                      self.path, db_seq, rows[0][0] - 1, len(rows))
+                            rows = self._rechain(rows, db_seq, db_head)
+                    if rows:
+                        self._db.executemany(_INSERT, rows)
+                    if claimed:
+                        self._db.execute("DELETE FROM journal_inbox WHERE id <= ?", (claimed,))
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+        except sqlite3.Error as e:  # disk full, file locked...: keep the rows, retry, tell readers
+            log.error("journal write failed (%d entries kept, retrying): %s", len(rows), e)
+            with self._cv:
+                self._pending[:0] = rows
+                self._error = e
+                self._cv.notify_all()
+            return False
+        with self._cv:
+            self._committed += len(rows)
+            self._error = None
+            self._cv.notify_all()
+        return True
+
     def _write_loop(self) -> None:
         """The single writer: everything appended since the last commit goes in one transaction."""
         while True:
             with self._cv:
-                while not self._pending and not self._closing:
-                    self._cv.wait()
+                if not self._pending and not self._closing:
+                    self._cv.wait(INBOX_POLL_S)
                 if self._pending and not self._closing and not self._urgent:  # group commit
                     self._cv.wait_for(lambda: self._closing or self._urgent, LINGER_S)
-                if not self._pending:
+                if self._closing and not self._pending:
                     return
-                rows, self._pending = self._pending, []
-                self._urgent = False
-            try:
-                with self._dblock:
-                    self._db.execute("BEGIN")
-                    try:
-                        self._db.executemany("INSERT INTO journal (seq, ts, operator, kind, device, summary, detail,"
-                                             " prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
-                        self._db.execute("COMMIT")
-                    except BaseException:
-                        self._db.execute("ROLLBACK")
-                        raise
-            except sqlite3.Error as e:  # disk full, file locked...: keep the rows, retry, tell readers
-                log.error("journal write failed (%d entries kept, retrying): %s", len(rows), e)
+                have_rows = bool(self._pending)
+            if not have_rows and not self._inbox_waiting():
+                continue
+            if not self._commit_batch():
                 with self._cv:
-                    self._pending[:0] = rows
-                    self._error = e
                     if self._closing:
-                        self._cv.notify_all()
                         return
                     self._cv.wait(1.0)
-                continue
-            with self._cv:
-                self._written = rows[-1][0]
-                self._error = None
-                self._cv.notify_all()
 
     def flush(self, timeout: float = 10.0) -> None:
         """Wait until every entry appended so far is committed (raises if the writer keeps failing)."""
         with self._cv:
-            target = self._seq
-            if self._writer is None or self._written >= target:
+            target = self._chained
+            if self._committed >= target:
                 return
             self._urgent = True
             self._cv.notify_all()
-            if not self._cv.wait_for(lambda: self._written >= target or (self._closing and self._error), timeout):
-                raise RuntimeError(f"journal: entries up to seq {target} not written within {timeout:g} s"
+            if not self._cv.wait_for(lambda: self._committed >= target or (self._closing and self._error),
+                                     timeout):
+                raise RuntimeError(f"journal: entries up to seq {self._seq} not written within {timeout:g} s"
                                    + (f" ({self._error})" if self._error else ""))
-            if self._written < target:
-                raise RuntimeError(f"journal: entries after seq {self._written} could not be written: {self._error}")
+            if self._committed < target:
+                raise RuntimeError(f"journal: {target - self._committed} entries could not be written: "
+                                   f"{self._error}")
 
     def _query(self, q: str, args: Any = ()) -> list[Any]:
         self.flush()
@@ -302,3 +464,17 @@ class Journal:
                 w.writerow([getattr(e, k) if getattr(e, k) is not None else "" for k in COLUMNS])
             return buf.getvalue()
         raise ValueError(f"export format {fmt!r}: expected csv or json")
+
+
+def record(path: str | Path, kind: str, summary: str, *, operator: str | None = None, device: str | None = None,
+           detail: dict[str, Any] | None = None, ts: int | None = None, owner_wait_s: float = 0.2) -> Entry:
+    """Journal one entry from a short-lived process (the admin tools): chained at once when no gateway owns the
+    file, else queued for the running gateway to chain (``Entry.seq == 0``). Raises ``OSError``/``sqlite3.Error``
+    when the file cannot be written."""
+    j = Journal(path, owner_wait_s=owner_wait_s)
+    try:
+        e = j.append(kind, summary, operator=operator, device=device, detail=detail, ts=ts)
+        j.flush()
+        return e
+    finally:
+        j.close()
