@@ -560,8 +560,9 @@ def configure_logging(level: str) -> None:
 async def run(cfg: Config, broker_url: str | None = None) -> int:
     """The service entry point: SIGTERM/SIGINT stop it cleanly."""
     loop = asyncio.get_running_loop()
-    # paho's network thread and the event loop hand every message across threads; with CPython's default 5 ms
-    # GIL switch interval a ready thread can wait that long (measured: command round trip p50 8 -> 5 ms at 1 ms)
+    # the journal writer and the WAL checkpoint threads share the GIL with the event loop; with CPython's default
+    # 5 ms switch interval the loop can wait that long for it back (p50 8 -> 5 ms at 1 ms, measured when paho still
+    # had its own thread; the writer threads remain)
     sys.setswitchinterval(0.001)
     async with Gateway(cfg, broker_url=broker_url) as gw:
         for sig in (signal.SIGTERM, signal.SIGINT):
