@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import itertools
 import json
 import logging
 import secrets
@@ -51,6 +52,7 @@ from protocols.errors import LocalProtocolError
 
 log = logging.getLogger(__name__)
 
+FLUSH_SLICE = 25  # status rows written per event-loop step by tick() (~0.3 ms of JSON + one WAL commit)
 FINAL = ("done", "failed", "rejected", "expired", "timeout", "refused")
 STATUS_NEXT = {
     "queued": ("sent", "expired", "refused", "accepted", "done", "failed", "rejected"),
@@ -170,7 +172,7 @@ class CommandService:
         self.active: dict[str, Command] = {}
         self._recent: dict[str, Command] = {}  # final commands kept for late lookups (bounded)
         self._listeners: list[Listener] = []
-        self._waiters: dict[str, list[tuple[str, asyncio.Future[Command]]]] = {}
+        self._waiters: dict[str, list[tuple[str, _Wait]]] = {}
         self._bg: set[asyncio.Task[Any]] = set()
         self._sending: set[str] = set()  # ids whose transport send is in progress
         self._reserving: set[str] = set()
@@ -217,8 +219,9 @@ class CommandService:
     def _save(self, c: Command, sync: bool = True) -> None:
         """Store ``c``: now (``sync``), or with the next ``flush`` (``tick`` runs it every few hundred ms).
 
-        Written at once: a command queued for an offline device (the durable queue) and the signed message
-        before its first transmission (a retry after a restart must re-send the identical bytes, never re-sign).
+        Written at once: a command queued for an offline device (the durable queue); the signed message in the
+        loop iteration after its first transmission (``_store_now``: a retry after a restart must re-send the
+        identical bytes, never re-sign; a crash in between loses the command as a whole, never its bytes).
         Status changes after that are batched: each SQLite call on the event loop thread releases the GIL, and
         losing the last few hundred ms of them in a crash only means a ``sent`` command is re-sent (identical
         bytes: the node answers ``replay``) instead of being known ``done`` (docs/GATEWAY.md).
@@ -232,12 +235,21 @@ class CommandService:
         self._db.execute("INSERT OR REPLACE INTO commands (id, device, status, issued_ms, doc)"
                          " VALUES (?, ?, ?, ?, ?)", (c.id, c.device, c.status, c.issued_ms, json.dumps(vars(c))))
 
-    def flush(self) -> int:
-        """Write the batched status changes in one transaction."""
+    def _store_now(self, c: Command) -> None:
+        if self._dirty.get(c.id) is c:
+            self._save(c)
+
+    def flush(self, limit: int | None = None) -> int:
+        """Write the batched status changes in one transaction; at most ``limit`` of them (``tick`` writes in
+        slices and yields between them: serialising a few hundred commands at once held the loop for ms)."""
         if self._db is None or not self._dirty:
             return 0
-        rows = [(c.id, c.device, c.status, c.issued_ms, json.dumps(vars(c))) for c in self._dirty.values()]
-        self._dirty.clear()
+        if limit is None or limit >= len(self._dirty):
+            cmds = list(self._dirty.values())
+            self._dirty.clear()
+        else:
+            cmds = [self._dirty.pop(k) for k in list(itertools.islice(self._dirty, limit))]
+        rows = [(c.id, c.device, c.status, c.issued_ms, json.dumps(vars(c))) for c in cmds]
         self._db.execute("BEGIN")
         self._db.executemany("INSERT OR REPLACE INTO commands (id, device, status, issued_ms, doc)"
                              " VALUES (?, ?, ?, ?, ?)", rows)
@@ -276,13 +288,15 @@ class CommandService:
         if not ws:
             return
         keep = []
-        for until, fut in ws:
-            if fut.done():
+        for until, w in ws:
+            if w.fut.done():
                 continue
             if c.final or (until == "accepted" and c.status in ("accepted",)) or (until == "sent" and c.status != "queued"):
-                fut.set_result(c)
+                w.left -= 1
+                if w.left == 0:
+                    w.fut.set_result(None)
             else:
-                keep.append((until, fut))
+                keep.append((until, w))
         if keep:
             self._waiters[c.id] = keep
         else:
@@ -349,7 +363,7 @@ class CommandService:
             if len(self.queued(device_id)) >= self.cfg.queue_limit:
                 raise CommandError(f"queue for {device_id} is full ({self.cfg.queue_limit})", "offline")
         self.active[c.id] = c
-        self._save(c, sync=not dev.live)  # live: sent at once, and _transmit stores it before the bytes leave
+        self._save(c, sync=not dev.live)  # live: sent at once; _transmit stores it with its bytes
         for fn in self._listeners:
             fn(c, "new")
         return c
@@ -445,10 +459,15 @@ class CommandService:
         now = self.clock()
         c.attempts += 1
         c.sent_ms = now
-        first = c.first_sent_ms is None
-        if first:
+        if c.first_sent_ms is None:
             c.first_sent_ms = now
-        self._save(c, sync=first)  # the signed bytes are on disk before they first leave
+            # the signed bytes are stored in the loop iteration after they first leave, so the write is not on
+            # the way to the node (nor is the GIL hand-off each SQLite call makes); until then c is dirty, so a
+            # flush()/close() in between writes it as well
+            self._dirty[c.id] = c
+            asyncio.get_running_loop().call_soon(self._store_now, c)
+        else:
+            self._save(c, sync=False)
         try:
             await transport.send(dev, c.wire.encode(), msg if msg is not None else json.loads(c.wire))
         except Exception as e:  # noqa: BLE001 - link dropped: stays queued; tick() or the next birth re-sends
@@ -499,7 +518,8 @@ class CommandService:
 
     async def tick(self) -> None:
         """Retries and deadlines, and the batched status writes; the service calls this every few hundred ms."""
-        self.flush()
+        while self.flush(FLUSH_SLICE) == FLUSH_SLICE:
+            await asyncio.sleep(0)
         now = self.clock()
         for c in list(self.active.values()):
             if now > c.exp_ms:
@@ -519,9 +539,13 @@ class CommandService:
 
     async def wait(self, cmd_ids: Iterable[str], until: str = "final", timeout: float | None = None
                    ) -> list[Command]:
-        """Wait until each command is ``final`` (or ``accepted``/``sent``) or the timeout; return them all."""
+        """Wait until each command is ``final`` (or ``accepted``/``sent``) or the timeout; return them all.
+
+        One future for the whole wait, resolved by ``_wake`` when the last command gets there (or by a timer):
+        the waiting task resumes in the next loop iteration (``asyncio.wait`` over per-command futures took
+        two more, one for its completion callback and one for its own waiter)."""
         loop = asyncio.get_running_loop()
-        futs = []
+        w = _Wait(loop.create_future())
         cmds: list[Command] = []
         for cid in cmd_ids:
             c = self.get(cid)
@@ -530,11 +554,30 @@ class CommandService:
             cmds.append(c)
             if c.final or (until == "accepted" and c.status == "accepted") or (until == "sent" and c.status != "queued"):
                 continue
-            fut: asyncio.Future[Command] = loop.create_future()
-            self._waiters.setdefault(cid, []).append((until, fut))
-            futs.append(fut)
-        if futs:
-            await asyncio.wait(futs, timeout=timeout)
-            for f in futs:
-                f.cancel()
+            w.left += 1
+            self._waiters.setdefault(cid, []).append((until, w))
+        if w.left:
+            timer = None if timeout is None else loop.call_later(timeout, _expire, w.fut)
+            try:
+                await w.fut
+            finally:
+                if timer is not None:
+                    timer.cancel()
+                if not w.fut.done():
+                    w.fut.cancel()  # our task was cancelled: _wake drops the entries
         return [self.get(c.id) or c for c in cmds]
+
+
+class _Wait:
+    """One ``CommandService.wait`` call: ``left`` commands still to reach the state, ``fut`` set at zero."""
+
+    __slots__ = ("fut", "left")
+
+    def __init__(self, fut: asyncio.Future[None]):
+        self.fut = fut
+        self.left = 0
+
+
+def _expire(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)

@@ -43,12 +43,14 @@ Kinds: ``alert`` (events from nodes), ``command``, ``result``, ``state`` (regist
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import hashlib
 import io
 import json
 import logging
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -59,6 +61,7 @@ from typing import Any, ClassVar
 log = logging.getLogger(__name__)
 
 GENESIS = "0" * 64
+DEFER_MAX_S = 0.01  # append_soon entries are chained at the latest this long after the first one (usually sooner)
 LINGER_S = 0.05  # the writer gathers appends this long before committing them in one transaction
 INBOX_POLL_S = 1.0  # an idle owner chains rows queued by other processes at most this late
 LOCK_WAIT_S = 2.0  # how long a new Journal waits to become the owner (a CLI holds the lock for milliseconds)
@@ -149,13 +152,20 @@ def _no_float(text: str) -> Any:
     raise ValueError("float")
 
 
+# A float value in compact JSON follows ":" (dict value), "," or "[" (list item) and has a "." or an exponent
+# (repr never writes "1" for a float). No match: no float; a match may be a string's text (then parse to be sure).
+_FLOATISH = re.compile(r"[:,\[]-?[0-9]+[.eE]")
+
+
 def detail_text(detail: dict[str, Any]) -> str:
     """``dumps(_jsonable(detail))``, done by the C encoder when there is no float in it (the usual case;
-    ``_jsonable`` walks the whole structure in Python, ~10x slower)."""
+    ``_jsonable`` walks the whole structure in Python, ~10x slower). Parsed back to look for floats only when
+    the text has something that could be one."""
     try:
         text = json.dumps(detail, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False,
                           default=str)
-        json.loads(text, parse_float=_no_float, parse_constant=_no_float)
+        if _FLOATISH.search(text) is not None:
+            json.loads(text, parse_float=_no_float, parse_constant=_no_float)
         return text
     except (TypeError, ValueError):
         return dumps(_jsonable(detail))
@@ -163,9 +173,24 @@ def detail_text(detail: dict[str, Any]) -> str:
 
 def entry_hash(prev_hash: str, seq: int, ts: int, operator: str | None, kind: str, device: str | None,
                summary: str, detail: str) -> str:
+    """sha256(prev_hash + dumps({...the entry's fields...})). The JSON is assembled here, keys in sorted order,
+    with the C string encoder ``dumps`` itself uses (the same text, tests check; a quarter of the time)."""
+    if type(seq) is not int or type(ts) is not int:  # exotic values: let dumps decide how they look
+        return _entry_hash_ref(prev_hash, seq, ts, operator, kind, device, summary, detail)
+    body = (f'{{"detail":{_jstr(detail)},"device":{"null" if device is None else _jstr(device)},'
+            f'"kind":{_jstr(kind)},"operator":{"null" if operator is None else _jstr(operator)},"seq":{seq},'
+            f'"summary":{_jstr(summary)},"ts":{ts}}}')
+    return hashlib.sha256((prev_hash + body).encode()).hexdigest()
+
+
+def _entry_hash_ref(prev_hash: str, seq: int, ts: int, operator: str | None, kind: str, device: str | None,
+                    summary: str, detail: str) -> str:
     body = dumps({"seq": seq, "ts": ts, "operator": operator, "kind": kind, "device": device,
                   "summary": summary, "detail": detail})
     return hashlib.sha256((prev_hash + body).encode()).hexdigest()
+
+
+_jstr = json.encoder.encode_basestring  # what json.dumps(..., ensure_ascii=False) writes for a str
 
 
 class _OwnerLock:
@@ -235,6 +260,7 @@ class Journal:
         self._dblock = threading.Lock()  # the connection is used by the writer thread and by readers
         self._cv = threading.Condition()
         self._pending: list[tuple[Any, ...]] = []
+        self._deferred: list[tuple[Any, ...]] = []  # append_soon() entries not chained yet (see there)
         self._chained = 0  # rows chained by this instance (its appends and the inbox rows it took)
         self._committed = 0  # of those, rows committed
         self._claimed = 0  # highest journal_inbox id chained (deleted from the inbox in the same commit)
@@ -271,6 +297,7 @@ class Journal:
             with self._dblock:
                 row = self._db.execute("SELECT seq, hash FROM journal ORDER BY seq DESC LIMIT 1").fetchone()
             return (row[0], row[1]) if row else (0, GENESIS)
+        self.drain()
         return self._seq, self._head
 
     def append(self, kind: str, summary: str, *, operator: str | None = None, device: str | None = None,
@@ -286,13 +313,60 @@ class Journal:
                                  " VALUES (?, ?, ?, ?, ?, ?)", (ts, operator, kind, device, summary, det))
             return Entry(0, ts, operator, kind, device, summary, det, "", "")
         with self._cv:
+            idle = not self._pending
+            if self._deferred:
+                self._chain_deferred()
             e = self._chain(ts, operator, kind, device, summary, det)
-            if self._writer is None:
-                self._writer = threading.Thread(target=self._write_loop, name="journal-writer", daemon=True)
-                self._writer.start()
-            if len(self._pending) == 1:
-                self._cv.notify_all()
+            self._kick(idle)
         return e
+
+    def append_soon(self, kind: str, summary: str, *, operator: str | None = None, device: str | None = None,
+                    detail: dict[str, Any] | None = None, ts: int | None = None) -> None:
+        """``append``, with the work (detail JSON, SHA-256 link: tens of microseconds) done later on the event
+        loop: at the next ``drain()`` — the gateway drains right after it published the operator response a
+        command's entries belong to — or at the latest ``DEFER_MAX_S`` after the first deferred entry.
+
+        The chain order is still the order of the calls: every ``append``, ``head`` and ``flush`` (so every read
+        and ``close``) first chains what was deferred. ``ts`` is taken now; ``detail`` is serialised later, so
+        the caller must not mutate it (pass a fresh dict). Without a running event loop on this thread, or as a
+        guest, this is ``append``. A crash can lose a deferred entry as it can lose one appended but not yet
+        committed (docs/GATEWAY.md).
+        """
+        loop = asyncio.events._get_running_loop()
+        if loop is None or not self.owner:
+            self.append(kind, summary, operator=operator, device=device, detail=detail, ts=ts)
+            return
+        if kind not in KINDS:
+            raise ValueError(f"journal kind {kind!r} not one of {', '.join(KINDS)}")
+        ts = time.time_ns() // 1_000_000 if ts is None else ts
+        with self._cv:
+            self._deferred.append((ts, operator, kind, device, summary, detail))
+            first = len(self._deferred) == 1
+        if first:
+            loop.call_later(DEFER_MAX_S, self.drain)
+
+    def drain(self) -> None:
+        """Chain the ``append_soon`` entries now."""
+        with self._cv:
+            if self._deferred:
+                idle = not self._pending
+                self._chain_deferred()
+                self._kick(idle)
+
+    def _chain_deferred(self) -> None:
+        """(caller holds ``_cv``)"""
+        items, self._deferred = self._deferred, []
+        for ts, operator, kind, device, summary, detail in items:
+            self._chain(ts, operator, kind, device, summary, detail_text(detail or {}))
+
+    def _kick(self, idle: bool) -> None:
+        """Start the writer, or wake it if it was idle (``idle``: nothing was pending before these rows);
+        a writer already gathering a batch is left alone (caller holds ``_cv``)."""
+        if self._writer is None:
+            self._writer = threading.Thread(target=self._write_loop, name="journal-writer", daemon=True)
+            self._writer.start()
+        if idle:
+            self._cv.notify_all()
 
     def _chain(self, ts: int, operator: str | None, kind: str, device: str | None, summary: str,
                det: str) -> Entry:
@@ -390,6 +464,7 @@ class Journal:
 
     def flush(self, timeout: float = 10.0) -> None:
         """Wait until every entry appended so far is committed (raises if the writer keeps failing)."""
+        self.drain()
         with self._cv:
             target = self._chained
             if self._committed >= target:

@@ -158,7 +158,8 @@ class KeyStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
         self._blocks: dict[str, list[int]] = {}  # device -> [last counter issued, persisted high-water mark]
-        self._rows: dict[str, tuple | None] = {}  # device -> identities row (get() cache)
+        self._rows: dict[str, Identity | None] = {}  # device -> Identity (get() cache; callers never mutate it)
+        self._ops: dict[str, Operator | None] = {}  # op_id -> Operator (get_operator() cache)
         self._data_version = self._version()
         self._version_due = 0.0
         cols = [r[1] for r in self._db.execute("PRAGMA table_info(identities)")]
@@ -192,11 +193,12 @@ class KeyStore:
         with self._lock:
             self._check_version()
             try:
-                row = self._rows[device_id]
+                return self._rows[device_id]
             except KeyError:
-                row = self._rows[device_id] = self._db.execute(
+                row = self._db.execute(
                     f"SELECT {self._ID_COLS} FROM identities WHERE device_id = ?", (device_id,)).fetchone()
-        return self._identity(row) if row else None
+                ident = self._rows[device_id] = self._identity(row) if row else None
+        return ident
 
     def list(self, kind: str | None = None, site: str | None = None) -> list[Identity]:
         q, args = f"SELECT {self._ID_COLS} FROM identities WHERE 1=1", []
@@ -260,6 +262,7 @@ class KeyStore:
             self._data_version = v
             self._blocks.clear()
             self._rows.clear()
+            self._ops.clear()
 
     def next_counter(self, device_id: str) -> int:
         """Return the next command counter, ``max(last + 1, now_ms)``; its block is persisted before return."""
@@ -366,6 +369,7 @@ class KeyStore:
             raise KeyStoreError(f"role {role!r} not one of {', '.join(OPERATOR_ROLES)}")
         token = secrets.token_urlsafe(32)
         with self._lock:
+            self._ops.pop(op_id, None)
             try:
                 self._db.execute("INSERT INTO operators (op_id, name, role, token_hash, created_ms)"
                                  " VALUES (?, ?, ?, ?, ?)", (op_id, name, role, token_hash(token), _now_ms()))
@@ -374,10 +378,17 @@ class KeyStore:
         return token
 
     def get_operator(self, op_id: str) -> Operator | None:
+        """Cached like ``get()`` (the gateway checks the operator of every request): an operator added or
+        removed by another process is seen within ``VERSION_CHECK_S``."""
         with self._lock:
-            row = self._db.execute("SELECT op_id, name, role, token_hash, created_ms FROM operators"
-                                   " WHERE op_id = ?", (op_id,)).fetchone()
-        return Operator(*row) if row else None
+            self._check_version()
+            try:
+                return self._ops[op_id]
+            except KeyError:
+                row = self._db.execute("SELECT op_id, name, role, token_hash, created_ms FROM operators"
+                                       " WHERE op_id = ?", (op_id,)).fetchone()
+                op = self._ops[op_id] = Operator(*row) if row else None
+        return op
 
     def list_operators(self) -> list[Operator]:
         with self._lock:
@@ -394,6 +405,7 @@ class KeyStore:
 
     def remove_operator(self, op_id: str) -> bool:
         with self._lock:
+            self._ops.pop(op_id, None)
             a = self._db.execute("DELETE FROM operators WHERE op_id = ?", (op_id,)).rowcount
             b = self._db.execute("DELETE FROM mqtt_users WHERE username = ? AND role = 'operator'",
                                  (op_id,)).rowcount

@@ -452,20 +452,33 @@ class MQTTLink:
     async def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
                       timeout: float | None = None) -> None:
         """Publish; for QoS 1 return after PUBACK (MQTTError if the link closes first)."""
+        await self.wait_puback(self.start_publish(topic, payload, qos, retain), topic, timeout)
+
+    def start_publish(self, topic: str, payload: bytes, qos: int = 1,
+                      retain: bool = False) -> tuple[int, asyncio.Future[None] | None]:
+        """The synchronous half of ``publish``: on the loop thread the message is written when this returns.
+        Returns ``(mid, future of its PUBACK)`` (no future for QoS 0) for ``wait_puback``."""
         if self._loop is None:
             raise MQTTError("link not open")
         info = self._publish(topic, payload, qos, retain)
         if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN, paho.MQTT_ERR_QUEUE_SIZE):
             raise MQTTError(f"publish to {topic} failed: {paho.error_string(info.rc)}")
         if qos == 0:
-            return
+            return info.mid, None
         fut = self._loop.create_future()
         self._pending[info.mid] = fut
+        return info.mid, fut
+
+    async def wait_puback(self, started: tuple[int, asyncio.Future[None] | None], topic: str = "",
+                          timeout: float | None = None) -> None:
+        mid, fut = started
+        if fut is None:
+            return
         if timeout is None:
             await fut
         else:
             try:
                 await asyncio.wait_for(fut, timeout)
             except TimeoutError:
-                self._pending.pop(info.mid, None)
+                self._pending.pop(mid, None)
                 raise MQTTError(f"no PUBACK for {topic} within {timeout:g} s") from None

@@ -26,7 +26,7 @@ import sys
 import time
 from typing import Any, Self
 
-from gateway.commands import Command, CommandError, CommandService, check_signature
+from gateway.commands import FLUSH_SLICE, Command, CommandError, CommandService, check_signature
 from gateway.config import Config
 from gateway.journal import Journal
 from gateway.metrics import Metrics
@@ -234,7 +234,8 @@ class Gateway:
     async def _flush_loop(self) -> None:
         while True:
             await asyncio.sleep(1.0)
-            self.registry.flush()
+            while self.registry.flush(FLUSH_SLICE) == FLUSH_SLICE:  # in slices: see Registry.flush
+                await asyncio.sleep(0)
             if self._snapshot_dirty:
                 await self.publish_snapshot()
 
@@ -288,13 +289,14 @@ class Gateway:
             log.warning("%s: %s %s", c.device, c.what, c.detail)
 
     def _on_command(self, c: Command, old: str) -> None:
+        # append_soon: journaled in call order, but hashed after the command / the operator response is out
         if old == "new":
-            self.journal.append("command", f"{c.name} -> {c.device}: {c.status}", operator=c.op,
-                                device=c.device, detail=c.summary())
+            self.journal.append_soon("command", f"{c.name} -> {c.device}: {c.status}", operator=c.op,
+                                     device=c.device, detail=c.summary())
         elif c.final or c.status == "accepted":
-            self.journal.append("result", f"{c.name} {c.id} on {c.device}: {c.status}"
-                                + (f" ({c.code})" if c.code and c.code != c.status else ""),
-                                operator=c.op, device=c.device, detail=c.summary())
+            self.journal.append_soon("result", f"{c.name} {c.id} on {c.device}: {c.status}"
+                                     + (f" ({c.code})" if c.code and c.code != c.status else ""),
+                                     operator=c.op, device=c.device, detail=c.summary())
             if c.final:
                 self.metrics.commands.labels(c.status).inc()
                 if c.latency_ms is not None:
@@ -369,10 +371,10 @@ class Gateway:
 
     # -- operator API ----------------------------------------------------------------------------------------
     async def _operator_request(self, op_id: str, payload: bytes) -> None:
-        rid = opapi.peek_id(payload)
         try:
             req = opapi.decode_request(payload)
         except MessageError as e:
+            rid = opapi.peek_id(payload)  # parsed a second time only for a bad request
             self.journal.append("operator", f"bad request from {op_id}", operator=op_id,
                                 detail={"error": str(e)})
             await self._respond(op_id, opapi.response(rid, "bad_request", error=str(e)))
@@ -385,18 +387,23 @@ class Gateway:
                                                       error=f"operator {op_id!r} unknown or token wrong"))
             return
         try:
-            resp = await self.handle_op(op_id, req["op"], req["args"], req["id"])
+            resp = await self._handle_op(op_id, req["op"], req["args"], req["id"])
         except Exception as e:
             log.exception("operator request %s failed", req["id"])
             resp = opapi.response(req["id"], "internal", error=f"{type(e).__name__}: {e}")
         await self._respond(op_id, resp)
 
     async def _respond(self, op_id: str, resp: dict[str, Any]) -> None:
+        """Publish the response, then chain the journal entries deferred on the way (the command's, its
+        results', the operator's: ``Journal.append_soon``) while the operator reads it."""
         if self.link is None:
             return
         t = topics.topic(self.cfg.site, op_id, "opres")  # op_id came from a parsed topic: valid
-        await self.link.publish(t, opapi.encode_response(resp), qos=1, timeout=10.0)
+        started = self.link.start_publish(t, opapi.encode_response(resp), qos=1)
+        self.journal.drain()
+        await self.link.wait_puback(started, t, timeout=10.0)
         self.metrics.messages_out.labels("opres").inc()
+
 
     def resolve(self, to: str, op: str) -> list[str]:
         """A device id, a zone ([zones] in the config) or a site id -> device ids. Group ops address speakers."""
@@ -414,6 +421,12 @@ class Gateway:
 
     async def handle_op(self, op_id: str, op: str, a: dict[str, Any], rid: str | None = None) -> dict[str, Any]:
         """Run one validated operator request; journal it; return the response object."""
+        try:
+            return await self._handle_op(op_id, op, a, rid)
+        finally:
+            self.journal.drain()
+
+    async def _handle_op(self, op_id: str, op: str, a: dict[str, Any], rid: str | None = None) -> dict[str, Any]:
         if op == "devices":
             devs = self.registry.select(a.get("kind"), a.get("site"), a.get("state"))
             self.journal.append("operator", f"{op_id} listed devices", operator=op_id, detail=a)
@@ -465,9 +478,9 @@ class Gateway:
             self.journal.append("operator", f"{op_id} {op} to {to} refused: {e}", operator=op_id, device=to,
                                 detail={"op": op, "args": a, "code": e.code})
             return opapi.response(rid, e.code, error=str(e))
-        self.journal.append("operator", f"{op_id} {op} {name} to {to} ({len(cmds)} device(s))", operator=op_id,
-                            device=to, detail={"op": op, "args": a, "group": group,
-                                               "commands": [c.id for c in cmds]})
+        self.journal.append_soon("operator", f"{op_id} {op} {name} to {to} ({len(cmds)} device(s))",
+                                 operator=op_id, device=to, detail={"op": op, "args": a, "group": group,
+                                                                    "commands": [c.id for c in cmds]})
         wait = a["wait"]
         if wait != "none":
             wait_s = a.get("wait_s")

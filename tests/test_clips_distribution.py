@@ -214,6 +214,9 @@ def test_status_request_gets_missing_ranges_resent(mosquitto, tmp_path):
             await until(lambda: p.sent == r["data"]["n"], 5)
             # instead of waiting the node's 15 s idle timer, publish the status it would send
             [(rx, *_)] = list(sp.downloads.values())
+            # the gateway has sent every chunk; wait until the node holds all but the one it "lost", so the
+            # status names exactly that one (chunks still in flight would be listed as missing too)
+            await until(lambda: rx.received == r["data"]["n"] - 1, 5)
             await node.node.publish(node.node.upload_topic(dist), cliptransfer.encode_status(rx), 1)
             cid = r["data"]["results"][0]["id"]
             [c] = await gw.commands.wait([cid], "final", 8)

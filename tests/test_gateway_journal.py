@@ -86,3 +86,39 @@ def test_export_between_times(tmp_path):
     assert d["entries"][0]["detail"] == {"clip": "nofish", "i": 1}
     rows = list(csv.reader(io.StringIO(j.export("csv", T0, None))))
     assert rows[0][:3] == ["seq", "ts", "operator"] and len(rows) == 6
+
+
+def test_entry_hash_fast_path_equals_reference():
+    import random
+
+    from gateway.journal import _entry_hash_ref, _jsonable, detail_text, dumps
+    r = random.Random(7)
+    alpha = 'ab"\\\n\t\x00\x1f\x7f é中\u2028{}:,.5e'
+    for i in range(3000):
+        s = ["".join(r.choice(alpha) for _ in range(r.randint(0, 10))) for _ in range(5)]
+        args = (s[0], r.randint(-5, 2 ** 60), r.randint(0, 2 ** 50), None if i % 3 == 0 else s[1], s[2],
+                None if i % 5 == 0 else s[3], s[4], s[0] + s[1])
+        assert entry_hash(*args) == _entry_hash_ref(*args)
+    for d in ({"a": 1.5}, {"a": [1, 2.0]}, {"a": {"b": -1e20}}, {"x": "1:2.5"}, {"a": 1}, {"k": [1, {"z": 0.5}]}):
+        assert detail_text(d) == dumps(_jsonable(d))
+
+
+def test_append_soon_keeps_call_order(tmp_path):
+    import asyncio
+
+    async def run():
+        j = Journal(tmp_path / "j.db")
+        j.append_soon("command", "first", detail={"n": 1})
+        j.append("operator", "second")  # chains the deferred entry first
+        j.append_soon("result", "third", detail={"n": 3})
+        assert j.head()[0] == 3  # head() drains too
+        j.append_soon("result", "fourth")
+        await asyncio.sleep(0.05)  # DEFER_MAX_S: chained without anyone asking
+        assert j._seq == 4
+        j.append_soon("result", "fifth")
+        j.close()  # close (flush) chains and writes what is still deferred
+        j = Journal(tmp_path / "j.db")
+        assert [e.summary for e in j.entries()] == ["first", "second", "third", "fourth", "fifth"]
+        assert j.verify().ok
+        j.close()
+    asyncio.run(run())
