@@ -40,7 +40,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         for line in e.errors:
             print(f"lookout gateway: {line}", file=sys.stderr)
         return EXIT_USAGE
-    configure_logging(args.log_level or cfg.log_level)
+    configure_logging(args.log_level or cfg.log_level, args.log_format or cfg.log_format)
     try:
         return asyncio.run(run(cfg, broker_url=args.broker))
     except KeyboardInterrupt:
@@ -407,6 +407,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--config", required=True, help="gateway.toml")
     p.add_argument("--broker", help="override [broker].url (mqtt://host:port)")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    p.add_argument("--log-format", choices=("text", "json"), help="json: one object per line (journald, Loki)")
     p.set_defaults(func=cmd_gateway)
 
     p = subparsers.add_parser("devices", parents=[conn], help="the device table")

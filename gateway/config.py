@@ -83,6 +83,7 @@ class Config:
     data_dir: Path = Path("/var/lib/lookout")
     keystore: Path | None = None  # default data_dir/keystore.db
     log_level: str = "info"
+    log_format: str = "text"  # text | json (one object per line)
     broker: BrokerConfig = field(default_factory=BrokerConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     commands: CommandsConfig = field(default_factory=CommandsConfig)
@@ -168,6 +169,7 @@ def from_dict(d: dict[str, Any], base: Path | None = None) -> Config:
     keystore = g.str("keystore", None)
     level = g.str("log_level", "info", lambda s: s in ("debug", "info", "warning", "error"),
                   "one of debug, info, warning, error")
+    log_format = g.str("log_format", "text", lambda s: s in ("text", "json"), "one of text, json")
     g.finish()
 
     b = _V(errors, "broker", d.get("broker"))
@@ -239,8 +241,8 @@ def from_dict(d: dict[str, Any], base: Path | None = None) -> Config:
     if ks is not None and base is not None and not ks.is_absolute():
         ks = base / ks
     return Config(gateway_id=gid or "gw-1", site=site or "site", data_dir=ddir, keystore=ks,
-                  log_level=level or "info", broker=broker, registry=reg, commands=cmds,
-                  metrics_listen=metrics_listen, coap_listen=coap_listen, zones=zones)
+                  log_level=level or "info", log_format=log_format or "text", broker=broker, registry=reg,
+                  commands=cmds, metrics_listen=metrics_listen, coap_listen=coap_listen, zones=zones)
 
 
 def load(path: str | Path) -> Config:

@@ -565,9 +565,10 @@ def _first_error(cmds: list[Command]) -> str | None:
     return None
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+def configure_logging(level: str, fmt: str = "text") -> None:
+    from gateway import logs
+
+    logs.configure(level, fmt)
 
 
 async def run(cfg: Config, broker_url: str | None = None) -> int:

@@ -71,3 +71,20 @@ def test_embedded_broker_port():
     with pytest.raises(ConfigError) as e:
         from_dict({"gateway": {"id": "gw", "site": "s1", "data_dir": "/tmp/x"}, "broker": {"embedded_port": 70000}})
     assert "[broker].embedded_port" in str(e.value)
+
+
+def test_log_format_key_and_json_lines():
+    import json
+    import logging
+
+    from gateway.logs import JsonFormatter
+
+    cfg = from_dict({"gateway": {"id": "gw", "site": "s1", "data_dir": "/tmp/x", "log_format": "json"}})
+    assert cfg.log_format == "json"
+    assert errors({"gateway": {"id": "gw", "site": "s1", "data_dir": "/tmp/x", "log_format": "xml"}}) == [
+        "[gateway].log_format: expected one of text, json, got 'xml'"]
+    rec = logging.LogRecord("gateway.mqtt", logging.WARNING, __file__, 1, "lost %s", ("spk-01",), None)
+    rec.device = "spk-01"
+    line = json.loads(JsonFormatter().format(rec))
+    assert line["level"] == "warning" and line["logger"] == "gateway.mqtt"
+    assert line["msg"] == "lost spk-01" and line["device"] == "spk-01" and line["ts"].endswith("Z")

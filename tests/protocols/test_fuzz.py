@@ -23,7 +23,7 @@ def test_messages():
                                   "evidence": ["sha256:" + "0" * 64]})
     golden = [hb, loc, cmdb, evt]
     for kind in ("hb", "loc", "cmd", "evt", "res", "birth"):
-        assert only_raises(lambda d: messages.decode(kind, d), golden, MessageError, N, seed=len(kind)) > N
+        assert only_raises(lambda d, k=kind: messages.decode(k, d), golden, MessageError, N, seed=len(kind)) > N
 
 
 def test_signed_command_checks():
