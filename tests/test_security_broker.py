@@ -109,6 +109,12 @@ def _drain(cl, until_topic):
             return got
 
 
+def test_generated_conf_has_the_production_settings(site):
+    conf = (site.broker.conf_file).read_text().splitlines()
+    for line in ("allow_anonymous false", "set_tcp_nodelay true", "per_listener_settings false"):
+        assert line in conf
+
+
 def test_anonymous_refused(site):
     cl = Client(site.port)
     assert not cl.connect()
