@@ -37,6 +37,15 @@ def _audit(args, tool: str):
     return AdminJournal(Path(args.journal or _data_dir(args) / "journal.db"), args.operator, tool)
 
 
+def _audit_checked(args, tool: str):
+    """``_audit`` for commands that do not open the keystore themselves: an explicit --operator is checked here."""
+    audit = _audit(args, tool)
+    if audit.explicit:
+        with _open_ks(args) as ks:
+            audit.check_operator(ks)
+    return audit
+
+
 def _audited(fn):
     """Map audit refusals to exit codes: 2 before acting, 1 when the action ran but was not journaled."""
     def run(args) -> int:
@@ -256,10 +265,7 @@ def _cmd_broker_config(args) -> int:
 def _cmd_pki_init(args) -> int:
     from gateway.pki import PKIError, SiteCA
 
-    audit = _audit(args, "pki init")
-    if audit.explicit:
-        with _open_ks(args) as ks:
-            audit.check_operator(ks)
+    audit = _audit_checked(args, "pki init")
     ca = SiteCA(_paths(args)[1])
     facts = {"site": args.site, "days": args.days, "force": args.force, "dir": str(ca.dir)}
     try:
@@ -276,10 +282,7 @@ def _cmd_pki_init(args) -> int:
 def _cmd_pki_issue(args) -> int:
     from gateway.pki import LEAF_DAYS, PKIError, SiteCA
 
-    audit = _audit(args, "pki issue")
-    if audit.explicit:
-        with _open_ks(args) as ks:
-            audit.check_operator(ks)
+    audit = _audit_checked(args, "pki issue")
     ca = SiteCA(_paths(args)[1])
     facts = {"cert": args.kind, "hosts": args.host, "name": args.name, "days": args.days}
     try:

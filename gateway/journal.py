@@ -58,6 +58,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from gateway import walstore
+
 log = logging.getLogger(__name__)
 
 GENESIS = "0" * 64
@@ -248,10 +250,7 @@ class Journal:
     def __init__(self, path: str | Path, *, owner_wait_s: float = LOCK_WAIT_S):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
-        self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db = walstore.connect(self.path, check_same_thread=False, busy_timeout_ms=BUSY_TIMEOUT_MS)
         self._db.executescript(_SCHEMA)
         self._lock_key = _OwnerLock.acquire(self.path, owner_wait_s)
         self.owner = self._lock_key is not None  # False: a guest, whose appends go to the inbox

@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 from typing import Self
 
+from gateway import walstore
 from protocols.topics import is_valid_id
 
 KEY_LEN = 32
@@ -152,10 +153,7 @@ class KeyStore:
         self.path = Path(path)
         _create_private(self.path)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA busy_timeout = 5000")
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db = walstore.connect(self.path, check_same_thread=False)
         self._db.executescript(_SCHEMA)
         self._blocks: dict[str, list[int]] = {}  # device -> [last counter issued, persisted high-water mark]
         self._rows: dict[str, Identity | None] = {}  # device -> Identity (get() cache; callers never mutate it)

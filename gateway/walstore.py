@@ -26,10 +26,10 @@ CHECKPOINT_S = 1.0
 
 
 def connect(path: str | Path, *, check_same_thread: bool = True,
-            checkpoint_in_background: bool = False) -> sqlite3.Connection:
-    """An autocommit connection in WAL mode with ``synchronous=NORMAL``."""
+            checkpoint_in_background: bool = False, busy_timeout_ms: int = 5000) -> sqlite3.Connection:
+    """An autocommit connection in WAL mode with ``synchronous=NORMAL`` (every store of the gateway uses one)."""
     db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=check_same_thread)
-    db.execute("PRAGMA busy_timeout = 5000")
+    db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
     if checkpoint_in_background:
