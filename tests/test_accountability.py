@@ -242,7 +242,7 @@ def test_rotate_key_journaled_with_operator_and_outcome(tmp_path, mosquitto):
 @pytest.mark.mosquitto
 def test_unknown_operator_refused_journaled_and_nothing_sent(tmp_path, mosquitto):
     from gateway.config import from_dict
-    from gateway.fakenode import FakeNode
+    from simulators.fakenode import FakeNode
     from gateway.opclient import OperatorClient
     from gateway.service import Gateway
 

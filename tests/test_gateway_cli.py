@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import main
-from gateway.fakenode import FakeNode
+from simulators.fakenode import FakeNode
 from gateway.keystore import KeyStore
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,7 +7,7 @@ import json
 import sqlite3
 
 from gateway.config import from_dict
-from gateway.fakenode import FakeNode
+from simulators.fakenode import FakeNode
 from gateway.keystore import KeyStore
 from gateway.service import Gateway
 

@@ -91,7 +91,7 @@ def test_persistence_and_rebase(tmp_path):
 def test_last_will_marks_offline(mosquitto, tmp_path):
     from test_gateway_commands import make_cfg, until
 
-    from gateway.fakenode import FakeNode
+    from simulators.fakenode import FakeNode
     from gateway.keystore import KeyStore
     from gateway.service import Gateway
 
