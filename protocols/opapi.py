@@ -276,6 +276,8 @@ def encode_response(resp):
 
 
 def decode_response(payload):
+    if len(payload) > MAX_RESPONSE:
+        raise OpAPIError("response is %d bytes, limit %d" % (len(payload), MAX_RESPONSE), field="payload")
     try:
         r = json.loads(bytes(payload).decode())
     except Exception:  # noqa: BLE001 - MicroPython's json and decode raise assorted types

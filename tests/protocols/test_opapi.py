@@ -112,3 +112,9 @@ def test_clip_put_and_clip_actions_validate():
     assert r["args"]["limit"] == 100
     with raises(OpAPIError, match="args.sha256"):
         opapi.validate_request(opapi.request("x", "clips", "t", {"action": "evidence", "sha256": "zz"}))
+
+
+def test_response_size_checked_before_parsing():
+    with raises(opapi.OpAPIError, match="limit") as r:
+        opapi.decode_response(b" " * (opapi.MAX_RESPONSE + 1))
+    assert r.value.field == "payload"
