@@ -13,6 +13,7 @@ firmware image (or ROMFS on MicroPython >= 1.25) would keep the bytecode in flas
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -22,9 +23,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "support"))
 
-from mpyrun import run_micropython  # noqa: E402
+from mpyrun import run_micropython
 
 TARGET_HEAP_AFTER_BOOT_KB = 48
+# --modules: measured in this order, so a module's own imports are usually charged to themselves.
+LEAF_FIRST = ["binascii", "protocols", "protocols.errors", "protocols.defaults", "protocols.canonical",
+              "protocols.topics", "protocols.signing", "protocols.messages", "protocols.mqttpacket",
+              "lookout_node", "lookout_node.hal", "lookout_node.hal_host", "lookout_node.outbox",
+              "lookout_node.uplink", "lookout_node.config", "lookout_node.commands", "lookout_node.mqtt",
+              "lookout_node.speaker", "lookout_node.node"]
 
 MPY_CODE = r'''
 import gc, json, os, time, asyncio
@@ -116,17 +123,42 @@ def build_mpy_tree(dest: Path) -> None:
 
 
 
+def module_heap(lib: Path, mods: list[str]) -> dict:
+    """Heap each boot module adds when imported after the ones before it, each in a fresh runtime.
+
+    Ordered so that a module's own imports come first (sorted by import depth as seen at boot is not available,
+    so each module is measured after every module listed before it; dependencies pulled in late are charged to
+    the first module that imports them)."""
+    out = {}
+    prelude = "import gc, json, os, time, asyncio\n"
+    for i, m in enumerate(mods):
+        imports = "".join(f"import {d}\n" for d in mods[:i])
+        code = (prelude + imports + f"gc.collect()\na = gc.mem_alloc()\nimport {m}\ngc.collect()\n"
+                "print('@@HEAP@@' + str(gc.mem_alloc() - a))\n")
+        r = run_micropython(code=[code], timeout=60, lib_dir=str(lib))
+        vals = [int(line[8:]) for line in r["output"] if line.startswith("@@HEAP@@")]
+        out[m] = round(vals[0] / 1024, 1) if vals else None
+    return out
+
+
 def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--modules", action="store_true", help="also measure the heap each boot module costs")
+    args = ap.parse_args()
     with tempfile.TemporaryDirectory() as td:
         lib = Path(td) / "lib"
         build_mpy_tree(lib)
         r = run_micropython(code=[MPY_CODE], timeout=180, lib_dir=str(lib))
+        per_module = None
         foot = mods = None
         for line in r["output"]:
             if line.startswith("@@FOOT@@"):
                 foot = json.loads(line[len("@@FOOT@@"):])
             elif line.startswith("@@MODS@@"):
                 mods = json.loads(line[len("@@MODS@@"):])
+        if args.modules and mods:
+            order = [m for m in LEAF_FIRST if m in mods] + [m for m in mods if m not in LEAF_FIRST]
+            per_module = module_heap(lib, order)
 
     if foot is None:
         print("\n".join(r["output"][-30:]), file=sys.stderr)
@@ -146,6 +178,7 @@ def main() -> int:
         "mpy_total_kb": round(sum(sizes.values()) / 1024, 1),
         "mpy_speaker_package_kb": round(sum(v for k, v in sizes.items() if k in spk) / 1024, 1),
         "mpy_files": sizes,
+        "heap_per_module_kb": per_module,
         "target_heap_after_boot_kb": TARGET_HEAP_AFTER_BOOT_KB,
     }
     result["meets_target"] = result["heap_after_boot_kb"] <= TARGET_HEAP_AFTER_BOOT_KB
