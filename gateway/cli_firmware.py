@@ -2,7 +2,8 @@
 
     lookout firmware build [--out DIR]
     lookout firmware package            (regenerate firmware/speaker|sensor/package.json after adding a module)
-    lookout firmware flash --port PORT --role speaker|sensor|camera --config provisioned/ID/config.json [--dry-run]
+    lookout firmware flash --port PORT --role speaker|sensor|camera --config provisioned/ID/config.json
+                           [--romfs | --frozen] [--dry-run]
 
 ``flash`` validates the config with the firmware's own validator *before* touching the board (an installer sees
 ``hb_s: 2: expected an integer 5..3600``, not a node that never comes online), builds when the .mpy files are
@@ -41,6 +42,10 @@ def _build(out: Path, quiet: bool = False) -> int:
         src_total = sum(r["src_bytes"] for r in rows)
         print(f"{'total':<{w}}  {src_total:>8}  {total:>8}")
         print("%d files; .mpy %d bytes (%.1f KB)" % (len(rows), mpy, mpy / 1024))
+    images = fb.build_romfs(out)
+    if not quiet:
+        for app, path in images.items():
+            print("ROMFS image for %s nodes: %s (%d bytes)" % (app, path.name, path.stat().st_size))
         print("built into %s" % out)
     return EXIT_OK
 
@@ -57,11 +62,12 @@ def cmd_flash(args) -> int:
         side = fb.config_side_files(cfg, cfg_path)
     except fb.ConfigProblem as e:
         return _err("%s refused, nothing was written to the board: %s" % (cfg_path, e), EXIT_USAGE)
-    if not fb.is_built(out):
+    if not fb.is_built(out) or (args.romfs and not fb.romfs_path(args.role, out).exists()):
         rc = _build(out, quiet=True)
         if rc:
             return rc
-    cmds = fb.flash_commands(args.port, args.role, cfg_path, out, side)
+    code = "romfs" if args.romfs else "frozen" if args.frozen else "files"
+    cmds = fb.flash_commands(args.port, args.role, cfg_path, out, side, code=code)
     if args.dry_run:
         for c in cmds:
             print(fb.shell_line(c))
@@ -97,6 +103,13 @@ def register(subparsers) -> None:
     f.add_argument("--role", required=True, choices=fb.ROLES)
     f.add_argument("--config", required=True, help="the node's config.json (from `lookout provision device`)")
     f.add_argument("--out", default=str(fb.DEFAULT_OUT), help="build directory (default build/firmware)")
+    where = f.add_mutually_exclusive_group()
+    where.add_argument("--romfs", action="store_true",
+                       help="deploy the libraries as a ROMFS image (MicroPython >= 1.25 built with ROMFS); "
+                            "their bytecode then runs from flash instead of RAM")
+    where.add_argument("--frozen", action="store_true",
+                       help="the board runs a firmware image built with firmware/manifest.py: copy only "
+                            "main.py and the config")
     f.add_argument("--dry-run", action="store_true", help="print the mpremote command instead of running it")
     f.set_defaults(func=cmd_flash)
 

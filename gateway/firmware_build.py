@@ -10,7 +10,12 @@ A node's flash holds (MicroPython looks in ``/`` and ``/lib``)::
     /lib/lookout_node/*.mpy        firmware/lib/lookout_node/*.py compiled with mpy-cross
 
 ``build()`` compiles every ``.py`` of protocols/ and firmware/lib/ into ``<out>/lib/...`` and copies the mains
-to ``<out>/<role>/main.py``. A role's *file set* is the import closure of its main.py (plus ``ROLE_EXTRA``),
+to ``<out>/<role>/main.py``; ``build_romfs()`` packs each app's compiled libraries into ``<out>/<app>.romfs``.
+
+On a board whose MicroPython has ROMFS enabled (>= 1.25, ``vfs.rom_ioctl`` present), ``flash --romfs`` deploys
+that image to the ROM partition instead of copying .mpy files: imports from ROMFS execute the bytecode in place
+from flash, so it no longer takes heap (docs/FIRMWARE.md, "Code in flash"). ``firmware/manifest.py`` freezes the
+same packages into a firmware image, for boards without a ROM partition. A role's *file set* is the import closure of its main.py (plus ``ROLE_EXTRA``),
 found by reading the sources' import statements (deferred imports inside functions included), so the board gets
 what it can import and nothing host-only (hal_host, gateway-side codecs). The same set feeds the mip
 ``package.json`` of each role and the ``mpremote`` command line of ``lookout firmware flash``.
@@ -164,6 +169,41 @@ def build(out_dir: Path = DEFAULT_OUT) -> list[dict]:
     return rows
 
 
+def romfs_image(role: str, out_dir: Path = DEFAULT_OUT) -> bytes:
+    """A ROMFS image of a role's compiled libraries as ``lib/<pkg>/<name>.mpy`` (a ROMFS mounts at ``/rom``,
+    and ``/rom/lib`` is on the board's ``sys.path``). Needs ``build(out_dir)`` first."""
+    from mpremote.romfs import VfsRomWriter
+
+    out_dir = Path(out_dir)
+    by_pkg: dict[str, list[tuple[str, Path]]] = {}
+    for src in role_sources(role):
+        _, pkg, name = device_path(src).split("/")
+        by_pkg.setdefault(pkg, []).append((name, out_dir / "lib" / pkg / name))
+    rom = VfsRomWriter()
+    rom.opendir("lib")
+    for pkg in sorted(by_pkg):
+        rom.opendir(pkg)
+        for name, path in sorted(by_pkg[pkg]):
+            rom.mkfile(name, path.read_bytes())
+        rom.closedir()
+    rom.closedir()
+    return rom.finalise()
+
+
+def romfs_path(role: str, out_dir: Path = DEFAULT_OUT) -> Path:
+    return Path(out_dir) / ("%s.romfs" % ROLE_APP[role])
+
+
+def build_romfs(out_dir: Path = DEFAULT_OUT) -> dict[str, Path]:
+    """Write ``<out>/<app>.romfs`` for each app from an existing build; returns app -> image path."""
+    made = {}
+    for app in sorted(set(ROLE_APP.values())):
+        path = romfs_path(app, out_dir)
+        path.write_bytes(romfs_image(app, out_dir))
+        made[app] = path
+    return made
+
+
 def is_built(out_dir: Path = DEFAULT_OUT) -> bool:
     """Every library source has a .mpy at least as new as itself, and the mains are copied."""
     out_dir = Path(out_dir)
@@ -282,23 +322,43 @@ PREP_SCRIPT = ('import os;[os.mkdir(d) for d in ("/lib","/lib/protocols","/lib/l
                'if f.endswith(".py")]')
 
 
+CODE_PLACES = ("files", "romfs", "frozen")
+
+# With --romfs or --frozen the libraries come from /rom/lib or the firmware image: delete copies an earlier
+# install left in /lib, so only one version can ever be imported. One line, like PREP_SCRIPT.
+PREP_NO_LIB_SCRIPT = ('import os;[[os.remove(d+"/"+f) for f in os.listdir(d)]+[os.rmdir(d)] '
+                      'for d in ("/lib/protocols","/lib/lookout_node") '
+                      'if "lib" in os.listdir("/") and d[5:] in os.listdir("/lib")]')
+
+
 def flash_commands(port: str, role: str, config_path: Path, out_dir: Path = DEFAULT_OUT,
-                   side_files: list[tuple[Path, str]] = ()) -> list[list[str]]:
+                   side_files: list[tuple[Path, str]] = (), code: str = "files") -> list[list[str]]:
     """The mpremote invocation(s) that put a role's firmware and config on the board at ``port``.
 
     One chained mpremote call (``+`` separates its commands): create /lib/<pkg> (removing stale .py sources
     that would shadow .mpy), copy each package's .mpy files, main.py, config.json and the files it names
-    (``side_files``), then reset.
+    (``side_files``), then reset. ``code`` says where the libraries live: ``"files"`` (copied to /lib),
+    ``"romfs"`` (one image deployed to the ROM partition by ``romfs deploy``, which refuses a board without
+    ROMFS) or ``"frozen"`` (already in the firmware image, see firmware/manifest.py); for the last two, copies
+    left in /lib by an earlier install are deleted so only one version can be imported.
     """
+    if code not in CODE_PLACES:
+        raise ValueError("code %r: expected one of %s" % (code, ", ".join(CODE_PLACES)))
     out_dir = Path(out_dir)
-    by_pkg: dict[str, list[str]] = {}
-    for src in role_sources(role):
-        dest = device_path(src)
-        by_pkg.setdefault(dest.split("/")[1], []).append(str(out_dir / dest))
-    cmd = [sys.executable, "-m", "mpremote", "connect", port, "exec", PREP_SCRIPT]
-    for pkg in PACKAGES:
-        if by_pkg.get(pkg):
-            cmd += ["+", "fs", "cp"] + by_pkg[pkg] + [":/lib/%s/" % pkg]
+    cmd = [sys.executable, "-m", "mpremote", "connect", port]
+    if code == "romfs":
+        cmd += ["romfs", "deploy", str(romfs_path(role, out_dir)), "+", "exec", PREP_NO_LIB_SCRIPT]
+    elif code == "frozen":
+        cmd += ["exec", PREP_NO_LIB_SCRIPT]
+    else:
+        by_pkg: dict[str, list[str]] = {}
+        for src in role_sources(role):
+            dest = device_path(src)
+            by_pkg.setdefault(dest.split("/")[1], []).append(str(out_dir / dest))
+        cmd += ["exec", PREP_SCRIPT]
+        for pkg in PACKAGES:
+            if by_pkg.get(pkg):
+                cmd += ["+", "fs", "cp"] + by_pkg[pkg] + [":/lib/%s/" % pkg]
     cmd += ["+", "fs", "cp", str(out_dir / ROLE_APP[role] / "main.py"), ":/main.py"]
     cmd += ["+", "fs", "cp", str(Path(config_path)), ":/config.json"]
     for local, remote in side_files:
