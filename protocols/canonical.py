@@ -12,40 +12,27 @@ hence this encoder.
 from protocols.errors import LocalProtocolError
 
 MAX_DEPTH = 8
-
-
-_SHORT = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
-
-
-def _enc_str(s, out):
-    out.append('"')
-    start = 0
-    for i, c in enumerate(s):
-        o = ord(c)
-        if c == '"' or c == "\\" or o < 0x20:
-            if start < i:
-                out.append(s[start:i])
-            esc = _SHORT.get(c)
-            out.append(esc if esc else "\\u%04x" % o)
-            start = i + 1
-    if start < len(s):
-        out.append(s[start:])
-    out.append('"')
+_ESC = '"\\\b\f\n\r\t'  # characters with a two-character escape: backslash + the letter at the same index in
+_ESC_AS = '"\\bfnrt'  # this string (RFC 8785 §3.2.2.2); other control characters get \u00xx
 
 
 def _enc(v, out, depth):
     if depth > MAX_DEPTH:
         raise LocalProtocolError("nesting deeper than %d" % MAX_DEPTH)
-    if v is None:
-        out.append("null")
-    elif v is True:
-        out.append("true")
-    elif v is False:
-        out.append("false")
+    if v is None or v is True or v is False:
+        out.append("null" if v is None else "true" if v else "false")
     elif isinstance(v, int):
         out.append(str(v))
     elif isinstance(v, str):
-        _enc_str(v, out)
+        out.append('"')
+        start = 0
+        for i, c in enumerate(v):
+            if c < " " or c in '"\\':
+                out.append(v[start:i])
+                j = _ESC.find(c)
+                out.append("\\" + _ESC_AS[j] if j >= 0 else "\\u%04x" % ord(c))
+                start = i + 1
+        out.append(v[start:] + '"')
     elif isinstance(v, (list, tuple)):
         out.append("[")
         for i, item in enumerate(v):
@@ -54,18 +41,16 @@ def _enc(v, out, depth):
             _enc(item, out, depth + 1)
         out.append("]")
     elif isinstance(v, dict):
-        out.append("{")
-        first = True
+        sep = "{"
         for k in sorted(v):
             if not isinstance(k, str):
                 raise LocalProtocolError("object key %r is not a string" % (k,))
-            if not first:
-                out.append(",")
-            first = False
-            _enc_str(k, out)
+            out.append(sep)
+            sep = ","
+            _enc(k, out, depth)
             out.append(":")
             _enc(v[k], out, depth + 1)
-        out.append("}")
+        out.append("}" if v else "{}")
     elif isinstance(v, float):
         raise LocalProtocolError("floats are not allowed on the wire (got %r); use scaled integers" % (v,))
     else:

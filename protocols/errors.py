@@ -6,7 +6,11 @@ Each codec subclasses the remote family so a caller can catch exactly that codec
 names the field, what was observed and what was expected.
 
 Errors carry a short machine ``code`` (listed in docs/PROTOCOL.md, "Error codes") so a rejected command result
-can tell the operator *why* without parsing English.
+can tell the operator *why* without parsing English. ``str(e)`` is ``"<field>: <msg>"`` (or ``msg`` alone);
+``e.msg`` and ``e.field`` keep the parts.
+
+The per-codec subclasses differ only in ``code``, so they are made with ``type()``: on MicroPython a ``class``
+statement costs a body function and more heap than the type itself, and every node imports this module.
 """
 
 
@@ -14,16 +18,11 @@ class ProtocolError(Exception):
     code = "protocol"
 
     def __init__(self, msg, field=None, code=None):
-        super().__init__(msg)
+        super().__init__("%s: %s" % (field, msg) if field else msg)
         self.msg = msg
         self.field = field
         if code is not None:
             self.code = code
-
-    def __str__(self):
-        if self.field:
-            return "%s: %s" % (self.field, self.msg)
-        return self.msg
 
 
 class LocalProtocolError(ProtocolError):
@@ -38,37 +37,15 @@ class RemoteProtocolError(ProtocolError):
     code = "remote"
 
 
-class MessageError(RemoteProtocolError):
-    """A JSON message (heartbeat, location, event, command, result...) is malformed or invalid."""
-
-    code = "bad_message"
+def _remote(name, code):
+    return type(name, (RemoteProtocolError,), {"code": code})
 
 
-class TopicError(RemoteProtocolError):
-    code = "bad_topic"
-
-
-class AuthError(RemoteProtocolError):
-    """Signature, counter, expiry or addressing check failed."""
-
-    code = "auth"
-
-
-class NMEAError(RemoteProtocolError):
-    code = "bad_nmea"
-
-
-class FrameError(RemoteProtocolError):
-    code = "bad_frame"
-
-
-class CoAPError(RemoteProtocolError):
-    code = "bad_coap"
-
-
-class MQTTPacketError(RemoteProtocolError):
-    code = "bad_mqtt"
-
-
-class TransferError(RemoteProtocolError):
-    code = "bad_transfer"
+MessageError = _remote("MessageError", "bad_message")  # a JSON message (hb, loc, evt, cmd, res...) is invalid
+TopicError = _remote("TopicError", "bad_topic")
+AuthError = _remote("AuthError", "auth")  # signature, counter, expiry or addressing check failed
+NMEAError = _remote("NMEAError", "bad_nmea")
+FrameError = _remote("FrameError", "bad_frame")
+CoAPError = _remote("CoAPError", "bad_coap")
+MQTTPacketError = _remote("MQTTPacketError", "bad_mqtt")
+TransferError = _remote("TransferError", "bad_transfer")

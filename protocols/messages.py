@@ -1,12 +1,16 @@
 """JSON payloads of the MQTT (and CoAP) channels: schemas, strict validation, compact encoding.
 
-Theory of operation: each message kind has a schema, a tuple of field specs. ``decode(kind, payload)`` checks the
-size limit *before* parsing, parses JSON, then validates every field and rejects unknown ones (extension fields
-must start with ``x_``). ``encode(kind, obj)`` validates the same way, then writes canonical JSON (sorted keys,
-no spaces, no floats; see protocols/canonical.py), so what a node signs is what goes on the wire.
+Theory of operation: each message kind has a schema (``SCHEMAS``). ``decode(kind, payload)`` checks the
+size limit *before* parsing, parses JSON, then validates every field and rejects unknown ones (extension
+fields must start with ``x_``). ``encode(kind, obj)`` validates the same way, then writes canonical JSON
+(sorted keys, no spaces, no floats; see protocols/canonical.py), so what a node signs goes on the wire.
 
 All numbers are integers in fixed units (degE7, mm, cm/s, centidegrees, mV, deci-°C): the same value encodes
 the same way on an ESP32 (32-bit floats) and on the gateway. Times are Unix epoch milliseconds (UTC).
+
+Why the schemas are strings: this module is resident on every node. Tables of tuples built at import cost
+about 2 KB of heap on MicroPython; one constant string per kind costs its bytes, and a validation splits it
+(short-lived garbage) only while it runs.
 """
 
 import json
@@ -15,204 +19,133 @@ from protocols import canonical
 from protocols.errors import LocalProtocolError, MessageError
 
 MAX_PAYLOAD = 4096  # bytes, any JSON message; a clip chunk travels on up/dl, not here
-MAX_STR = 200
-MAX_ARGS = 16
-MAX_LIST = 16
-INT32 = 2147483647
 MS_MAX = 2 ** 47  # Unix ms up to the year 6429: rejects seconds/µs mix-ups that overflow
 MS_MIN = 1420070400000  # 2015-01-01: earlier timestamps mean a node without a clock
 
-KINDS = ("speaker", "sensor", "camera", "drone", "recorder", "gateway", "operator")
-SEVERITIES = ("info", "general", "serious", "critical")
-STATUSES = ("accepted", "done", "failed", "rejected")
-# Broadcast priorities (FIELD.md, PA practice): a higher number pre-empts a lower one; 3 overrides quiet hours.
-PRIORITIES = {"background": 0, "normal": 1, "priority": 2, "emergency": 3}
-LOC_SOURCES = ("gps", "fixed", "mavlink", "recorder", "manual")
-
-# field spec: (name, type, required, a, b)
-#   "int": a..b range; "str": max length a, b = char class ("id", "name", "text", "hex");
-#   "enum": a = allowed values; "bool"; "ts": Unix ms; "dict": a = max keys; "list": a = max items, b = item class
-REQ = True
-OPT = False
-
-
-def _F(name, typ, req, a=None, b=None):
-    return (name, typ, req, a, b)
-
-
+# A schema is the fields in checking order, separated by spaces; a field is "name,type[,a[,b]]".
+# Type letter, upper case when the field is required:
+#   i  integer a..b (default 0..2147483647)      t  timestamp, Unix ms MS_MIN..MS_MAX
+#   s  string of 1..a chars of class b            e  one of the "/"-separated values a
+#   b  true/false                                  d  object of <= a keys: command args / result data
+#   l  list of <= a strings (1..80 chars of class b)
+# Character classes: i id [A-Za-z0-9._-], n name [a-z0-9_], h lower-case hex, t text (no control characters),
+# r evidence reference ("sha256:<64 hex>" or an id).
+# Broadcast priorities ``prio`` (FIELD.md, PA practice): 0 background, 1 normal, 2 priority, 3 emergency; a
+# higher number pre-empts a lower one and 3 overrides quiet hours. 2147483647 = INT32 max; 2**53 = JSON's
+# largest exact integer.
 SCHEMAS = {
-    "birth": (
-        _F("online", "bool", REQ), _F("kind", "enum", REQ, KINDS), _F("bdseq", "int", REQ, 0, INT32),
-        _F("fw", "str", REQ, 32, "text"), _F("ts", "ts", OPT), _F("hb_s", "int", REQ, 1, 86400),
-        _F("caps", "list", OPT, MAX_LIST, "name"), _F("site", "str", OPT, 32, "id"),
-    ),
-    "death": (
-        _F("online", "bool", REQ), _F("bdseq", "int", REQ, 0, INT32), _F("ts", "ts", OPT),
-        _F("reason", "str", OPT, MAX_STR, "text"),
-    ),
-    "hb": (
-        _F("seq", "int", REQ, 0, INT32), _F("ts", "ts", OPT), _F("up_s", "int", REQ, 0, INT32),
-        _F("hb_s", "int", REQ, 1, 86400), _F("fw", "str", OPT, 32, "text"),
-        _F("rssi", "int", OPT, -150, 0), _F("bat_mv", "int", OPT, 0, 60000), _F("bat_pct", "int", OPT, 0, 100),
-        _F("temp_dc", "int", OPT, -600, 1500), _F("heap", "int", OPT, 0, INT32), _F("errs", "int", OPT, 0, INT32),
-        _F("err", "str", OPT, MAX_STR, "text"), _F("outbox", "int", OPT, 0, INT32),
-        _F("dropped", "int", OPT, 0, INT32), _F("state", "str", OPT, 24, "name"),
-    ),
-    "loc": (
-        _F("seq", "int", REQ, 0, INT32), _F("ts", "ts", REQ),
-        _F("lat", "int", REQ, -900000000, 900000000), _F("lon", "int", REQ, -1800000000, 1800000000),
-        _F("alt_mm", "int", OPT, -1000000, 100000000), _F("spd_cms", "int", OPT, 0, 100000),
-        _F("hdg_cd", "int", OPT, 0, 35999), _F("fix", "int", REQ, 0, 8), _F("sats", "int", OPT, 0, 99),
-        _F("hdop", "int", OPT, 0, 9999), _F("src", "enum", REQ, LOC_SOURCES),
-    ),
-    "evt": (
-        _F("id", "str", REQ, 48, "id"), _F("seq", "int", REQ, 0, INT32), _F("ts", "ts", REQ),
-        _F("kind", "str", REQ, 24, "name"), _F("sev", "enum", REQ, SEVERITIES), _F("conf", "int", OPT, 0, 100),
-        _F("lat", "int", OPT, -900000000, 900000000), _F("lon", "int", OPT, -1800000000, 1800000000),
-        _F("zone", "str", OPT, 32, "id"), _F("evidence", "list", OPT, MAX_LIST, "ref"),
-        _F("detail", "str", OPT, MAX_STR, "text"), _F("count", "int", OPT, 1, INT32), _F("mac", "str", OPT, 64, "hex"),
-    ),
-    "cmd": (
-        _F("id", "str", REQ, 48, "id"), _F("to", "str", REQ, 32, "id"), _F("name", "str", REQ, 24, "name"),
-        _F("args", "dict", REQ, MAX_ARGS), _F("ts", "ts", REQ), _F("exp", "ts", REQ),
-        _F("prio", "int", REQ, 0, 3), _F("ctr", "int", REQ, 1, 2 ** 53), _F("op", "str", OPT, 32, "id"),
-        _F("mac", "str", REQ, 64, "hex"),
-    ),
-    "res": (
-        _F("id", "str", REQ, 48, "id"), _F("status", "enum", REQ, STATUSES), _F("ts", "ts", OPT),
-        _F("seq", "int", OPT, 0, INT32), _F("code", "str", OPT, 24, "name"),
-        _F("detail", "str", OPT, MAX_STR, "text"), _F("data", "dict", OPT, MAX_ARGS),
-        _F("mac", "str", OPT, 64, "hex"),
-    ),
+    "birth": "online,B kind,E,speaker/sensor/camera/drone/recorder/gateway/operator bdseq,I fw,S,32,t ts,t"
+             " hb_s,I,1,86400 caps,l,16,n site,s,32,i",
+    "death": "online,B bdseq,I ts,t reason,s,200,t",
+    "hb": "seq,I ts,t up_s,I hb_s,I,1,86400 fw,s,32,t rssi,i,-150,0 bat_mv,i,0,60000 bat_pct,i,0,100"
+          " temp_dc,i,-600,1500 heap,i errs,i err,s,200,t outbox,i dropped,i state,s,24,n",
+    "loc": "seq,I ts,T lat,I,-900000000,900000000 lon,I,-1800000000,1800000000 alt_mm,i,-1000000,100000000"
+           " spd_cms,i,0,100000 hdg_cd,i,0,35999 fix,I,1,8 sats,i,0,99 hdop,i,0,9999"
+           " src,E,gps/fixed/mavlink/recorder/manual",
+    "evt": "id,S,48,i seq,I ts,T kind,S,24,n sev,E,info/general/serious/critical conf,i,0,100"
+           " lat,i,-900000000,900000000 lon,i,-1800000000,1800000000 zone,s,32,i evidence,l,16,r"
+           " detail,s,200,t count,i,1,2147483647 mac,s,64,h",
+    "cmd": "id,S,48,i to,S,32,i name,S,24,n args,D,16 ts,T exp,T prio,I,0,3 ctr,I,1,9007199254740992"
+           " op,s,32,i mac,S,64,h",
+    "res": "id,S,48,i status,E,accepted/done/failed/rejected ts,t seq,i code,s,24,n detail,s,200,t data,d,16"
+           " mac,s,64,h",
 }
+# id chars; names are the tail from "_", lower-case hex the last 16
+_ID = "ABCDEFGHIJKLMNOPQRSTUVWXYZ.-_ghijklmnopqrstuvwxyz0123456789abcdef"
 
 
-def _idchar(c):
-    return "a" <= c <= "z" or "0" <= c <= "9" or c == "-" or c == "_"
-
-
-def _check_chars(value, cls):
-    if cls == "id":  # command/event ids may use upper case and dots too
-        for c in value:
-            if not (_idchar(c) or "A" <= c <= "Z" or c == "."):
-                return "chars of [A-Za-z0-9._-]"
-        return None
-    if cls == "name":
-        for c in value:
-            if not ("a" <= c <= "z" or "0" <= c <= "9" or c == "_"):
-                return "chars of [a-z0-9_]"
-        return None
-    if cls == "hex":
-        for c in value:
-            if not ("0" <= c <= "9" or "a" <= c <= "f"):
-                return "lower-case hex"
-        return None
-    if cls == "ref":  # evidence reference: "sha256:<64 hex>" or a clip/transfer id
-        if value.startswith("sha256:"):
-            h = value[7:]
-            if len(h) != 64 or _check_chars(h, "hex"):
-                return "sha256:<64 lower-case hex>"
+def _chars(v, c):
+    """None when every character of ``v`` is of class ``c``, else the rule it breaks."""
+    if c == "r":
+        if v[:7] != "sha256:":
+            c = "i"
+        elif len(v) != 71 or _chars(v[7:], "h"):
+            return "sha256:<64 lower-case hex>"
+        else:
             return None
-        return _check_chars(value, "id")
-    # "text": printable, no control characters
-    for c in value:
-        if ord(c) < 0x20 or c == "\x7f":
-            return "no control characters"
+    ok = _ID if c == "i" else _ID[28:] if c == "n" else _ID[-16:]
+    for ch in v:
+        if (ch < " " or ch == "\x7f") if c == "t" else ch not in ok:
+            return ("no control characters", "chars of [A-Za-z0-9._-]", "chars of [a-z0-9_]",
+                    "lower-case hex")["tinh".index(c)]
     return None
 
 
-def _is_int(v):
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _check_value(v, typ, a, b, name):
-    if typ == "int" or typ == "ts":
-        if not _is_int(v):
-            raise MessageError("must be an integer, got %s" % type(v).__name__, field=name)
-        lo, hi = (MS_MIN, MS_MAX) if typ == "ts" else (a, b)
-        if not lo <= v <= hi:
-            raise MessageError("%d out of range %d..%d" % (v, lo, hi), field=name)
-    elif typ == "str":
-        if not isinstance(v, str):
-            raise MessageError("must be a string, got %s" % type(v).__name__, field=name)
-        if not v or len(v) > a:
-            raise MessageError("length %d, expected 1..%d" % (len(v), a), field=name)
-        bad = _check_chars(v, b)
-        if bad:
-            raise MessageError("%r: expected %s" % (v, bad), field=name)
-    elif typ == "enum":
-        if v not in a or not isinstance(v, str):
-            raise MessageError("%r not one of %s" % (v, ", ".join(a)), field=name)
-    elif typ == "bool":
-        if not isinstance(v, bool):
-            raise MessageError("must be true or false, got %s" % type(v).__name__, field=name)
-    elif typ == "dict":
-        if not isinstance(v, dict):
-            raise MessageError("must be an object, got %s" % type(v).__name__, field=name)
-        if len(v) > a:
-            raise MessageError("%d keys, limit %d" % (len(v), a), field=name)
-        for k in v:
-            bad = _check_chars(k, "name") if k else "a non-empty key"
-            if bad or len(k) > 24:
-                raise MessageError("key %r: expected 1..24 %s" % (k, bad or "chars"), field=name)
-            _check_arg(v[k], name + "." + k)
-    elif typ == "list":
-        if not isinstance(v, list):
-            raise MessageError("must be a list, got %s" % type(v).__name__, field=name)
-        if len(v) > a:
-            raise MessageError("%d items, limit %d" % (len(v), a), field=name)
-        for i, item in enumerate(v):
-            _check_value(item, "str", 80, b, "%s[%d]" % (name, i))
-
-
-def _check_arg(v, name):
-    """Command args and result data: scalars, or a short list of scalars. No floats, no nesting."""
-    if v is None or isinstance(v, bool) or _is_int(v):
-        return
-    if isinstance(v, str):
-        if len(v) > MAX_STR * 2:
-            raise MessageError("string of %d chars, limit %d" % (len(v), MAX_STR * 2), field=name)
-        return
-    if isinstance(v, list):
-        if len(v) > MAX_LIST:
-            raise MessageError("%d items, limit %d" % (len(v), MAX_LIST), field=name)
-        for i, item in enumerate(v):
-            if isinstance(item, (list, dict)):
-                raise MessageError("nested containers are not allowed", field="%s[%d]" % (name, i))
-            _check_arg(item, "%s[%d]" % (name, i))
-        return
-    if isinstance(v, float):
-        raise MessageError("floats are not allowed; use a scaled integer", field=name)
-    raise MessageError("unsupported value of type %s" % type(v).__name__, field=name)
+def _check(v, t, a, b, f):
+    """Check the value ``v`` of field ``f`` against type letter ``t`` and its ``a``, ``b`` (strings, see
+    SCHEMAS); raise MessageError naming the field, the value and the rule. ``t`` "a" is one command argument
+    or result datum: a scalar (no floats: a scaled integer), or if ``a`` a list of <= 16 scalars."""
+    e = None
+    if t == "a":
+        if isinstance(v, list) and a:
+            e = len(v) > 16 and "%d items, limit 16" % len(v)
+            if not e:
+                for i, x in enumerate(v):
+                    _check(x, "a", 0, 0, "%s[%d]" % (f, i))
+        elif isinstance(v, str):
+            e = len(v) > 400 and "string of %d chars, limit 400" % len(v)
+        elif isinstance(v, float):
+            e = "floats are not allowed; use a scaled integer"
+        elif not (v is None or isinstance(v, (bool, int))):
+            e = ("unsupported value of type " + type(v).__name__ if a or not isinstance(v, (list, dict))
+                 else "nested containers are not allowed")
+    else:
+        n = "itsebdl".index(t)
+        if not isinstance(v, (int, int, str, object, bool, dict, list)[n]) or n < 2 and isinstance(v, bool):
+            e = "must be %s, got %s" % (("an integer", "an integer", "a string", "", "true or false",
+                                         "an object", "a list")[n], type(v).__name__)
+        elif n < 2:
+            lo, hi = (int(a or 0), int(b or 2147483647)) if n == 0 else (MS_MIN, MS_MAX)
+            e = not lo <= v <= hi and "%d out of range %d..%d" % (v, lo, hi)
+        elif n == 2:
+            e = not v or len(v) > int(a)
+            if e:
+                e = "length %d, expected 1..%s" % (len(v), a)
+            else:
+                e = _chars(v, b)
+                e = e and "%r: expected %s" % (v, e)
+        elif n == 3:
+            e = v not in a.split("/") and "%r not one of %s" % (v, a.replace("/", ", "))
+        elif n > 4:
+            e = len(v) > int(a) and "%d %s, limit %s" % (len(v), "keys" if n == 5 else "items", a)
+            for i, k in enumerate(() if e else v):
+                if n == 6:  # list of strings
+                    _check(k, "s", "80", b, "%s[%d]" % (f, i))
+                    continue
+                e = (_chars(k, "n") if k else "a non-empty key") if isinstance(k, str) else "a string key"
+                if e or len(k) > 24:
+                    e = "key %r: expected 1..24 %s" % (k, e or "chars")
+                    break
+                _check(v[k], "a", 1, 0, f + "." + k)
+    if e:
+        raise MessageError(e, field=f)
 
 
 def validate(kind, obj, err=MessageError):
     """Check ``obj`` against the schema of ``kind``; raise ``err`` naming the first bad field."""
-    schema = SCHEMAS.get(kind)
-    if schema is None:
+    spec = SCHEMAS.get(kind)
+    if spec is None:
         raise LocalProtocolError("unknown message kind %r" % (kind,))
     if not isinstance(obj, dict):
         raise err("%s message must be a JSON object, got %s" % (kind, type(obj).__name__))
     try:
-        known = set()
-        for name, typ, req, a, b in schema:
-            known.add(name)
-            if name not in obj or obj[name] is None:
-                if req:
-                    raise MessageError("required field missing from %s message" % kind, field=name)
-                continue
-            _check_value(obj[name], typ, a, b, name)
+        names = []
+        for s in spec.split():
+            f, t, a, b = (s + ",,").split(",")[:4]
+            names.append(f)
+            if obj.get(f) is not None:
+                _check(obj[f], t.lower(), a, b, f)
+            elif t < "a":
+                raise MessageError("required field missing from %s message" % kind, field=f)
         for k in obj:
-            if k not in known and not (isinstance(k, str) and k.startswith("x_")):
-                raise MessageError("unknown field in %s message (extensions must start with x_)" % kind, field=k)
-        if kind == "birth" and obj["online"] is not True:
-            raise MessageError("birth must have online=true", field="online")
-        if kind == "death" and obj["online"] is not False:
-            raise MessageError("death must have online=false", field="online")
+            if k not in names and not (isinstance(k, str) and k.startswith("x_")):
+                raise MessageError("unknown field in %s message (extensions must start with x_)" % kind,
+                                   field=k)
+        if kind in ("birth", "death") and obj["online"] is not (kind == "birth"):
+            raise MessageError("must be %s in a %s message" % ("true" if kind == "birth" else "false", kind),
+                               field="online")
         if kind == "cmd" and obj["exp"] < obj["ts"]:
             raise MessageError("expires before it was issued", field="exp")
-        if kind == "loc" and obj["fix"] == 0:
-            raise MessageError("a location report needs a fix (fix=0 means no position)", field="fix")
     except MessageError as e:
         if err is MessageError:
             raise
@@ -229,14 +162,10 @@ def decode(kind, payload):
         raise MessageError("payload is %d bytes, limit %d" % (n, MAX_PAYLOAD), field="payload")
     if n == 0:
         raise MessageError("empty payload", field="payload")
-    try:
-        text = bytes(payload).decode()
-    except Exception:
-        raise MessageError("payload is not valid UTF-8", field="payload")
-    try:
-        obj = json.loads(text)
+    try:  # invalid UTF-8 raises UnicodeError, a ValueError (CPython and MicroPython)
+        obj = json.loads(bytes(payload).decode())
     except (ValueError, TypeError, RuntimeError, IndexError, KeyError) as e:
-        raise MessageError("not valid JSON (%s)" % (e.__class__.__name__,), field="payload")
+        raise MessageError("not valid UTF-8 JSON (%s)" % (e.__class__.__name__,), field="payload")
     return validate(kind, obj)
 
 
@@ -249,39 +178,31 @@ def encode(kind, obj):
     return data
 
 
-# -- constructors: keep the field names in one place -------------------------------------------------------
+# -- constructors: keep the field names in one place; optional fields that are None (or empty) are left out --
 
-def birth(kind, bdseq, fw, hb_s, ts=None, caps=None, site=None):
-    m = {"online": True, "kind": kind, "bdseq": bdseq, "fw": fw, "hb_s": hb_s}
-    if ts is not None:
-        m["ts"] = ts
-    if caps:
-        m["caps"] = list(caps)
-    if site:
-        m["site"] = site
-    return m
-
-
-def death(bdseq, reason=None):
-    m = {"online": False, "bdseq": bdseq}
-    if reason:
-        m["reason"] = reason
-    return m
-
-
-def command(cmd_id, to, name, args, ts, exp, prio, ctr, op=None):
-    m = {"id": cmd_id, "to": to, "name": name, "args": args, "ts": ts, "exp": exp, "prio": prio, "ctr": ctr}
-    if op:
-        m["op"] = op
-    return m
-
-
-def result(cmd_id, status, ts=None, detail=None, code=None, data=None, seq=None):
-    m = {"id": cmd_id, "status": status}
-    for k, v in (("ts", ts), ("detail", detail), ("code", code), ("data", data), ("seq", seq)):
+def _opt(m, **kw):
+    for k, v in kw.items():
         if v is not None:
             m[k] = v
     return m
+
+
+def birth(kind, bdseq, fw, hb_s, ts=None, caps=None, site=None):
+    return _opt({"online": True, "kind": kind, "bdseq": bdseq, "fw": fw, "hb_s": hb_s}, ts=ts,
+                caps=list(caps) if caps else None, site=site or None)
+
+
+def death(bdseq, reason=None):
+    return _opt({"online": False, "bdseq": bdseq}, reason=reason or None)
+
+
+def command(cmd_id, to, name, args, ts, exp, prio, ctr, op=None):
+    return _opt({"id": cmd_id, "to": to, "name": name, "args": args, "ts": ts, "exp": exp, "prio": prio,
+                 "ctr": ctr}, op=op or None)
+
+
+def result(cmd_id, status, ts=None, detail=None, code=None, data=None, seq=None):
+    return _opt({"id": cmd_id, "status": status}, ts=ts, detail=detail, code=code, data=data, seq=seq)
 
 
 def is_final(status):

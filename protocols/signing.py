@@ -7,9 +7,10 @@ Theory of operation (docs/SECURITY.md has the threat model):
   expiry (``exp``, Unix ms); ``check_command`` applies all four checks and says which one failed;
 - HMAC is implemented over ``hashlib.sha256`` (RFC 2104) so nodes need no extra package; the comparison is
   constant-time (micropython-lib's ``hmac`` offers none).
+- hex goes through ``bytes.hex()``/``bytes.fromhex()``, not ``binascii``: on some MicroPython builds binascii
+  is a frozen Python module costing ~7 KB of heap, and a node needs nothing else from it.
 """
 
-import binascii
 import hashlib
 
 from protocols import canonical
@@ -17,20 +18,22 @@ from protocols.errors import AuthError, LocalProtocolError
 
 DOMAIN = b"lookout/1|"
 KEY_LEN = 32
-_BLOCK = 64
+
+
+def _xor(a, b):
+    return bytes(x ^ y for x, y in zip(a, b))
 
 
 def hmac_sha256(key, data):
-    if len(key) > _BLOCK:
+    """RFC 2104 with SHA-256 (block size 64)."""
+    if len(key) > 64:
         key = hashlib.sha256(key).digest()
-    key = key + b"\x00" * (_BLOCK - len(key))
-    ipad = bytes(b ^ 0x36 for b in key)
-    opad = bytes(b ^ 0x5C for b in key)
-    inner = hashlib.sha256(ipad)
-    inner.update(data)
-    outer = hashlib.sha256(opad)
-    outer.update(inner.digest())
-    return outer.digest()
+    key = bytes(key) + bytes(64 - len(key))
+    h = hashlib.sha256(_xor(key, b"\x36" * 64))
+    h.update(data)
+    h2 = hashlib.sha256(_xor(key, b"\x5c" * 64))
+    h2.update(h.digest())
+    return h2.digest()
 
 
 def compare_digest(a, b):
@@ -51,7 +54,7 @@ def compute_mac(key, purpose, msg):
     """Hex MAC of ``msg`` (a dict) for ``purpose``; ``msg["mac"]`` is ignored if present."""
     if len(key) != KEY_LEN:
         raise LocalProtocolError("key must be %d bytes, got %d" % (KEY_LEN, len(key)), field="key")
-    return binascii.hexlify(hmac_sha256(key, mac_input(purpose, msg))).decode()
+    return hmac_sha256(key, mac_input(purpose, msg)).hex()
 
 
 def sign(key, purpose, msg):
@@ -60,17 +63,19 @@ def sign(key, purpose, msg):
     return msg
 
 
+def _unhex(s, field, code, what):
+    try:
+        return bytes.fromhex(s)
+    except (ValueError, TypeError):  # fromhex: ValueError("non-hex digit") on both runtimes
+        raise AuthError("%s is not hex" % what, field=field, code=code)
+
+
 def verify(key, purpose, msg):
     """Raise AuthError(code="bad_mac") unless ``msg["mac"]`` matches."""
     got = msg.get("mac")
-    if not isinstance(got, str) or len(got) != 2 * 32:
+    if not isinstance(got, str) or len(got) != 64:
         raise AuthError("missing or malformed mac (expected 64 hex chars)", field="mac", code="bad_mac")
-    try:
-        got_b = binascii.unhexlify(got)
-    except (ValueError, TypeError):
-        raise AuthError("mac is not hex", field="mac", code="bad_mac")
-    want = hmac_sha256(key, mac_input(purpose, msg))
-    if not compare_digest(got_b, want):
+    if not compare_digest(_unhex(got, "mac", "bad_mac", "mac"), hmac_sha256(key, mac_input(purpose, msg))):
         raise AuthError("mac does not match (wrong key or altered message)", field="mac", code="bad_mac")
 
 
@@ -102,17 +107,12 @@ def wrap_key(old_key, new_key, ctr):
     """
     if len(new_key) != KEY_LEN:
         raise LocalProtocolError("new key must be %d bytes" % KEY_LEN, field="key")
-    pad = hmac_sha256(old_key, b"rotate|" + str(ctr).encode())
-    return binascii.hexlify(bytes(a ^ b for a, b in zip(new_key, pad))).decode()
+    return _xor(new_key, hmac_sha256(old_key, b"rotate|" + str(ctr).encode())).hex()
 
 
 def unwrap_key(old_key, wrapped_hex, ctr):
-    try:
-        wrapped = binascii.unhexlify(wrapped_hex)
-    except (ValueError, TypeError):
-        raise AuthError("wrapped key is not hex", field="key", code="bad_key")
+    wrapped = _unhex(wrapped_hex, "key", "bad_key", "wrapped key")
     if len(wrapped) != KEY_LEN:
         raise AuthError("wrapped key is %d bytes, expected %d" % (len(wrapped), KEY_LEN), field="key",
                         code="bad_key")
-    pad = hmac_sha256(old_key, b"rotate|" + str(ctr).encode())
-    return bytes(a ^ b for a, b in zip(wrapped, pad))
+    return _xor(wrapped, hmac_sha256(old_key, b"rotate|" + str(ctr).encode()))

@@ -5,7 +5,8 @@ Theory of operation: the device id always sits at level 3 so a broker ACL can co
 username equal to the device id). Operators are addressed the same way: the operator id takes the device level
 on the ``opreq``/``opres`` channels, so an operator's login confines it to its own request/response topics.
 
-Channels and directions are listed in ``CHANNELS``; docs/PROTOCOL.md has the full table.
+Channels and directions are listed in ``CHANNELS`` (a tuple of names; the comments there give the direction,
+``retained()``/``qos()`` the publish flags); docs/PROTOCOL.md has the full table.
 """
 
 from protocols.errors import LocalProtocolError, TopicError
@@ -14,24 +15,25 @@ PREFIX = "lookout"
 VERSION = "v1"
 ROOT = PREFIX + "/" + VERSION
 
-# channel -> (direction, retained, qos); direction "up" = device to gateway, "down" = gateway to device
-CHANNELS = {
-    "state": ("up", True, 1),  # birth/death (last will), retained
-    "hb": ("up", False, 0),  # heartbeat
-    "loc": ("up", False, 0),  # location
-    "evt": ("up", False, 1),  # events (detections, alarms)
-    "res": ("up", False, 1),  # command results
-    "up": ("up", False, 1),  # clip upload (manifest/chunks), sub-level: transfer id
-    "cmd": ("down", False, 1),  # commands
-    "dl": ("down", False, 1),  # clip download to a node, sub-level: transfer id
-    "opreq": ("up", False, 1),  # operator -> gateway requests (device level = operator id)
-    "opres": ("down", False, 1),  # gateway -> operator responses
-    "registry": ("down", True, 1),  # gateway's retained device table (device level = gateway id)
-}
+# up = device to gateway, down = gateway to device
+CHANNELS = (
+    "state",  # up: birth/death (last will), retained, QoS 1
+    "hb",  # up: heartbeat, QoS 0
+    "loc",  # up: location, QoS 0
+    "evt",  # up: events (detections, alarms)
+    "res",  # up: command results
+    "up",  # up: clip upload (manifest/chunks), sub-level: transfer id
+    "cmd",  # down: commands
+    "dl",  # down: clip download to a node, sub-level: transfer id
+    "opreq",  # up: operator -> gateway requests (device level = operator id)
+    "opres",  # down: gateway -> operator responses
+    "registry",  # down: gateway's retained device table (device level = gateway id), retained
+)  # all QoS 1 but hb and loc; retained: state and registry
 
 MAX_ID_LEN = 32
 MAX_TOPIC_LEN = 160
-_ID_EXTRA = "-_"
+_ID_RULE = "1-32 chars of [a-z0-9_-], first a letter or digit"
+_LEVELS = ("prefix", "version", "site", "device", "channel", "sub")
 
 
 def is_valid_id(s):
@@ -42,31 +44,29 @@ def is_valid_id(s):
     if not isinstance(s, str) or not 0 < len(s) <= MAX_ID_LEN:
         return False
     for i, c in enumerate(s):
-        if "a" <= c <= "z" or "0" <= c <= "9":
-            continue
-        if i > 0 and c in _ID_EXTRA:
-            continue
-        return False
+        if not ("a" <= c <= "z" or "0" <= c <= "9" or (i and c in "-_")):
+            return False
     return True
 
 
-def _check_id(value, what):
-    if not is_valid_id(value):
-        raise LocalProtocolError("invalid %s id %r: expected 1-%d chars of [a-z0-9_-], first a letter or digit"
-                                 % (what, value, MAX_ID_LEN), field=what)
+def _check(site, device, channel, wild=None):
+    """LocalProtocolError unless the ids are valid and the channel known (values in ``wild`` pass as they are)."""
+    for v, what in ((site, "site"), (device, "device")):
+        if (wild is None or v != wild) and not is_valid_id(v):
+            raise LocalProtocolError("invalid %s id %r: expected %s" % (what, v, _ID_RULE), field=what)
+    if channel not in CHANNELS and not (wild and channel in ("+", "#")):
+        raise LocalProtocolError("unknown channel %r" % (channel,), field="channel")
+    return ROOT + "/" + site + "/" + device + "/" + channel
 
 
 def topic(site, device, channel, sub=None):
     """Build a topic; raises LocalProtocolError on an id or channel the schema does not allow."""
-    _check_id(site, "site")
-    _check_id(device, "device")
-    if channel not in CHANNELS:
-        raise LocalProtocolError("unknown channel %r" % (channel,), field="channel")
-    t = ROOT + "/" + site + "/" + device + "/" + channel
-    if sub is not None:
-        _check_id(sub, "sub")
-        t += "/" + sub
-    return t
+    t = _check(site, device, channel)
+    if sub is None:
+        return t
+    if not is_valid_id(sub):
+        raise LocalProtocolError("invalid sub id %r: expected %s" % (sub, _ID_RULE), field="sub")
+    return t + "/" + sub
 
 
 def parse(t):
@@ -74,47 +74,38 @@ def parse(t):
     if isinstance(t, (bytes, bytearray)):
         try:
             t = bytes(t).decode()
-        except Exception:
+        except UnicodeError:
             raise TopicError("topic is not valid UTF-8", field="topic")
     if not isinstance(t, str):
         raise TopicError("topic must be text, got %s" % type(t).__name__, field="topic")
     if len(t) > MAX_TOPIC_LEN:
         raise TopicError("topic is %d chars, limit %d" % (len(t), MAX_TOPIC_LEN), field="topic")
-    parts = t.split("/")
-    if len(parts) not in (5, 6):
-        raise TopicError("expected %s/<site>/<device>/<channel>[/<sub>], got %d levels" % (ROOT, len(parts)),
+    p = t.split("/")
+    if len(p) not in (5, 6):
+        raise TopicError("expected %s/<site>/<device>/<channel>[/<sub>], got %d levels" % (ROOT, len(p)),
                          field="topic")
-    if parts[0] != PREFIX:
-        raise TopicError("prefix %r, expected %r" % (parts[0], PREFIX), field="topic")
-    if parts[1] != VERSION:
-        raise TopicError("version %r, expected %r" % (parts[1], VERSION), field="topic")
-    if not is_valid_id(parts[2]):
-        raise TopicError("invalid site id %r" % parts[2], field="site")
-    if not is_valid_id(parts[3]):
-        raise TopicError("invalid device id %r" % parts[3], field="device")
-    if parts[4] not in CHANNELS:
-        raise TopicError("unknown channel %r" % parts[4], field="channel")
-    sub = None
-    if len(parts) == 6:
-        if not is_valid_id(parts[5]):
-            raise TopicError("invalid sub-level %r" % parts[5], field="sub")
-        sub = parts[5]
-    return parts[2], parts[3], parts[4], sub
+    for i, v in enumerate(p):
+        if i == 0:
+            ok, want = v == PREFIX, PREFIX
+        elif i == 1:
+            ok, want = v == VERSION, VERSION
+        elif i == 4:
+            ok, want = v in CHANNELS, "a known channel"
+        else:
+            ok, want = is_valid_id(v), _ID_RULE
+        if not ok:
+            raise TopicError("%s %r: expected %s" % (_LEVELS[i], v, want), field="topic" if i < 2 else _LEVELS[i])
+    return p[2], p[3], p[4], p[5] if len(p) == 6 else None
 
 
 def device_filter(site="+", device="+", channel="#"):
     """A subscription filter; ``+`` and ``#`` pass through unvalidated."""
-    for v, what in ((site, "site"), (device, "device")):
-        if v != "+":
-            _check_id(v, what)
-    if channel not in ("+", "#") and channel not in CHANNELS:
-        raise LocalProtocolError("unknown channel %r" % (channel,), field="channel")
-    return ROOT + "/" + site + "/" + device + "/" + channel
+    return _check(site, device, channel, "+")
 
 
 def retained(channel):
-    return CHANNELS[channel][1]
+    return channel in ("state", "registry")
 
 
 def qos(channel):
-    return CHANNELS[channel][2]
+    return 0 if channel in ("hb", "loc") else 1

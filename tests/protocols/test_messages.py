@@ -99,6 +99,72 @@ def test_command_args_rules():
         messages.decode("cmd", canonical.dumpb(bad))
 
 
+def test_field_rules_each_type():
+    """One case per schema type and character class: the error names the field and says the rule."""
+    c = messages.command("c-1", "spk-01", "play", {}, T0, T0 + 60000, 1, 7)
+    c["mac"] = "ab" * 32
+    ok_args = {"on": True, "off": False, "none": None, "n": -3, "s": "x" * 400, "l": [1, True, None, "a"] * 4}
+    # bools are valid args on both runtimes (MicroPython's bool is not an int subclass)
+    assert messages.validate("cmd", dict(c, args=ok_args))["args"] is ok_args
+    cases = (
+        ({"args": {"s": "x" * 401}}, "args.s", "401 chars, limit 400"),
+        ({"args": {"l": [1] * 17}}, "args.l", "17 items, limit 16"),
+        ({"args": {"l": [1, [2]]}}, "args.l[1]", "nested"),
+        ({"args": {"l": [1, 2.5]}}, "args.l[1]", "floats"),
+        ({"args": {"Bad": 1}}, "args", "key 'Bad': expected 1..24 chars of [a-z0-9_]"),
+        ({"args": {"": 1}}, "args", "non-empty"),
+        ({"args": {"k" * 25: 1}}, "args", "1..24"),
+        ({"args": dict(("k%d" % i, i) for i in range(17))}, "args", "17 keys, limit 16"),
+        ({"args": []}, "args", "must be an object, got list"),
+        ({"id": ""}, "id", "length 0, expected 1..48"),
+        ({"id": "a b"}, "id", "'a b': expected chars of [A-Za-z0-9._-]"),
+        ({"to": "x" * 33}, "to", "length 33, expected 1..32"),
+        ({"name": "Play"}, "name", "chars of [a-z0-9_]"),
+        ({"mac": "AB" * 32}, "mac", "lower-case hex"),
+        ({"prio": 4}, "prio", "4 out of range 0..3"),
+        ({"ctr": 0}, "ctr", "0 out of range 1..9007199254740992"),
+        ({"exp": T0 * 1000}, "exp", "out of range 1420070400000..140737488355328"),
+        ({"op": 5}, "op", "must be a string, got int"),
+    )
+    for change, field, text in cases:
+        bad = dict(c)
+        bad.update(change)
+        with raises(MessageError, match=text) as r:
+            messages.validate("cmd", bad)
+        assert r.value.field == field, (change, r.value.field)
+    r0 = {"id": "c-1", "status": "done"}
+    enum_rule = "'ok' not one of accepted, done, failed, rejected"
+    for change, field, text in (({"status": "ok"}, "status", enum_rule),
+                                ({"detail": "a\nb"}, "detail", "no control characters"),
+                                ({"seq": True}, "seq", "must be an integer, got bool")):
+        with raises(MessageError, match=text) as r:
+            messages.validate("res", dict(r0, **change))
+        assert r.value.field == field
+    with raises(MessageError, match="must be true or false") as r:
+        messages.validate("death", {"online": 0, "bdseq": 1})
+    assert r.value.field == "online"
+    with raises(MessageError, match="must be false in a death") as r:
+        messages.validate("death", {"online": True, "bdseq": 1})
+    b = messages.birth("speaker", 1, "0.1.0", 30, caps=["play"] * 17)
+    with raises(MessageError, match="17 items, limit 16") as r:
+        messages.validate("birth", b)
+    b["caps"] = ["play", "Stop"]
+    with raises(MessageError, match="chars of [a-z0-9_]") as r:
+        messages.validate("birth", b)
+    assert r.value.field == "caps[1]"
+    with raises(LocalProtocolError, match="unknown message kind"):
+        messages.validate("nope", {})
+
+
+def test_encode_rejects_non_string_keys():
+    c = messages.command("c-1", "spk-01", "play", {1: 2}, T0, T0 + 60000, 1, 7)
+    c["mac"] = "ab" * 32
+    with raises(LocalProtocolError, match="string key"):
+        messages.encode("cmd", c)
+    with raises(LocalProtocolError, match="unknown field"):
+        messages.encode("hb", {"seq": 1, "up_s": 1, "hb_s": 30, 7: 1})
+
+
 def test_encode_invalid_is_local_error():
     with raises(LocalProtocolError, match="seq"):
         messages.encode("hb", {"up_s": 1, "hb_s": 30})

@@ -18,9 +18,11 @@ def test_device_at_fixed_level_for_acl():
 
 
 def test_build_rejects_bad_ids():
-    for bad in ("", "Upper", "-lead", "a/b", "a+b", "x" * 33, "sp ace", "#"):
+    for bad in ("", "Upper", "-lead", "a/b", "a+b", "x" * 33, "sp ace", "#", None, 7):
         with raises(LocalProtocolError):
             topics.topic("site", bad, "hb")
+        with raises(LocalProtocolError, match="site"):
+            topics.topic(bad, "dev", "hb")
     with raises(LocalProtocolError, match="channel"):
         topics.topic("site", "dev", "nope")
 
