@@ -6,6 +6,7 @@ refused, and a bad or ill-timed rotation leaves the old key in force."""
 import json
 
 from fwtest import arun, tmpdir
+from loopback_broker import LoopbackBroker
 
 import binascii
 
@@ -43,7 +44,7 @@ class Rig:
     async def boot(self):
         import asyncio
 
-        self.broker = hal_host.LoopbackBroker()
+        self.broker = LoopbackBroker()
         self.hal.open_connection = self.broker.open_connection
         self.node = Node(self.hal)
         self.task = asyncio.create_task(self.node.run())

@@ -17,6 +17,7 @@ except ImportError:  # CPython: firmware/lib is /lib on a device
     from lookout_node import mqtt
 
 from protocols import mqttpacket as mp
+from protocols import mqttserver as ms
 from protocols.errors import LocalProtocolError
 
 
@@ -112,15 +113,15 @@ class _FakeBroker:
         self.packets.append((self.conns, data))
         ptype = data[0] >> 4
         length, i = mp.decode_varint(data, 1)
-        if ptype == mp.CONNECT:
+        if ptype == ms.CONNECT:
             if self.refuse:
                 self.refuse -= 1
-                pipe.feed(mp.encode_connack(5))
+                pipe.feed(ms.encode_connack(5))
                 return
-            pipe.feed(mp.encode_connack(0))
+            pipe.feed(ms.encode_connack(0))
             if self.garbage is not None and self.conns == 1:
                 pipe.feed(self.garbage)
-        elif ptype == mp.SUBSCRIBE:
+        elif ptype == ms.SUBSCRIBE:
             pid = (data[i] << 8) | data[i + 1]
             j = i + 2
             codes = []
@@ -129,7 +130,7 @@ class _FakeBroker:
                 j += 2 + n
                 codes.append(data[j])
                 j += 1
-            pipe.feed(mp.encode_suback(pid, codes))
+            pipe.feed(ms.encode_suback(pid, codes))
         elif ptype == mp.PUBLISH and (data[0] >> 1) & 3 == 1:
             tlen = (data[i] << 8) | data[i + 1]
             pid = (data[i + 2 + tlen] << 8) | data[i + 3 + tlen]
@@ -137,8 +138,8 @@ class _FakeBroker:
                 self.drop_pubacks -= 1
             else:
                 pipe.feed(mp.encode_puback(pid))
-        elif ptype == mp.PINGREQ:
-            pipe.feed(mp.encode_pingresp())
+        elif ptype == ms.PINGREQ:
+            pipe.feed(ms.encode_pingresp())
 
     def of_type(self, ptype):
         return [p for _, p in self.packets if p[0] >> 4 == ptype]
@@ -224,7 +225,7 @@ def test_connect_resubscribe_birth_then_resend_with_dup():
         c.start()
         await asyncio.wait_for(c.connected.wait(), 3)
         kinds = [p[0] >> 4 for _, p in broker.packets]
-        assert kinds == [mp.CONNECT, mp.SUBSCRIBE, mp.PUBLISH]  # subscribed before announcing the birth
+        assert kinds == [ms.CONNECT, ms.SUBSCRIBE, mp.PUBLISH]  # subscribed before announcing the birth
         assert broker.of_type(mp.PUBLISH)[0][0] == 0x33  # birth: QoS 1, retained
         broker.drop_pubacks = 1
         await c.publish("evt", b"x", qos=1)
@@ -234,7 +235,7 @@ def test_connect_resubscribe_birth_then_resend_with_dup():
         assert sent[0][1:] == sent[1][1:]  # same packet id, same content
         assert c.connects == 1
         await c.disconnect()
-        assert broker.of_type(mp.DISCONNECT)
+        assert broker.of_type(ms.DISCONNECT)
         will = broker.of_type(mp.PUBLISH)[-1]  # the will: we publish it (§3.14.4 drops it)
         assert will[0] == 0x33 and will[2:8] == b"\x00\x04s/n1" and will.endswith(b"offline")
         assert not c.is_connected()

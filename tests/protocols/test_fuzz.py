@@ -5,7 +5,7 @@ The CPython-only hypothesis modules (``*_props.py``) explore further; this one k
 
 from fuzz import only_raises
 
-from protocols import cliptransfer, coap, messages, mqttpacket, nmea, opapi, serialframe, signing, topics
+from protocols import cliptransfer, coap, messages, mqttpacket, mqttserver, nmea, opapi, serialframe, signing, topics
 from protocols.errors import (CoAPError, FrameError, MessageError, MQTTPacketError, NMEAError, TopicError,
                               TransferError)
 
@@ -95,18 +95,24 @@ def test_coap():
 
 
 def test_mqtt_packets():
-    golden = [mqttpacket.encode_connack(0, True), mqttpacket.encode_suback(1, [1, 0x80]),
+    golden = [mqttserver.encode_connack(0, True), mqttserver.encode_suback(1, [1, 0x80]),
               mqttpacket.encode_publish("a/b", b"hi", qos=1, packet_id=10), mqttpacket.encode_puback(3),
-              mqttpacket.encode_pingresp()]
+              mqttserver.encode_pingresp()]
+    only_raises(lambda d: _mqtt_stream(mqttpacket.PacketReader(), d), golden, MQTTPacketError, N)
 
-    def stream(d):
-        r = mqttpacket.PacketReader()
-        r.receive_data(d)
-        for _ in range(50):
-            if r.next_event() is mqttpacket.NEED_DATA:
-                break
 
-    only_raises(stream, golden, MQTTPacketError, N)
+def test_mqtt_client_packets_at_the_server():
+    golden = [mqttpacket.encode_connect("n1", False, 60, "n1", b"pw", "s/n1", b"bye", 1, True),
+              mqttpacket.encode_subscribe(1, [("cmd/#", 1), ("a/+", 0)]), mqttpacket.encode_unsubscribe(2, ["a/+"]),
+              mqttpacket.encode_publish("a/b", b"hi", qos=1, packet_id=10), mqttpacket.encode_pingreq()]
+    only_raises(lambda d: _mqtt_stream(mqttserver.server_reader(), d), golden, MQTTPacketError, N, seed=7)
+
+
+def _mqtt_stream(r, d):
+    r.receive_data(d)
+    for _ in range(50):
+        if r.next_event() is mqttpacket.NEED_DATA:
+            break
 
 
 def test_operator_api():

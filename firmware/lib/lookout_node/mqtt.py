@@ -4,9 +4,10 @@ Theory of operation (the mqtt_as split, by composition rather than inheritance):
 
 - ``protocols.mqttpacket`` owns every byte (encoders, ``PacketReader``); nothing here builds a packet by hand.
 - ``_Link`` is ONE connection: the stream pair, the packet reader, a write lock, the keepalive clock and the
-  waiters for PUBACK/SUBACK/UNSUBACK keyed by packet id. A link is created per connection and thrown away with
-  it, so no half-read packet, stale waiter or timer survives a reconnect. ``kill(reason)`` marks it dead,
-  wakes every waiter with ``NotConnected`` and is the only way a link ends.
+  waiters for PUBACK/SUBACK/UNSUBACK keyed by packet id (ids are shared by all three, §2.3.1). A link is
+  created per connection and thrown away with it, so no half-read packet, stale waiter or timer survives a
+  reconnect. ``kill(reason)`` marks it dead, wakes every waiter with ``NotConnected`` and is the only way a
+  link ends.
 - ``MQTTClient`` is the policy: connect, resubscribe everything it remembers, publish the retained birth, set
   ``connected``; on any failure (socket error, malformed packet, missing PUBACK/PINGRESP, refused CONNACK) log
   through the hook, back off exponentially with jitter and connect again. It never dies on bad input.
@@ -23,33 +24,21 @@ dead and raises ``DeliveryFailed``; ``publish()`` while offline raises ``NotConn
 ``NotConnected``, so the app's outbox keeps the message and tries again later. Nothing is queued here.
 
 Logging policy (``on_log(level, text)``): "debug" normal flow, "info" reconnects/resends, "warning" a
-misbehaving broker, "error" a bug in a handler. Passwords are never logged.
+misbehaving broker or a refused CONNACK, "error" a bug in a handler. Passwords are never logged.
+
+Written for a node's heap (every class, method and string constant is resident): three classes besides the
+exceptions, waiters as small lists, one request routine for SUBSCRIBE, UNSUBSCRIBE and QoS 1 PUBLISH.
 """
 
 import asyncio
 
+from lookout_node.hal import ticks_diff, ticks_ms
 from protocols import defaults as _D
 from protocols import mqttpacket as mp
 from protocols.errors import LocalProtocolError, MQTTPacketError
 
-try:  # MicroPython: wrapping millisecond ticks
-    from time import ticks_diff as _ticks_diff
-    from time import ticks_ms as _ticks_ms
-except ImportError:  # CPython: monotonic milliseconds, no wrap
-    import time as _time
 
-    def _ticks_ms():
-        return _time.monotonic_ns() // 1000000
-
-    def _ticks_diff(a, b):
-        return a - b
-
-
-class MQTTClientError(Exception):
-    """Base of the client's own errors (codec errors stay ``MQTTPacketError``/``LocalProtocolError``)."""
-
-
-class NotConnected(MQTTClientError):
+class NotConnected(Exception):
     """No live link: the message was NOT handed to the broker (or not confirmed); the caller keeps it."""
 
 
@@ -57,16 +46,7 @@ class DeliveryFailed(NotConnected):
     """A QoS 1 PUBLISH got no PUBACK after all resends; the link is being reset. The caller keeps it."""
 
 
-class ConnectRefused(MQTTClientError):
-    """CONNACK with a non-zero return code (§3.2.2.3); ``code`` and ``name`` say which."""
-
-    def __init__(self, code, name):
-        super().__init__("broker refused the connection: %d (%s)" % (code, name))
-        self.code = code
-        self.name = name
-
-
-class SubscribeRefused(MQTTClientError):
+class SubscribeRefused(Exception):
     """SUBACK return code 0x80 (§3.9.3), typically an ACL denial."""
 
 
@@ -74,19 +54,15 @@ def backoff_ms(attempt, min_ms=_D.MQTT_BACKOFF_MIN_MS, max_ms=_D.MQTT_BACKOFF_MA
     """Delay before reconnect ``attempt`` (0-based): ``cap = min(max_ms, min_ms * 2**attempt)``, then
     "equal jitter": half of ``cap`` fixed plus a random part of the other half, so it is never 0 and nodes
     spread out. ``rand`` returns a float in [0, 1) (inject a fixed one in tests)."""
-    if rand is None:
-        rand = _default_rand
     cap = min_ms
-    for _ in range(attempt):  # no big shifts: stops at max_ms
-        if cap >= max_ms:
-            break
+    while attempt > 0 and cap < max_ms:  # no big shifts: stops at max_ms
         cap *= 2
+        attempt -= 1
     cap = min(cap, max_ms)
-    half = cap // 2
-    return half + int(rand() * (cap - half))
+    return cap // 2 + int((rand or _rand)() * (cap - cap // 2))
 
 
-def _default_rand():
+def _rand():
     import random
 
     return random.getrandbits(24) / 16777216
@@ -98,33 +74,11 @@ def _msg_spec(spec, field):
         return None
     if not isinstance(spec, (tuple, list)) or not 2 <= len(spec) <= 4:
         raise LocalProtocolError("must be (topic, payload[, qos[, retain]]), got %r" % (spec,), field=field)
-    topic = spec[0]
-    payload = spec[1]
-    qos = spec[2] if len(spec) > 2 else 1
-    retain = bool(spec[3]) if len(spec) > 3 else True
-    mp.validate_topic_name(topic)
-    if qos not in (0, 1):
-        raise LocalProtocolError("qos must be 0 or 1, got %r" % (qos,), field=field)
-    if isinstance(payload, str):
-        payload = payload.encode("utf-8")
-    return (topic, payload, qos, retain)
-
-
-class _Waiter:
-    """One expected reply (no asyncio.Future on MicroPython): an Event plus the result or the error."""
-
-    def __init__(self):
-        self.event = asyncio.Event()
-        self.value = None
-        self.error = None
-
-    def resolve(self, value):
-        self.value = value
-        self.event.set()
-
-    def fail(self, err):
-        self.error = err
-        self.event.set()
+    t = tuple(spec) + (1, True)[len(spec) - 2:]
+    mp.validate_topic_name(t[0])
+    if t[2] not in (0, 1):
+        raise LocalProtocolError("qos must be 0 or 1, got %r" % (t[2],), field=field)
+    return (t[0], t[1].encode() if isinstance(t[1], str) else t[1], t[2], bool(t[3]))
 
 
 class Inbox:
@@ -157,16 +111,16 @@ class Inbox:
 class _Link:
     """One connection to the broker. Created per connect, discarded on any failure."""
 
-    def __init__(self, reader, writer, max_packet_size, send_timeout_ms):
+    def __init__(self, reader, writer, client):
         self.reader = reader
         self.writer = writer
-        self.packets = mp.PacketReader(max_packet_size)
-        self.send_timeout_ms = send_timeout_ms
-        self.waiters = {}  # (packet type, packet id) -> _Waiter
+        self.packets = mp.PacketReader(client.max_packet_size)
+        self.send_timeout_ms = client.send_timeout_ms
+        self.waiters = {}  # packet id -> [Event, the ack or a NotConnected, expected ack type]
         self.dead = asyncio.Event()
         self.reason = None
         self.tasks = []
-        self.last_sent = _ticks_ms()
+        self.last_sent = ticks_ms()
         self.ping_sent = None  # ticks of the outstanding PINGREQ, or None
         self.up_since = None
         self._wlock = asyncio.Lock()
@@ -178,31 +132,25 @@ class _Link:
         self.dead.set()
         err = NotConnected("link lost: " + reason)
         for w in self.waiters.values():
-            w.fail(err)
+            w[1] = err
+            w[0].set()
         self.waiters = {}
 
-    def expect(self, ptype, pid):
-        w = _Waiter()
-        self.waiters[(ptype, pid)] = w
-        return w
-
-    async def _write(self, data):
-        async with self._wlock:  # MicroPython's Stream loses bytes if two tasks drain at once
-            self.writer.write(data)
-            await self.writer.drain()
-            self.last_sent = _ticks_ms()
-
     async def send(self, data):
-        if self.dead.is_set():
-            raise NotConnected("link lost: %s" % self.reason)
         try:
-            await asyncio.wait_for(self._write(data), self.send_timeout_ms / 1000)
-        except asyncio.TimeoutError:  # not the builtin: MicroPython's asyncio has its own
-            self.kill("send not drained within %d ms" % self.send_timeout_ms)
-            raise NotConnected("link lost: %s" % self.reason) from None
+            async with self._wlock:  # MicroPython's Stream loses bytes if two tasks drain at once
+                if self.dead.is_set():
+                    raise NotConnected("link lost: %s" % self.reason)
+                self.writer.write(data)
+                await asyncio.wait_for(self.writer.drain(), self.send_timeout_ms / 1000)
+                self.last_sent = ticks_ms()
+                return
+        except asyncio.TimeoutError:  # before OSError (CPython's is one); MicroPython's asyncio has its own
+            why = "send not drained within %d ms" % self.send_timeout_ms
         except OSError as e:
-            self.kill("send failed: %r" % (e,))
-            raise NotConnected("link lost: %s" % self.reason) from e
+            why = "send failed: %r" % (e,)
+        self.kill(why)
+        raise NotConnected("link lost: " + self.reason)
 
     async def next_packet(self, chunk):
         """The next decoded packet, or ``mp.CLOSED`` at end of stream. Raises MQTTPacketError, OSError."""
@@ -218,9 +166,9 @@ class MQTTClient:
 
     ``will``/``birth``: ``(topic, payload[, qos=1[, retain=True]])``. ``ssl``: None, True or an SSLContext,
     passed to ``open_connection`` (both runtimes accept it). ``on_message(msg)``: plain or async function
-    taking a ``mqttpacket.Publish``; without it use ``await next_message()``. ``rand``: float in [0, 1) source
-    for the jitter and the default client id. ``open_connection``: the transport (default
-    ``asyncio.open_connection``; the node passes its HAL's).
+    taking a PUBLISH ``mqttpacket.Packet`` (``topic``, ``payload``, ``qos``...); without it use ``await
+    next_message()``. ``rand``: float in [0, 1) source for the jitter and the default client id.
+    ``open_connection``: the transport (default ``asyncio.open_connection``; the node passes its HAL's).
     """
 
     def __init__(self, host, port=None, client_id=None, username=None, password=None,
@@ -233,7 +181,7 @@ class MQTTClient:
                  max_packet_size=_D.MQTT_MAX_PACKET_SIZE, read_chunk=_D.MQTT_READ_CHUNK):
         self.host = host
         self.port = port if port is not None else (_D.MQTT_TLS_PORT if ssl else _D.MQTT_PORT)
-        self._rand = rand if rand is not None else _default_rand
+        self._rand = rand or _rand
         if client_id is None:
             client_id = "lookout-%08x" % int(self._rand() * 0xFFFFFFFF)
         self.client_id = client_id
@@ -294,9 +242,8 @@ class MQTTClient:
         Raises ``NotConnected`` when offline or if the link drops first, ``DeliveryFailed`` when PUBACK never
         came; in both cases the broker may or may not have it, and the caller's outbox keeps it.
         """
+        mp.check_int(qos, 0, 1, "qos")
         mp.validate_topic_name(topic)
-        if qos not in (0, 1):
-            raise LocalProtocolError("must be 0 or 1, got %r" % (qos,), field="qos")
         link = self._live_link()
         if link is None:
             raise NotConnected("not connected to %s:%d" % (self.host, self.port))
@@ -309,20 +256,16 @@ class MQTTClient:
         ``SubscribeRefused`` (and forgets the filter) on SUBACK 0x80.
         """
         mp.validate_topic_filter(topic_filter)
-        if qos not in (0, 1):
-            raise LocalProtocolError("must be 0 or 1 (QoS 2 is not implemented), got %r" % (qos,),
-                                     field="qos")
+        mp.check_int(qos, 0, 1, "qos")  # QoS 2 is not implemented
         self._subs[topic_filter] = qos
         link = self._live_link()
         if link is None:
             return None
         try:
-            ack = await self._request(link, mp.SUBACK,
-                                      lambda pid: mp.encode_subscribe(pid, [(topic_filter, qos)]))
+            code = (await self._request(link, mp.SUBACK, [(topic_filter, qos)])).return_codes[0]
         except NotConnected:
             return None
-        code = ack.return_codes[0]
-        if code == mp.SUBACK_FAILURE:
+        if code == 0x80:
             self._subs.pop(topic_filter, None)
             raise SubscribeRefused("broker refused subscription to %r (SUBACK 0x80)" % (topic_filter,))
         return code
@@ -332,18 +275,17 @@ class MQTTClient:
         mp.validate_topic_filter(topic_filter)
         self._subs.pop(topic_filter, None)
         link = self._live_link()
-        if link is None:
-            return
-        try:
-            await self._request(link, mp.UNSUBACK, lambda pid: mp.encode_unsubscribe(pid, [topic_filter]))
-        except NotConnected:
-            pass
+        if link is not None:
+            try:
+                await self._request(link, mp.UNSUBACK, [topic_filter])
+            except NotConnected:
+                pass
 
     def subscriptions(self):
         return dict(self._subs)
 
     async def next_message(self):
-        """Next received ``Publish`` (only when no ``on_message`` handler was given)."""
+        """Next received PUBLISH ``Packet`` (only when no ``on_message`` handler was given)."""
         return (await self.inbox.get())[0]
 
     async def disconnect(self, publish_will=True):
@@ -360,15 +302,14 @@ class MQTTClient:
                 pass
         if self._link is not None:  # also a link still in its handshake
             self._link.kill("disconnect() called")
-        for attr in ("_task", "_deliver_task"):
-            t = getattr(self, attr)
-            setattr(self, attr, None)
+        for t in (self._task, self._deliver_task):
             if t is not None:
                 t.cancel()
                 try:
                     await t
                 except asyncio.CancelledError:
                     pass
+        self._task = self._deliver_task = None
         if self._link is not None:
             await self._close_link(self._link)
             self._link = None
@@ -389,78 +330,71 @@ class MQTTClient:
             return None
         return link
 
+    def _check_closing(self):
+        # Re-checked after each step: on CPython 3.11 a wait_for that completes just as the task is cancelled
+        # swallows the cancellation, so disconnect() cannot rely on cancel() alone.
+        if self._closing:
+            raise NotConnected("disconnect() called")
+
     async def _run(self):
         attempt = 0
         while not self._closing:
             link = None
+            level = "info"
             try:
-                link = await self._open_link()
-                self._link = link
-                # Each step re-checks _closing: on CPython 3.11 a wait_for that completes just as the task is
-                # cancelled swallows the cancellation, so disconnect() cannot rely on cancel() alone.
+                kw = {}
+                if self.ssl is not None:
+                    kw["ssl"] = self.ssl
+                    if self.server_hostname is not None:
+                        kw["server_hostname"] = self.server_hostname
+                self._log("debug", "connecting to %s:%d as %s" % (self.host, self.port, self.client_id))
+                timeout = self.connect_timeout_ms / 1000
+                r, w = await asyncio.wait_for((self._open or asyncio.open_connection)(self.host, self.port, **kw),
+                                              timeout)
+                link = self._link = _Link(r, w, self)
                 self._check_closing()
-                await self._handshake(link)
-                self._check_closing()
-                await self._link_up(link)
-                self._check_closing()
-                await link.dead.wait()
-                self.last_error = link.reason
-                self._log("info", "link down: %s" % link.reason)
-            except ConnectRefused as e:
-                self.last_error = str(e)
-                self._log("warning", str(e))
+                # CONNECT, then the first packet from the broker MUST be CONNACK (§3.2)
+                await link.send(self._connect_packet)
+                ev = await asyncio.wait_for(link.next_packet(self.read_chunk), timeout)
+                if ev is mp.CLOSED:
+                    raise NotConnected("broker closed the connection before CONNACK")
+                if ev.type != mp.CONNACK:
+                    raise MQTTPacketError("first packet from the broker is %s; must be CONNACK (§3.2)"
+                                          % mp.packet_name(ev.type), field="packet_type")
+                rc = ev.return_code
+                if rc:
+                    level = "warning"
+                    why = "broker refused the connection: %d (%s)" % (rc, mp.CONNACK_NAMES[rc])
+                else:
+                    self._check_closing()
+                    await self._link_up(link)
+                    self._check_closing()
+                    await link.dead.wait()
+                    why = link.reason
             except MQTTPacketError as e:
-                self.last_error = "malformed packet: %s" % e
-                self._log("warning", "malformed packet from broker: %s" % e)
-            except (OSError, EOFError, asyncio.TimeoutError, NotConnected) as e:
-                self.last_error = "%s: %s" % (type(e).__name__, e)
-                self._log("info", "connect to %s:%d failed: %s" % (self.host, self.port, self.last_error))
-            except Exception as e:  # a bug must not kill the node's only uplink
-                self.last_error = "%s: %s" % (type(e).__name__, e)
-                self._log("error", "unexpected error in MQTT loop: %s" % self.last_error)
+                level = "warning"
+                why = "malformed packet: %s" % e
+            except Exception as e:
+                why = "%s: %s" % (type(e).__name__, e)
+                if not isinstance(e, (OSError, EOFError, asyncio.TimeoutError, NotConnected)):
+                    level = "error"  # a bug must not kill the node's only uplink
             finally:
                 self.connected.clear()
                 if link is not None:
-                    if (link.up_since is not None
-                            and _ticks_diff(_ticks_ms(), link.up_since) >= self.backoff_max_ms):
+                    up = link.up_since
+                    if up is not None and ticks_diff(ticks_ms(), up) >= self.backoff_max_ms:
                         attempt = 0  # stable for a while: start the backoff from the bottom again
                     await self._close_link(link)
                     if self._link is link:
                         self._link = None
+            self.last_error = why
+            self._log(level, "link to %s:%d down: %s" % (self.host, self.port, why))
             if self._closing:
                 break
             delay = backoff_ms(attempt, self.backoff_min_ms, self.backoff_max_ms, self._rand)
             attempt += 1
             self._log("info", "reconnecting in %d ms (attempt %d)" % (delay, attempt))
             await asyncio.sleep(delay / 1000)
-
-    def _check_closing(self):
-        if self._closing:
-            raise NotConnected("disconnect() called")
-
-    async def _open_link(self):
-        opener = self._open if self._open is not None else asyncio.open_connection
-        kw = {}
-        if self.ssl is not None:
-            kw["ssl"] = self.ssl
-            if self.server_hostname is not None:
-                kw["server_hostname"] = self.server_hostname
-        self._log("debug", "connecting to %s:%d as %s" % (self.host, self.port, self.client_id))
-        reader, writer = await asyncio.wait_for(opener(self.host, self.port, **kw),
-                                                self.connect_timeout_ms / 1000)
-        return _Link(reader, writer, self.max_packet_size, self.send_timeout_ms)
-
-    async def _handshake(self, link):
-        """CONNECT, then the first packet from the broker MUST be CONNACK (§3.2)."""
-        await link.send(self._connect_packet)
-        ev = await asyncio.wait_for(link.next_packet(self.read_chunk), self.connect_timeout_ms / 1000)
-        if ev is mp.CLOSED:
-            raise NotConnected("broker closed the connection before CONNACK")
-        if not isinstance(ev, mp.ConnAck):
-            raise MQTTPacketError("first packet from the broker is %s; must be CONNACK (§3.2)"
-                                  % type(ev).__name__, field="packet_type")
-        if not ev.accepted:
-            raise ConnectRefused(ev.return_code, ev.name)
 
     async def _link_up(self, link):
         """Start the link's tasks, resubscribe, publish the birth, then announce ``connected``.
@@ -476,7 +410,7 @@ class MQTTClient:
         if self.birth is not None:
             await self._publish_on(link, *self.birth)
             await self._resubscribe(link, sent)  # filters added by subscribe() while the birth was in flight
-        link.up_since = _ticks_ms()
+        link.up_since = ticks_ms()
         self.connects += 1
         self.connected.set()
         self._log("info", "connected to %s:%d as %s" % (self.host, self.port, self.client_id))
@@ -488,11 +422,10 @@ class MQTTClient:
             items = [(f, q) for f, q in self._subs.items() if sent.get(f) != q]
             if not items:
                 return
-            ack = await self._request(link, mp.SUBACK,
-                                      lambda pid, items=items: mp.encode_subscribe(pid, items))
+            codes = (await self._request(link, mp.SUBACK, items)).return_codes
             for i, (flt, qos) in enumerate(items):
                 sent[flt] = qos
-                if i < len(ack.return_codes) and ack.return_codes[i] == mp.SUBACK_FAILURE:
+                if codes[i:i + 1] == [0x80]:
                     self._log("warning", "broker refused resubscription to %r (SUBACK 0x80)" % (flt,))
 
     async def _close_link(self, link):
@@ -523,7 +456,27 @@ class MQTTClient:
                 if ev is mp.CLOSED:
                     link.kill("broker closed the connection")
                     return
-                await self._dispatch(link, ev)
+                t = ev.type
+                if t == mp.PUBLISH:
+                    self._log("debug", "received %s qos %d (%d bytes)" % (ev.topic, ev.qos, len(ev.payload)))
+                    if not self.inbox.put_nowait((ev, link)):
+                        # Not acknowledged: a persistent session's broker redelivers it on the next connect.
+                        self._log("warning", "inbox full (%d): dropped %s (dropped so far: %d)"
+                                  % (self.inbox.size, ev.topic, self.inbox.dropped))
+                    elif self.on_message is None and ev.qos:
+                        await link.send(mp.encode_puback(ev.packet_id))  # queued = accepted
+                elif t == mp.PINGRESP:
+                    link.ping_sent = None
+                elif t == mp.CONNACK:
+                    raise MQTTPacketError("CONNACK after CONNACK; not allowed (§3.2)", field="packet_type")
+                else:  # PUBACK, SUBACK, UNSUBACK
+                    w = link.waiters.get(ev.packet_id)
+                    if w is None or w[2] != t:  # e.g. the PUBACK of a first send after its DUP resend
+                        self._log("debug", "unexpected %r" % (ev,))
+                    else:
+                        del link.waiters[ev.packet_id]
+                        w[1] = ev
+                        w[0].set()
         except MQTTPacketError as e:
             self._log("warning", "malformed packet from broker: %s" % e)
             link.kill("malformed packet: %s" % e)
@@ -535,33 +488,6 @@ class MQTTClient:
             self._log("error", "reader failed: %r" % (e,))
             link.kill("reader failed: %r" % (e,))
 
-    async def _dispatch(self, link, ev):
-        if isinstance(ev, mp.Publish):
-            await self._received(link, ev)
-        elif isinstance(ev, mp.PingResp):
-            link.ping_sent = None
-        elif isinstance(ev, (mp.PubAck, mp.SubAck, mp.UnsubAck)):
-            ptype = mp.PUBACK if isinstance(ev, mp.PubAck) else (
-                mp.SUBACK if isinstance(ev, mp.SubAck) else mp.UNSUBACK)
-            w = link.waiters.pop((ptype, ev.packet_id), None)
-            if w is None:  # e.g. the PUBACK for the first send arriving after a DUP resend was acknowledged
-                self._log("debug", "unexpected %r" % (ev,))
-            else:
-                w.resolve(ev)
-        else:  # a second CONNACK
-            raise MQTTPacketError("%s after CONNACK; not allowed (§3.2)" % type(ev).__name__,
-                                  field="packet_type")
-
-    async def _received(self, link, msg):
-        self._log("debug", "received %s qos %d (%d bytes)" % (msg.topic, msg.qos, len(msg.payload)))
-        if not self.inbox.put_nowait((msg, link)):
-            # Not acknowledged: with a persistent session the broker redelivers it on the next connect.
-            self._log("warning", "inbox full (%d): dropped %s (dropped so far: %d)"
-                      % (self.inbox.size, msg.topic, self.inbox.dropped))
-            return
-        if self.on_message is None and msg.qos == 1:
-            await link.send(mp.encode_puback(msg.packet_id))  # queued = accepted
-
     async def _deliver_loop(self):
         """Runs ``on_message`` for each message in arrival order, then sends its PUBACK (§4.6 order)."""
         while True:
@@ -572,7 +498,7 @@ class MQTTClient:
                     await r
             except Exception as e:  # acknowledged anyway: a message that crashes the handler must not loop
                 self._log("error", "message handler raised %r on %s" % (e, msg.topic))
-            if msg.qos == 1 and not link.dead.is_set():
+            if msg.qos and not link.dead.is_set():
                 try:
                     await link.send(mp.encode_puback(msg.packet_id))
                 except NotConnected:
@@ -586,79 +512,69 @@ class MQTTClient:
         interval = max(1, self.keepalive_ms // _D.MQTT_PING_IDLE_FRACTION)
         try:
             while not link.dead.is_set():
-                now = _ticks_ms()
+                now = ticks_ms()
                 if link.ping_sent is not None:
-                    waited = _ticks_diff(now, link.ping_sent)
+                    waited = ticks_diff(now, link.ping_sent)
                     if waited >= self.ping_timeout_ms:
-                        self._log("info", "no PINGRESP within %d ms" % self.ping_timeout_ms)
                         link.kill("no PINGRESP within %d ms" % self.ping_timeout_ms)
                         return
                     delay = self.ping_timeout_ms - waited
                 else:
-                    idle = _ticks_diff(now, link.last_sent)
-                    if idle >= interval:
+                    delay = interval - ticks_diff(now, link.last_sent)
+                    if delay <= 0:
                         link.ping_sent = now
                         await link.send(mp.encode_pingreq())
                         self._log("debug", "PINGREQ")
                         continue
-                    delay = interval - idle
                 await asyncio.sleep(delay / 1000)
         except NotConnected:
             pass
 
     # ---- request/response ----------------------------------------------------------------------------------
 
-    def _next_pid(self, link):
-        for _ in range(65535):
-            self._pid = self._pid % 65535 + 1
-            if (mp.PUBACK, self._pid) not in link.waiters and (mp.SUBACK, self._pid) not in link.waiters \
-                    and (mp.UNSUBACK, self._pid) not in link.waiters:
-                return self._pid
-        raise NotConnected("all 65535 packet ids in flight")
-
-    async def _wait(self, w, timeout_ms):
-        """True when the reply came, False on timeout; raises NotConnected if the link died meanwhile."""
-        try:
-            await asyncio.wait_for(w.event.wait(), timeout_ms / 1000)
-        except asyncio.TimeoutError:
-            return False
-        if w.error is not None:
-            raise w.error
-        return True
-
-    async def _request(self, link, ptype, make_packet):
-        """SUBSCRIBE/UNSUBSCRIBE: send once and wait for the ack; a missing ack means a dead link."""
-        pid = self._next_pid(link)
-        w = link.expect(ptype, pid)
-        try:
-            await link.send(make_packet(pid))
-            if await self._wait(w, self.puback_timeout_ms):
-                return w.value
-        finally:
-            link.waiters.pop((ptype, pid), None)
-        link.kill("no %s for packet %d within %d ms" % (mp.PACKET_NAMES[ptype], pid, self.puback_timeout_ms))
-        raise NotConnected("link lost: %s" % link.reason)
-
     async def _publish_on(self, link, topic, payload, qos, retain):
-        if qos == 0:
+        if qos:
+            await self._request(link, mp.PUBACK, (topic, payload, retain))
+        else:
             await link.send(mp.encode_publish(topic, payload, 0, retain))
-            return
-        pid = self._next_pid(link)
-        w = link.expect(mp.PUBACK, pid)
-        packet = mp.encode_publish(topic, payload, 1, retain, False, pid)
-        sends = self.publish_retries + 1
+
+    async def _request(self, link, ack, arg):
+        """Send SUBSCRIBE (``ack`` SUBACK, ``arg`` [(filter, qos)]), UNSUBSCRIBE (UNSUBACK, [filter]) or a
+        QoS 1 PUBLISH (PUBACK, (topic, payload, retain)) and return the ack. A PUBLISH is resent with DUP=1 (same
+        packet id and content, §3.3.1.1) up to ``publish_retries`` times; a missing ack means a dead link."""
+        pid = self._pid
+        for _ in range(65535):
+            pid = pid % 65535 + 1
+            if pid not in link.waiters:
+                break
+        else:
+            raise NotConnected("all 65535 packet ids in flight")
+        self._pid = pid
+        sends = 1
+        if ack == mp.PUBACK:
+            packet = mp.encode_publish(arg[0], arg[1], 1, arg[2], False, pid)
+            sends += self.publish_retries
+        else:
+            packet = (mp.encode_subscribe if ack == mp.SUBACK else mp.encode_unsubscribe)(pid, arg)
+        w = link.waiters[pid] = [asyncio.Event(), None, ack]
         try:
             for n in range(sends):
-                if n == 1:
-                    packet = bytearray(packet)
-                    packet[0] |= 0x08  # DUP (§3.3.1.1): same packet id, same content
                 if n:
+                    packet = bytearray(packet)
+                    packet[0] |= 8
                     self._log("info", "no PUBACK for %d within %d ms: resend %d/%d with DUP"
-                              % (pid, self.puback_timeout_ms, n, self.publish_retries))
+                              % (pid, self.puback_timeout_ms, n, sends - 1))
                 await link.send(packet)
-                if await self._wait(w, self.puback_timeout_ms):
-                    return
+                try:
+                    await asyncio.wait_for(w[0].wait(), self.puback_timeout_ms / 1000)
+                except asyncio.TimeoutError:
+                    continue
+                if isinstance(w[1], Exception):
+                    raise w[1]
+                return w[1]
         finally:
-            link.waiters.pop((mp.PUBACK, pid), None)
-        link.kill("no PUBACK for packet %d after %d sends" % (pid, sends))
-        raise DeliveryFailed("no PUBACK for %s (packet %d) after %d sends" % (topic, pid, sends))
+            link.waiters.pop(pid, None)
+        why = "no %s for packet %d after %d send%s" % (mp.packet_name(ack), pid, sends,
+                                                       "s" if sends > 1 else "")
+        link.kill(why)
+        raise (DeliveryFailed if ack == mp.PUBACK else NotConnected)(why)
