@@ -1,6 +1,7 @@
 """Device key rotation, gateway side: send a signed ``rotate_key`` and commit the new key only on proof.
 
-Theory of operation (node side: firmware/lib/lookout_node/node.py ``check/cmd/after_rotate_key``):
+Theory of operation (node side: firmware/lib/lookout_node/node_admin.py ``check_rotate_key``, ``rotate_key``,
+``after_rotate_key``, loaded on the first verified ``rotate_key``):
 
 1. ``KeyStore.begin_rotation(id)`` makes the pending key (a retry reuses it); ``next_counter`` reserves ``ctr``;
    the command carries ``args.key = signing.wrap_key(old, new, ctr)`` and is signed with the OLD key. The wrapped

@@ -236,3 +236,44 @@ def test_expired_and_replayed_after_reboot():
         assert statuses(sent2) == [("c2", "rejected", "replay"), ("c3", "rejected", "expired")]
         assert ran2 == [] and p2.last_ctr == 3
     return arun(body())
+
+
+def test_lazy_command_loaded_once_and_only_after_verification():
+    """A rare command's module is imported by its first *authenticated* use, then stays registered."""
+    async def body():
+        p, sent, ran = make()
+        loads = []
+
+        def load(proc):
+            loads.append(1)
+
+            async def rare(args, cmd):
+                return {"rare": 1}
+
+            proc.register("rare", rare)
+
+        p.lazy(("rare",), load)
+        assert p.receive(cmd("c1", ctr=1, name="rare", args={}, key=OTHER)) == "rejected"
+        assert loads == [] and statuses(sent) == [("c1", "rejected", "bad_mac")]
+        assert await p.receive(cmd("c2", ctr=2, name="rare", args={})) == "done"
+        assert await p.receive(cmd("c3", ctr=3, name="rare", args={})) == "done"
+        assert loads == [1] and sent[-1]["data"] == {"rare": 1}
+        check_signed(sent)
+    return arun(body())
+
+
+def test_bug_in_a_check_is_rejected_with_error_and_counted():
+    errors = []
+    p, sent, ran = make()
+    p.on_error = lambda where, e: errors.append(where)
+
+    def bad_check(args, cmd):
+        return args["missing"]
+
+    async def never(args, cmd):
+        ran.append("never")
+
+    p.register("buggy", never, bad_check)
+    assert p.receive(cmd("c1", ctr=1, name="buggy", args={})) == "rejected"
+    assert statuses(sent) == [("c1", "rejected", "error")] and "KeyError" in sent[0]["detail"]
+    assert errors == ["cmd:buggy"] and ran == [] and p.last_ctr == 1

@@ -6,11 +6,12 @@ reboot, cancel, quiet hours vs emergency, missed slots not made up)."""
 import json
 
 from fwtest import arun, tmpdir
+from loopback_broker import LoopbackBroker
 
 import binascii
 
 from protocols import messages, nmea, signing
-from lookout_node import hal_host
+from lookout_node import hal_host, node_gps, speaker_sched as sched
 from lookout_node.commands import Rejected
 from lookout_node.hal import sleep_ms
 from lookout_node.node import Node
@@ -39,7 +40,7 @@ async def start_node(role, gps=False, pir=False, camera=False, wdt_period_ms=Non
     for k in extra:
         cfg[k] = extra[k]
     h.fs.write("config.json", json.dumps(cfg).encode())
-    broker = hal_host.LoopbackBroker()
+    broker = LoopbackBroker()
     h.open_connection = broker.open_connection
     node = Node(h)
     node.wdt_period_ms = wdt_period_ms
@@ -112,11 +113,10 @@ def test_no_fix_and_no_position_means_no_loc():
            "broker": {"host": "loopback", "port": 1883}, "quiet_hours": []}
     h.fs.write("config.json", json.dumps(cfg).encode())
     node = Node(h)
-    node._nmea = nmea
     assert node._loc_msg() is None
-    assert node._gps_event(decoded(nmea.encode_gga(43200000, None, None, 0))) is False
+    assert node_gps.on_event(node, decoded(nmea.encode_gga(43200000, None, None, 0))) is False
     assert node._loc_msg() is None
-    assert node._gps_event(decoded(nmea.encode_gga(43200000, 301234567, 1201234567, 1))) is True
+    assert node_gps.on_event(node, decoded(nmea.encode_gga(43200000, 301234567, 1201234567, 1))) is True
     assert node._loc_msg()["src"] == "gps"
 
 
@@ -211,8 +211,8 @@ def test_schedule_fires_each_period_survives_reboot_and_cancel_stops_it():
         clock = [NOON]
         h, sp, events = make_speaker(clock)
         tasks = [asyncio.create_task(sp.run()), asyncio.create_task(sp.run_scheduler())]
-        r = await sp.schedule(sp.check_schedule({"sid": "s1", "clip": "short", "every_s": 60}, cmd("c1")),
-                              cmd("c1"))
+        r = await sched.schedule(sp, sched.check_schedule(sp, {"sid": "s1", "clip": "short", "every_s": 60},
+                                                          cmd("c1")), cmd("c1"))
         assert r == {"sid": "s1", "next_ms": NOON}
         await until(lambda: len(events) == 1, what="first broadcast")
         assert events[0].startswith("schedule s1: done")
@@ -232,9 +232,10 @@ def test_schedule_fires_each_period_survives_reboot_and_cancel_stops_it():
         clock[0] += 60000
         await until(lambda: len(events) == 3, what="broadcast after reboot")
         with __import__("ptest").raises(Rejected) as e:
-            sp2.check_cancel({"sid": "nope"}, cmd("x"))
+            sched.check_cancel(sp2, {"sid": "nope"}, cmd("x"))
         assert e.value.code == "no_schedule"
-        assert await sp2.cancel(sp2.check_cancel({"sid": "s1"}, cmd("c2")), cmd("c2")) == {"sid": "s1", "left": 0}
+        assert await sched.cancel(sp2, sched.check_cancel(sp2, {"sid": "s1"}, cmd("c2")), cmd("c2")) == {
+            "sid": "s1", "left": 0}
         clock[0] += 120000
         await sleep_ms(50)
         assert len(events) == 3 and len(h.audio.plays) == 3
@@ -252,10 +253,11 @@ def test_schedule_quiet_hours_skip_normal_but_not_emergency_and_missed_slots_not
         h, sp, events = make_speaker(clock, quiet=[18, 23])  # 20:00 local: quiet
         tasks = [asyncio.create_task(sp.run()), asyncio.create_task(sp.run_scheduler())]
         # started 10 periods ago (e.g. while the node was off): one broadcast now, the next on the grid
-        await sp.schedule(sp.check_schedule({"sid": "n", "clip": "short", "every_s": 60,
-                                             "start_ms": NOON - 600000 + 1000}, cmd("a", 1)), cmd("a", 1))
-        await sp.schedule(sp.check_schedule({"sid": "e", "clip": "short", "every_s": 60, "count": 2},
-                                            cmd("b", 3)), cmd("b", 3))
+        await sched.schedule(sp, sched.check_schedule(sp, {"sid": "n", "clip": "short", "every_s": 60,
+                                                           "start_ms": NOON - 600000 + 1000}, cmd("a", 1)),
+                             cmd("a", 1))
+        await sched.schedule(sp, sched.check_schedule(sp, {"sid": "e", "clip": "short", "every_s": 60,
+                                                           "count": 2}, cmd("b", 3)), cmd("b", 3))
         await until(lambda: len(events) == 1, what="emergency broadcast")
         assert events[0].startswith("schedule e: done") and h.audio.plays[0]["volume"] == 100
         assert sp.schedules["n"]["next_ms"] == NOON + 1000  # missed slots skipped, phase kept
@@ -269,4 +271,23 @@ def test_schedule_quiet_hours_skip_normal_but_not_emergency_and_missed_slots_not
         assert events[2].startswith("schedule n: done") and len(h.audio.plays) == 3
         for t in tasks:
             t.cancel()
+    return arun(body())
+
+
+def test_schedule_command_through_the_node_loads_the_scheduler_and_fires():
+    """The lazily loaded ``schedule`` handler, end to end: signed command in, ``done`` out, broadcast played."""
+    async def body():
+        h, node, broker, task = await start_node("speaker")
+        h.fs.write("clips/short", bytes(16 * 300))
+        node.speaker.sched_tick_ms = 5
+        now = h.time_ms()
+        m = messages.command("sc1", "nd-01", "schedule", {"sid": "s1", "clip": "short", "every_s": 60}, now,
+                             now + 60000, 1, 1)
+        signing.sign(KEY, "cmd", m)
+        broker.inject("lookout/v1/dongshan/nd-01/cmd", messages.encode("cmd", m))
+        res = await until(lambda: [r for r in published(broker, "res") if r["status"] == "done"], what="done")
+        assert res[0]["id"] == "sc1" and res[0]["data"]["sid"] == "s1"
+        await until(lambda: h.audio.plays, what="scheduled broadcast")
+        assert h.audio.plays[0]["tag"] == "short" and "s1" in node.speaker.schedules
+        await stop_node(node, task)
     return arun(body())

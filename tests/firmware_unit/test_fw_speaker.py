@@ -13,7 +13,7 @@ from protocols import cliptransfer
 from lookout_node import hal_host
 from lookout_node.commands import Failed, Rejected
 from lookout_node.hal import sleep_ms
-from lookout_node import speaker
+from lookout_node import speaker, speaker_fetch
 from lookout_node.speaker import Speaker, in_quiet_hours, parse_wav
 
 NOON = 1700049600000  # 2023-11-15 12:00 UTC = 20:00 at UTC+8
@@ -137,9 +137,9 @@ def test_fetch_clip_verified_and_bad_download_keeps_old_clip():
         digest = binascii.hexlify(hashlib.sha256(good).digest()).decode()
         # 1. a corrupted download (right size, wrong content) must not replace the stored clip
         old = h.fs.read("clips/short")
-        args = sp.check_fetch({"clip": "short", "tid": 7, "size": len(good), "chunk": 512, "sha256": digest},
-                              cmd("f1"))
-        t = asyncio.create_task(sp.fetch_clip(args, cmd("f1")))
+        args = speaker_fetch.check_fetch(sp, {"clip": "short", "tid": 7, "size": len(good), "chunk": 512,
+                                              "sha256": digest}, cmd("f1"))
+        t = asyncio.create_task(speaker_fetch.fetch_clip(sp, args, cmd("f1")))
         await sleep_ms(0)
         bad = bytearray(good)
         bad[3] ^= 1
@@ -151,9 +151,9 @@ def test_fetch_clip_verified_and_bad_download_keeps_old_clip():
         assert f.value.code == "hash_mismatch"
         assert h.fs.read("clips/short") == old and not h.fs.exists("clips/short.part")
         # 2. the real one, chunks out of order and duplicated
-        args = sp.check_fetch({"clip": "short", "tid": 8, "size": len(good), "chunk": 512, "sha256": digest},
-                              cmd("f2"))
-        t = asyncio.create_task(sp.fetch_clip(args, cmd("f2")))
+        args = speaker_fetch.check_fetch(sp, {"clip": "short", "tid": 8, "size": len(good), "chunk": 512,
+                                              "sha256": digest}, cmd("f2"))
+        t = asyncio.create_task(speaker_fetch.fetch_clip(sp, args, cmd("f2")))
         await sleep_ms(0)
         s = cliptransfer.ClipSender(good, 512, "short", 8, "audio", "audio/wav", 0)
         for i in (2, 0, 0, 1):

@@ -147,6 +147,36 @@ def test_config_invalid_file_falls_back_to_backup():
     assert cfgmod.ConfigStore(fs).boot()["site"] == "dongshan"
 
 
+def test_config_boot_validates_fully_then_forgets_the_checker():
+    """Boot runs the full validator (a hand-copied file must not take a bad value to the field) and then drops
+    config_check from sys.modules: boot-time code does not stay in RAM; set_config imports it again."""
+    import json
+    import sys
+
+    fs = MemFS()
+    good = base_cfg()
+    fs.write("config.bak.json", json.dumps(good).encode())
+    c = base_cfg()
+    c["hb_s"] = 2  # out of range: the full check refuses it, the backup is used
+    fs.write("config.json", json.dumps(c).encode())
+    store = cfgmod.ConfigStore(fs)
+    got = store.boot()
+    assert got["hb_s"] == 30 and got["x_future"] == {"kept": 1}  # the backup, defaults filled in
+    assert store.take_rollback_note()["reason"] == "config.json is invalid"
+    assert "lookout_node.config_check" not in sys.modules
+    with raises(cfgmod.ConfigError) as r:
+        cfgmod.validate(c)
+    assert r.value.field == "hb_s"
+    assert "lookout_node.config_check" in sys.modules
+    for key, value in (("key", "zz" * 32), ("key", "ab" * 31), ("role", "drone"), ("transport", "udp"),
+                       ("broker", "h")):
+        c = base_cfg()
+        c[key] = value
+        with raises(cfgmod.ConfigError) as r:
+            cfgmod.check_identity(c)
+        assert r.value.field == key, (key, r.value.field)
+
+
 # ---- PIR debounce / rate limit --------------------------------------------------------------------------------
 
 def test_detector_debounces_bounces():

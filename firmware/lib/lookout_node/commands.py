@@ -15,9 +15,13 @@ Theory of operation, in order, for each payload arriving on ``lookout/v1/<site>/
 5. ``accepted`` is sent, the handler runs as its own task (a 10-minute broadcast must not block the next
    command, least of all ``stop``), and ``done`` (with the handler's data) or ``failed`` (with a code) follows.
 
+Rare commands (schedules, clip download, key rotation, config changes, reboot) are registered with ``lazy``:
+their module is imported only when the first such command has passed step 3, so its code is not in the heap of
+a node that never gets one (the import happens after verification: nothing unauthenticated loads code).
+
 Results are signed with the device key (purpose ``res``) and handed to ``publish(msg)``, which puts them in the
 outbox, so they survive an outage. Handlers raise ``Rejected`` or ``Failed``; anything else becomes ``failed``
-with code ``error`` and is counted by the supervisor's error figure (``errors``/``last_error``).
+(``rejected`` when it escapes a check) with code ``error`` and is counted by the supervisor's error figure.
 """
 
 import json
@@ -30,16 +34,7 @@ STATE_FILE = "cmdstate.json"
 
 
 class Rejected(Exception):
-    """Refuse a command before it runs (bad arguments, quiet hours, busy...)."""
-
-    def __init__(self, code, detail=None):
-        super().__init__(detail or code)
-        self.code = code
-        self.detail = detail
-
-
-class Failed(Exception):
-    """A command that was accepted but could not be completed."""
+    """Refuse a command before it runs (bad arguments, quiet hours, busy...); raised as it runs: failed."""
 
     def __init__(self, code, detail=None, data=None):
         super().__init__(detail or code)
@@ -48,27 +43,23 @@ class Failed(Exception):
         self.data = data
 
 
-def _salvage_id(payload):
-    """Best-effort id of an invalid command, so the sender learns why it was refused."""
-    try:
-        obj = json.loads(bytes(payload).decode())
-        cid = obj.get("id")
-    except Exception:  # any garbage: no id to answer to
-        return None
-    if isinstance(cid, str) and 0 < len(cid) <= 48:
-        for c in cid:
-            if not ("a" <= c <= "z" or "A" <= c <= "Z" or "0" <= c <= "9" or c in "._-"):
-                return None
-        return cid
-    return None
+class Failed(Rejected):
+    """A command that was accepted but could not be completed; ``data`` says how far it got."""
 
 
-def _trim(text, n=200):
-    text = str(text)
-    out = []
-    for c in text[:n]:
-        out.append(c if " " <= c and c != "\x7f" else " ")
-    return "".join(out) or "?"
+def safe_id(s):
+    """[A-Za-z0-9._-]{1,48}: a command id (and, without a leading dot, a clip or schedule id)."""
+    if type(s) is not str or not 0 < len(s) <= 48:
+        return False
+    for c in s:
+        if not ("a" <= c <= "z" or "A" <= c <= "Z" or "0" <= c <= "9" or c in "._-"):
+            return False
+    return True
+
+
+def trim(s, n=200):
+    """At most ``n`` printable characters: what goes into a result's ``detail`` or the heartbeat's ``err``."""
+    return "".join(c if " " <= c != "\x7f" else " " for c in str(s)[:n]) or "?"
 
 
 class CommandProcessor:
@@ -80,48 +71,21 @@ class CommandProcessor:
         self.publish = publish  # (signed result dict) -> None
         self.spawn = spawn
         self.on_error = on_error  # (where, exception) -> None
-        self.handlers = {}
+        self.handlers = {}  # name -> (run, check, progress, after), or the loader of a lazy command
         self.last_ctr = 0
-        self.recent = []  # [id, ctr, status, code, detail, data], oldest first
+        self.recent = []  # [id, ctr, status, code, detail, data], oldest first; persisted
         self.seq = 0
         self.dropped = 0  # payloads with no readable id
         self.running = {}  # id -> task
-        self._load()
+        raw = fs.read(STATE_FILE)
+        if raw:
+            try:
+                d = json.loads(raw)
+                self.last_ctr = int(d.get("ctr", 0))
+                self.recent = [list(e) for e in d.get("recent", [])][-CACHE_SIZE:]
+            except (ValueError, TypeError, AttributeError):
+                pass  # corrupt: keep 0 -> the gateway's counter is far above; only replays of old ids pass MAC
 
-    # ---- persistence --------------------------------------------------------------------------------------
-    def _load(self):
-        raw = self.fs.read(STATE_FILE) if self.fs is not None else None
-        if not raw:
-            return
-        try:
-            d = json.loads(raw)
-            self.last_ctr = int(d.get("ctr", 0))
-            self.recent = [list(e) for e in d.get("recent", [])][-CACHE_SIZE:]
-        except (ValueError, TypeError, AttributeError):
-            pass  # corrupt: keep 0 -> the gateway's counter is far above; only replays of old ids pass MAC
-
-    def _save(self):
-        if self.fs is not None:
-            self.fs.write(STATE_FILE, json.dumps({"ctr": self.last_ctr, "recent": self.recent}).encode())
-
-    def _find(self, cid):
-        for e in self.recent:
-            if e[0] == cid:
-                return e
-        return None
-
-    def _remember(self, cid, ctr, status, code=None, detail=None, data=None):
-        e = self._find(cid)
-        if e is None:
-            e = [cid, ctr, status, code, detail, data]
-            self.recent.append(e)
-            if len(self.recent) > CACHE_SIZE:
-                self.recent.pop(0)
-        else:
-            e[2], e[3], e[4], e[5] = status, code, detail, data
-        self._save()
-
-    # ---- handlers -----------------------------------------------------------------------------------------
     def register(self, name, run, check=None, progress=False, after=None):
         """``check(args, cmd)`` (sync) returns normalised args or raises Rejected; ``await run(args, cmd)``
         returns result data (dict) or None, or raises Failed. ``run(args, cmd, progress)`` when the handler wants
@@ -130,63 +94,83 @@ class CommandProcessor:
         and queued (key rotation: the result must still carry the old key's MAC)."""
         self.handlers[name] = (run, check, progress, after)
 
-    # ---- results ------------------------------------------------------------------------------------------
+    def lazy(self, names, load):
+        """Commands whose handlers live in a module loaded on first use: ``load(proc)`` imports it and
+        ``register``s them (replacing this entry)."""
+        for n in names:
+            self.handlers[n] = load
+
+    def _find(self, cid):
+        for e in self.recent:
+            if e[0] == cid:
+                return e
+        return None
+
     def _result(self, cid, status, code=None, detail=None, data=None):
         self.seq += 1
         ts = self.clock()
         if ts is not None and ts < messages.MS_MIN:
             ts = None
-        msg = messages.result(cid, status, ts=ts, code=code, detail=_trim(detail) if detail else None,
+        msg = messages.result(cid, status, ts=ts, code=code, detail=trim(detail) if detail else None,
                               data=data, seq=self.seq)
         signing.sign(self.key, "res", msg)
         self.publish(msg)
         return msg
 
-    # ---- the path -----------------------------------------------------------------------------------------
+    def _answer(self, cid, ctr, *res):
+        """Remember (on flash) and send ``res`` = (status[, code, detail, data]) for command ``cid``."""
+        self.recent = [e for e in self.recent if e[0] != cid][1 - CACHE_SIZE:] + [[cid, ctr] + list(res)]
+        self.fs.write(STATE_FILE, json.dumps({"ctr": self.last_ctr, "recent": self.recent}).encode())
+        self._result(cid, *res)
+
+    def _why(self, e, name):
+        """(code, detail, data) of a handler's exception; an unexpected one is also counted as an error."""
+        if isinstance(e, Rejected):
+            return e.code, e.detail, e.data
+        if self.on_error is not None:
+            self.on_error("cmd:" + name, e)
+        return "error", "%s: %s" % (type(e).__name__, e), None
+
     def receive(self, payload):
         """Handle one command payload; returns the status sent (or None when nothing could be answered)."""
+        cid = None
         try:
             cmd = messages.decode("cmd", payload)
-        except MessageError as e:
-            cid = _salvage_id(payload)
-            if cid is None:
-                self.dropped += 1
-                return None
-            self._result(cid, "rejected", code="bad_message", detail=str(e))
-            return "rejected"
-        cid = cmd["id"]
-        seen = self._find(cid)
-        if seen is not None and seen[1] == cmd["ctr"]:
-            try:  # authenticate the copy: a forged "redelivery" learns nothing
-                signing.check_command(self.key, cmd, self.device_id, cmd["ctr"] - 1, None)
-            except AuthError as e:
-                self._result(cid, "rejected", code=e.code, detail=str(e))
-                return "rejected"
-            self._result(cid, seen[2], code=seen[3], detail=seen[4], data=seen[5])
-            return seen[2]
-        try:
+            cid = cmd["id"]
+            seen = self._find(cid)
+            if seen is not None and seen[1] == cmd["ctr"]:  # redelivery: authenticate the copy, answer again
+                signing.check_command(self.key, cmd, self.device_id, seen[1] - 1, None)
+                self._result(cid, *seen[2:])
+                return seen[2]
             ctr = signing.check_command(self.key, cmd, self.device_id, self.last_ctr, self.clock())
-        except AuthError as e:
-            self._result(cid, "rejected", code=e.code, detail=str(e))
+        except (MessageError, AuthError) as e:  # answered, not remembered: nothing was accepted
+            if cid is None:
+                try:  # best effort, so the sender learns why its command was refused
+                    cid = json.loads(bytes(payload).decode()).get("id")
+                except Exception:  # any garbage: no id to answer to
+                    pass
+                if not safe_id(cid):
+                    self.dropped += 1
+                    return None
+            self._result(cid, "rejected", e.code, str(e))
             return "rejected"
         self.last_ctr = ctr
-        h = self.handlers.get(cmd["name"])
-        if h is None:
-            self._remember(cid, ctr, "rejected", "unknown_command", "no command %r on this node" % cmd["name"])
-            self._result(cid, "rejected", code="unknown_command", detail="no command %r on this node" % cmd["name"])
-            return "rejected"
-        run, check, wants_progress, after = h
+        name = cmd["name"]
         args = cmd["args"]
+        h = self.handlers.get(name)
         try:
-            if check is not None:
-                args = check(args, cmd)
-        except Rejected as e:
-            self._remember(cid, ctr, "rejected", e.code, e.detail)
-            self._result(cid, "rejected", code=e.code, detail=e.detail)
+            if h is None:
+                raise Rejected("unknown_command", "no command %r on this node" % name)
+            if type(h) is not tuple:  # a lazy command, now authenticated: load its module
+                h(self)
+                h = self.handlers[name]
+            if h[1] is not None:
+                args = h[1](args, cmd)
+        except Exception as e:
+            self._answer(cid, ctr, "rejected", *self._why(e, name))
             return "rejected"
-        self._remember(cid, ctr, "accepted")
-        self._result(cid, "accepted")
-        coro = self._run(cid, ctr, run, args, cmd, wants_progress, after)
+        self._answer(cid, ctr, "accepted")
+        coro = self._run(cid, ctr, h, args, cmd)
         if self.spawn is None:
             return coro  # the caller awaits it (unit tests)
         self.running[cid] = self.spawn(coro)
@@ -196,29 +180,20 @@ class CommandProcessor:
         """Send and remember the final result of a command that ended outside its handler (a config change on
         trial is confirmed or rolled back after a restart)."""
         e = self._find(cid)
-        self._remember(cid, e[1] if e else 0, status, code, detail, data)
-        self._result(cid, status, code=code, detail=detail, data=data)
+        self._answer(cid, e[1] if e else 0, status, code, detail, data)
 
-    async def _run(self, cid, ctr, run, args, cmd, wants_progress=False, after=None):
+    async def _run(self, cid, ctr, h, args, cmd):
+        run, _, progress, after = h
         try:
-            if wants_progress:
+            if progress:
                 data = await run(args, cmd, lambda d: self._result(cid, "accepted", data=d))
             else:
                 data = await run(args, cmd)
-            status, code, detail = "done", None, None
-        except Failed as e:
-            status, code, detail, data = "failed", e.code, e.detail, e.data
-        except Rejected as e:  # a late refusal (e.g. pre-empted before it started)
-            status, code, detail, data = "failed", e.code, e.detail, None
-        except Exception as e:  # noqa: BLE001 - a handler bug must still answer the operator
-            if isinstance(e, (KeyboardInterrupt, SystemExit)):
-                raise
-            status, code, detail, data = "failed", "error", "%s: %s" % (type(e).__name__, e), None
-            if self.on_error is not None:
-                self.on_error("cmd:" + cmd["name"], e)
+            res = ("done", None, None, data)
+        except Exception as e:  # Failed, a late Rejected (pre-empted before it started), or a handler bug
+            res = ("failed",) + self._why(e, cmd["name"])
         self.running.pop(cid, None)
-        self._remember(cid, ctr, status, code, detail, data)
-        self._result(cid, status, code=code, detail=detail, data=data)
-        if after is not None and status == "done":
+        self._answer(cid, ctr, *res)
+        if after is not None and res[0] == "done":
             after(args, cmd)
-        return status
+        return res[0]

@@ -5,7 +5,7 @@ to one ``Hal`` object. ``hal_esp32.Esp32Hal`` drives a real board, ``hal_host.Ho
 simulators. A board provides:
 
 - clocks: ``time_ms()`` Unix ms or None (no NTP/GPS time yet), ``ticks_ms()``/``ticks_diff()`` (module functions
-  here), ``await sleep_ms(n)``;
+  here: MicroPython's own, or monotonic stand-ins on CPython), ``await sleep_ms(n)``;
 - ``audio``: an ``AudioOut`` (I2S on ESP32): ``start(rate, bits, channels)``, ``await write(buf)`` which returns
   once the chunk has been handed to the DAC (so it paces playback in real time), ``stop()``, ``set_volume(pct)``;
   completion is signalled by the player in speaker.py (an Event), because only it knows where a clip ends;
@@ -26,85 +26,46 @@ simulators. A board provides:
 Everything here runs on MicroPython and CPython alike.
 """
 
+import asyncio
 import os
 
-try:
-    import asyncio
-except ImportError:  # pragma: no cover - very old MicroPython
-    import uasyncio as asyncio
+try:  # MicroPython: the runtime's own functions, no wrappers (each def costs heap on a node)
+    from time import ticks_diff, ticks_ms
 
-try:
-    from time import ticks_ms as _ticks_ms, ticks_diff as _ticks_diff, ticks_add as _ticks_add
-
-    def ticks_ms():
-        return _ticks_ms()
-
-    def ticks_diff(a, b):
-        return _ticks_diff(a, b)
-
-    def ticks_add(a, d):
-        return _ticks_add(a, d)
-
-except ImportError:  # CPython
-    import time as _time
+    sleep_ms = asyncio.sleep_ms  # returns one shared generator: always ``await sleep_ms(n)`` at once
+except ImportError:  # CPython (tests, simulators, the gateway's tools)
+    from operator import sub as ticks_diff
+    from time import monotonic as _monotonic
 
     def ticks_ms():
-        return int(_time.monotonic() * 1000)
+        return int(_monotonic() * 1000)
 
-    def ticks_diff(a, b):
-        return a - b
-
-    def ticks_add(a, d):
-        return a + d
-
-
-async def sleep_ms(ms):
-    """``asyncio.sleep_ms`` where it exists (MicroPython: no float), else ``asyncio.sleep``."""
-    f = getattr(asyncio, "sleep_ms", None)
-    if f is not None:
-        await f(ms)
-    else:
+    async def sleep_ms(ms):
         await asyncio.sleep(ms / 1000)
-
-
-def create_task(coro):
-    return asyncio.create_task(coro)
 
 
 class HalError(Exception):
     pass
 
 
+def _none(*args, **kwargs):
+    """Shared body of every "this board has nothing here" method below (returns None)."""
+
+
 class AudioOut:
-    """Interface of the audio output; see the module docstring. This base is silent and instant."""
+    """Interface of the audio output; see the module docstring. This base is silent and instant.
+
+    ``start(rate, bits, channels, tag=None)``; ``stop(cut=False)`` ends playback, ``cut`` = interrupted
+    (stop/pre-emption) rather than finished."""
 
     volume = 80
-
-    def start(self, rate, bits, channels):
-        pass
+    start = stop = _none
 
     async def write(self, buf):
         pass
 
-    def stop(self, cut=False):
-        """End playback; ``cut`` = interrupted (stop/pre-emption) rather than finished."""
-
     def set_volume(self, pct):
         self.volume = pct
-
-
-def _join(a, b):
-    if not a or a == "/":
-        return (a or "") + b
-    return a + "/" + b
-
-
-def _exists(path):
-    try:
-        os.stat(path)
-        return True
-    except OSError:
-        return False
 
 
 class FileStore:
@@ -114,29 +75,25 @@ class FileStore:
     def __init__(self, root="/"):
         self.root = root
         if root not in ("", "/"):
-            self._mkdirs(root)
-
-    def _mkdirs(self, path):
-        cur = ""
-        for part in path.split("/"):
-            if not part:
-                cur = "/" if not cur else cur
-                continue
-            cur = _join(cur, part) if cur else part
-            if not _exists(cur):
-                try:
-                    os.mkdir(cur)
-                except OSError:
-                    pass
+            self.makedirs("")
 
     def path(self, name):
-        return _join(self.root, name)
+        r = self.root
+        return r + name if r in ("", "/") else r + "/" + name
 
     def makedirs(self, name):
-        self._mkdirs(self.path(name))
+        cur = ""
+        for part in self.path(name).split("/"):
+            cur += part
+            if cur:
+                try:
+                    os.mkdir(cur)
+                except OSError:  # exists (or cannot be made: the next open says so)
+                    pass
+            cur += "/"
 
     def exists(self, name):
-        return _exists(self.path(name))
+        return self.size(name) is not None
 
     def size(self, name):
         try:
@@ -161,13 +118,13 @@ class FileStore:
         try:
             os.rename(src, dst)
         except OSError:  # a FAT volume will not rename over an existing file
-            self._remove_path(dst)
+            self._rm(dst)
             os.rename(src, dst)
 
     def rename(self, src, dst):
         self._replace(self.path(src), self.path(dst))
 
-    def _remove_path(self, p):
+    def _rm(self, p):
         try:
             os.remove(p)
             return True
@@ -175,22 +132,14 @@ class FileStore:
             return False
 
     def remove(self, name):
-        return self._remove_path(self.path(name))
+        return self._rm(self.path(name))
 
     def open(self, name, mode="rb"):
         return open(self.path(name), mode)
 
-    def listdir(self, name=""):
-        try:
-            return sorted(os.listdir(self.path(name) if name else (self.root or "/")))
-        except OSError:
-            return []
-
 
 class Hal:
     """Base board: no peripherals. Subclasses override what their board has."""
-
-    fw = "lookout-node/0.1.0"
 
     def __init__(self, fs):
         self.fs = fs
@@ -200,35 +149,15 @@ class Hal:
         self.camera = None
         self.boot_ticks = ticks_ms()
 
-    # clocks
-    def time_ms(self):
-        return None
+    # Nothing here: no clock yet (time_ms None), no watchdog, no figures (each may be None on a real board too).
+    # set_time_ms(unix_ms): a trusted time source (GPS RMC) sets the clock; boards without an RTC ignore it.
+    time_ms = set_time_ms = wdt_start = wdt_feed = rssi = battery_mv = temperature_dc = _none
 
     def uptime_s(self):
         return ticks_diff(ticks_ms(), self.boot_ticks) // 1000
 
-    def set_time_ms(self, unix_ms):
-        """A trusted time source (GPS RMC) sets the clock; boards without an RTC ignore it."""
-
-    # watchdog / power
-    def wdt_start(self, timeout_ms):
-        pass
-
-    def wdt_feed(self):
-        pass
-
     def reboot(self):
         raise HalError("reboot not supported on this board")
-
-    # figures
-    def rssi(self):
-        return None
-
-    def battery_mv(self):
-        return None
-
-    def temperature_dc(self):
-        return None
 
     def free_heap(self):
         try:

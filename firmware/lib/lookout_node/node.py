@@ -15,87 +15,46 @@ Theory of operation:
   removes it only after PUBACK. Heartbeats and locations are QoS 0 and only sent while connected.
 - Commands arrive on ``cmd`` and go to ``CommandProcessor`` (verification in front of every handler); clip
   chunks arrive on ``dl/<tid>``.
+- Code a node may never run is loaded on first use, never at boot: ``node_admin`` (reboot, set_config,
+  rotate_key, and ``shutdown``) when such a command has passed verification or the app stops, ``node_tls`` (CA pin, TLS context) only when
+  ``broker.tls`` is on, ``node_gps`` (NMEA reader) only on a board with a GPS.
 - ``run()`` returns when the app should restart (``exit_reason``): a reboot command, or a config change that
   needs a fresh connection. A device's main.py then resets the board; SimNode builds a new Node.
 """
 
-import binascii
-import json
-
 from protocols import messages, signing, topics
 from lookout_node import config as cfgmod
-from lookout_node.commands import CommandProcessor, Rejected
+from lookout_node.commands import CommandProcessor, Rejected, trim
 from lookout_node.hal import asyncio, sleep_ms, ticks_diff, ticks_ms
 from lookout_node.outbox import Outbox
 
 FW = "lookout-node/0.1.0"
-LOC_MOVE_E7 = 50  # ~5 m: a GPS position change that triggers an immediate location report
 FIXED_LOC_EVERY = 60  # fixed-position reports every FIXED_LOC_EVERY * loc_s (and at each connect)
 CRASH_LOOP = 5  # restarts of one task within CRASH_WINDOW_MS = unhealthy (watchdog stops being fed)
 CRASH_WINDOW_MS = 60000
 OFFLINE_REBOOT_S = 1800
 
 
-class TLSConfigError(Exception):
-    """The TLS settings cannot be honoured (CA missing or not the pinned one): the node stays off the broker."""
-
-
-def pem_to_der(raw):
-    """DER of the first certificate in a PEM file (what ``broker.ca_sha256`` pins); DER input is returned as is."""
-    raw = bytes(raw)
-    if not raw.startswith(b"-----BEGIN"):
-        return raw
-    body = []
-    inside = False
-    for line in raw.split(b"\n"):
-        line = line.strip()
-        if line.startswith(b"-----BEGIN"):
-            inside = True
-        elif line.startswith(b"-----END"):
-            break
-        elif inside:
-            body.append(line)
-    return binascii.a2b_base64(b"".join(body))
-
-
-async def _reap(task, tries=200):
-    """Wait for a cancelled task to end. A task can swallow one cancellation (CPython 3.11: a ``wait_for`` whose
-    inner await completes as it is cancelled returns normally), then block forever (e.g. the sender back on an
-    empty outbox), so cancel again until it is done; bounded, so a shutdown never hangs."""
-    n = 0
-    task.cancel()
-    while not task.done() and n < tries:
-        await sleep_ms(5)
-        n += 1
-        if n % 20 == 0:  # still running after 100 ms: it swallowed the cancellation (cleanup is never that slow)
-            task.cancel()
-    if task.done():
-        try:
-            await task
-        except BaseException:  # CancelledError, or an error already counted
-            pass
-
-
-def _trim(s, n=200):
-    s = str(s)
-    return "".join(c if " " <= c != "\x7f" else " " for c in s[:n])
-
-
 class Node:
     def __init__(self, hal, mqtt_opts=None, log=None):
         self.hal = hal
-        self.fs = hal.fs
+        self.fs = fs = hal.fs
         self.log_fn = log
-        self.store = cfgmod.ConfigStore(self.fs)
-        self.cfg = self.store.boot()
-        c = self.cfg
+        self.store = cfgmod.ConfigStore(fs)
+        self.cfg = c = self.store.boot()
         self.id = c["id"]
         self.site = c["site"]
         self.role = c["role"]
-        self.key = binascii.unhexlify(c["key"])
+        self.key = bytes.fromhex(c["key"])  # validated by config.py: 64 hex
         self.mqtt_opts = mqtt_opts or {}
-        self.bdseq = self._bump_bdseq()
-        self.outbox = Outbox(self.fs)
+        raw = fs.read("bdseq")  # boot counter (Sparkplug B bdSeq): birth and death carry it
+        try:
+            n = int(raw) + 1 if raw else 0
+        except ValueError:
+            n = 0
+        self.bdseq = n % 2147483647
+        fs.write("bdseq", str(self.bdseq).encode())
+        self.outbox = Outbox(fs)
         self.errors = 0
         self.last_error = None
         self.restarts = {}
@@ -111,12 +70,10 @@ class Node:
         self._exit = asyncio.Event()
         self._offline_since = ticks_ms()
         self._tid = (ticks_ms() ^ (self.bdseq << 16)) & 0x7FFFFFFF
-        self.proc = CommandProcessor(self.id, self.key, self.fs, self._clock, self._queue_result,
-                                     spawn=asyncio.create_task, on_error=self.record_error)
-        self.proc.register("ping", self.cmd_ping)
-        self.proc.register("reboot", self.cmd_reboot)
-        self.proc.register("set_config", self.cmd_set_config, self.check_set_config)
-        self.proc.register("rotate_key", self.cmd_rotate_key, self.check_rotate_key, after=self.after_rotate_key)
+        self.proc = p = CommandProcessor(self.id, self.key, fs, self._clock, self._queue_result,
+                                         spawn=asyncio.create_task, on_error=self.record_error)
+        p.register("ping", self.cmd_ping)
+        p.lazy(("reboot", "set_config", "rotate_key"), self._admin)
         self.speaker = None
         self.sensor = None
         lw = c.get("local_warning") or {}
@@ -125,12 +82,18 @@ class Node:
 
             self.speaker = Speaker(hal, c, self.emit_event, self.save_cfg, self._publish_up, self.record_error)
             if self.role == "speaker":
-                self.speaker.register(self.proc)
+                self.speaker.register(p)
         if self.role in ("sensor", "camera"):
             from lookout_node.sensor import Sensor
 
             self.sensor = Sensor(hal, c, self)
-            self.sensor.register(self.proc)
+            self.sensor.register(p)
+
+    def _admin(self, proc):
+        """Loads the rare commands (reboot, set_config, rotate_key) when the first one arrives."""
+        from lookout_node import node_admin
+
+        node_admin.register(self, proc)
 
     # ---- small helpers ------------------------------------------------------------------------------------
     def log(self, level, text):
@@ -144,19 +107,9 @@ class Node:
     def topic(self, channel, sub=None):
         return topics.topic(self.site, self.id, channel, sub)
 
-    def _bump_bdseq(self):
-        raw = self.fs.read("bdseq")
-        try:
-            n = int(raw) + 1 if raw else 0
-        except ValueError:
-            n = 0
-        n %= 2147483647
-        self.fs.write("bdseq", str(n).encode())
-        return n
-
     def record_error(self, where, exc):
         self.errors += 1
-        self.last_error = _trim("%s: %s: %s" % (where, type(exc).__name__, exc))
+        self.last_error = trim("%s: %s: %s" % (where, type(exc).__name__, exc))
         self.log("error", self.last_error)
 
     def save_cfg(self, key, value):
@@ -214,7 +167,7 @@ class Node:
         m = {"id": "%s-%d-%d" % (self.id, self.bdseq, self.evt_seq), "seq": self.evt_seq, "ts": ts,
              "kind": kind, "sev": sev}
         for k, v in (("conf", conf), ("count", count), ("evidence", evidence), ("lat", lat), ("lon", lon),
-                     ("detail", _trim(detail) if detail else None)):
+                     ("detail", trim(detail) if detail else None)):
             if v is not None:
                 m[k] = v
         signing.sign(self.key, "evt", m)
@@ -228,7 +181,7 @@ class Node:
 
         try:
             self.speaker.policy(2)  # quiet hours and a broadcast of equal/higher priority win
-            self.speaker.submit(Broadcast(None, clip, 1, self.cfg.get("volume", 80), 2))
+            self.speaker.submit(Broadcast(clip, 1, self.cfg.get("volume", 80), 2))
         except Rejected as e:
             self.log("info", "local warning not played: %s" % e.code)
             return False
@@ -248,9 +201,8 @@ class Node:
         h = self.hal
         m = {"seq": self.hb_seq, "up_s": h.uptime_s(), "hb_s": self.cfg["hb_s"], "fw": FW, "errs": self.errors,
              "outbox": len(self.outbox), "dropped": self.outbox.dropped}
-        ts = self._clock()
-        for k, v in (("ts", ts), ("rssi", h.rssi()), ("bat_mv", h.battery_mv()), ("temp_dc", h.temperature_dc()),
-                     ("heap", h.free_heap()), ("err", self.last_error)):
+        for k, v in (("ts", self._clock()), ("rssi", h.rssi()), ("bat_mv", h.battery_mv()),
+                     ("temp_dc", h.temperature_dc()), ("heap", h.free_heap()), ("err", self.last_error)):
             if v is not None:
                 m[k] = v
         st = "ok"
@@ -261,81 +213,9 @@ class Node:
         m["state"] = st
         return m
 
-    # ---- commands common to every node --------------------------------------------------------------------
+    # ---- commands common to every node (the rare ones: node_admin.py) -------------------------------------
     async def cmd_ping(self, args, cmd):
         return {"pong": True, "up_s": self.hal.uptime_s(), "fw": FW, "bdseq": self.bdseq}
-
-    async def cmd_reboot(self, args, cmd):
-        asyncio.create_task(self._restart_soon("reboot", 300))
-        return {"rebooting": True}
-
-    async def _restart_soon(self, reason, delay_ms):
-        t0 = ticks_ms()
-        await sleep_ms(delay_ms)
-        while len(self.outbox) and self.online() and ticks_diff(ticks_ms(), t0) < 5000:
-            await sleep_ms(50)  # let the final result reach the broker first
-        self.exit_reason = reason
-        self._exit.set()
-
-    def check_set_config(self, args, cmd):
-        patch = {}
-        for k in args:
-            if k == "patch":
-                try:
-                    p = json.loads(args["patch"])
-                except (ValueError, TypeError):
-                    raise Rejected("bad_config", "patch: not JSON")
-                if not isinstance(p, dict):
-                    raise Rejected("bad_config", "patch: expected a JSON object")
-                patch.update(p)
-            else:
-                patch[k] = args[k]
-        for k in ("key", "id"):
-            if k in patch:
-                raise Rejected("bad_config", "%s cannot be changed by set_config (use rotate_key / reprovision)" % k)
-        new = cfgmod.merge(self.cfg, patch)
-        try:
-            new = cfgmod.validate(new)
-        except cfgmod.ConfigError as e:
-            raise Rejected("bad_config", str(e))
-        return {"new": new, "keys": sorted(patch)}
-
-    async def cmd_set_config(self, args, cmd):
-        new = args["new"]
-        if cfgmod.needs_trial(self.cfg, new):
-            self.store.begin_trial(self.cfg, new, cmd["id"])
-            asyncio.create_task(self._restart_soon("config", 100))
-            await asyncio.Event().wait()  # cancelled by the restart; the result follows the trial
-        self.store.save(new)
-        for k in new:
-            self.cfg[k] = new[k]
-        if self.speaker is not None:
-            self.speaker.volume = self.cfg.get("volume", self.speaker.volume)
-        return {"applied": args["keys"]}
-
-    def check_rotate_key(self, args, cmd):
-        if self.store.trial is not None:  # the backup config holds the old key: a rollback would undo this
-            raise Rejected("busy", "a config change is on trial; rotate after it is committed")
-        try:
-            k = signing.unwrap_key(self.key, args.get("key"), cmd["ctr"])
-        except Exception as e:
-            raise Rejected("bad_key", str(e))
-        return {"key": k}
-
-    async def cmd_rotate_key(self, args, cmd):
-        """Persist the new key (config.json written to a temp file, then renamed: a power cut leaves either the
-        old or the new file, never half of one). The ``done`` result is still signed with the OLD key, so the
-        gateway can verify it before it commits; ``after_rotate_key`` switches once that result is queued."""
-        new = dict(self.cfg)
-        new["key"] = binascii.hexlify(args["key"]).decode()
-        self.store.save(new)
-        self.cfg["key"] = new["key"]
-        return {"rotated": True}
-
-    def after_rotate_key(self, args, cmd):
-        self.key = args["key"]
-        self.proc.key = args["key"]
-        self.log("info", "device key rotated by %s" % cmd["id"])
 
     # ---- incoming -----------------------------------------------------------------------------------------
     def _on_message(self, msg):
@@ -345,8 +225,7 @@ class Node:
             self.record_error("topic", e)
             return
         if ch == "cmd":
-            r = self.proc.receive(msg.payload)
-            if r is None:
+            if self.proc.receive(msg.payload) is None:
                 self.log("warning", "dropped a command with no readable id")
         elif ch == "dl" and sub is not None:
             try:
@@ -424,20 +303,22 @@ class Node:
         ts = self._clock()
         if ts is None:
             return None
+        f = self.fix
+        if f is not None:
+            m = {"lat": f["lat"], "lon": f["lon"], "fix": f["fix"], "src": "gps"}
+            keys = ("alt_mm", "spd_cms", "hdg_cd", "sats", "hdop")
+        else:
+            f = self.cfg.get("position")
+            if not f:
+                return None
+            m = {"lat": f["lat"], "lon": f["lon"], "fix": 1, "src": "fixed"}
+            keys = ("alt_mm",)
+        for k in keys:
+            if f.get(k) is not None:
+                m[k] = f[k]
         self.loc_seq += 1
-        if self.fix is not None:
-            f = self.fix
-            m = {"seq": self.loc_seq, "ts": ts, "lat": f["lat"], "lon": f["lon"], "fix": f["fix"], "src": "gps"}
-            for k in ("alt_mm", "spd_cms", "hdg_cd", "sats", "hdop"):
-                if f.get(k) is not None:
-                    m[k] = f[k]
-            return m
-        p = self.cfg.get("position")
-        if not p:
-            return None
-        m = {"seq": self.loc_seq, "ts": ts, "lat": p["lat"], "lon": p["lon"], "fix": 1, "src": "fixed"}
-        if "alt_mm" in p:
-            m["alt_mm"] = p["alt_mm"]
+        m["seq"] = self.loc_seq
+        m["ts"] = ts
         return m
 
     async def _send_loc(self):
@@ -461,69 +342,21 @@ class Node:
             n += 1
             await sleep_ms(self.cfg["loc_s"] * 1000)
 
-    async def _gps(self):
-        """Read NMEA from the GNSS UART; update the fix; report at once when it moved or changed quality."""
-        from protocols import nmea  # deferred: 25 KB of heap a GPS-less node never needs
-
-        self._nmea = nmea
-        rd = nmea.NMEAReader()
-        step = rd.max_buffer // 2  # a UART read can be bigger than the reader's bound: feed it in slices
-        while True:
-            data = await self.hal.gps.read()
-            if not data:
-                continue
-            changed = False
-            for i in range(0, len(data), step):
-                rd.receive_data(data[i:i + step])
-                while True:
-                    ev = rd.next_event()  # garbage comes out as NMEABadSentence (counted in rd.bad_count)
-                    if ev is nmea.NEED_DATA or ev is nmea.CLOSED:
-                        break
-                    changed = self._gps_event(ev) or changed
-            if changed:
-                await self._send_loc()
-
-    def _gps_event(self, ev):
-        nmea = self._nmea
-        if isinstance(ev, nmea.RMC):
-            if ev.valid and ev.epoch_ms is not None:
-                self.hal.set_time_ms(ev.epoch_ms)
-            if ev.valid and self.fix is not None:
-                self.fix["spd_cms"] = ev.speed_cms
-                if ev.course_cdeg is not None:
-                    self.fix["hdg_cd"] = ev.course_cdeg
-            return False
-        if not isinstance(ev, nmea.GGA):
-            return False
-        if not ev.valid:
-            if self.fix is not None:
-                self.fix = None
-                return True
-            return False
-        old = self.fix
-        self.fix = {"lat": ev.lat_e7, "lon": ev.lon_e7, "fix": ev.fix_quality, "sats": ev.satellites,
-                    "hdop": ev.hdop_x100, "alt_mm": ev.alt_mm,
-                    "spd_cms": old.get("spd_cms") if old else None, "hdg_cd": old.get("hdg_cd") if old else None}
-        if old is None or old["fix"] != ev.fix_quality:
-            return True
-        return abs(old["lat"] - ev.lat_e7) > LOC_MOVE_E7 or abs(old["lon"] - ev.lon_e7) > LOC_MOVE_E7
-
     async def _session(self):
         """Connection bookkeeping: offline clock, config trial commit/rollback, rollback report."""
         c = self.client
+        trial_s = self.cfg.get("trial_s", 120)
         trial_deadline = None
         if self.store.trial is not None:
-            trial_deadline = ticks_ms() + self.cfg.get("trial_s", 120) * 1000
+            trial_deadline = ticks_ms() + trial_s * 1000
         while True:
             if not c.is_connected():
                 if trial_deadline is not None:
-                    left = trial_deadline - ticks_ms()
                     try:
-                        await asyncio.wait_for(c.connected.wait(), max(1, left) / 1000)
+                        await asyncio.wait_for(c.connected.wait(), max(1, trial_deadline - ticks_ms()) / 1000)
                     except asyncio.TimeoutError:
-                        self.store.rollback("no broker connection within %d s" % self.cfg.get("trial_s", 120))
-                        self.exit_reason = "rollback"  # restart on the restored config
-                        self._exit.set()
+                        self.store.rollback("no broker connection within %d s" % trial_s)
+                        self.request_exit("rollback")  # restart on the restored config
                         return
                 else:
                     await c.connected.wait()
@@ -536,37 +369,9 @@ class Node:
             note = self.store.take_rollback_note()
             if note and note.get("cmd"):
                 self.proc.finish(note["cmd"], "failed", code="rolled_back", detail=note.get("reason"))
-            await self._wait_disconnected()
+            while c.is_connected():
+                await sleep_ms(200)
             self._offline_since = ticks_ms()
-
-    async def _wait_disconnected(self):
-        while self.client.is_connected():
-            await sleep_ms(200)
-
-    def _tls_opts(self):
-        """MQTTClient TLS arguments from ``broker``: ``tls``, ``ca`` (file on flash), optional ``ca_sha256`` (pin
-        of the CA's DER, checked before use), ``cert``/``cert_key`` (client certificate). Without ``tls``: {}.
-
-        Raises TLSConfigError (or the board's error) rather than ever falling back to plaintext."""
-        b = self.cfg["broker"]
-        if not b["tls"]:
-            return {}
-        ca = b.get("ca") or "ca.crt"
-        raw = self.fs.read(ca)
-        if not raw:
-            raise TLSConfigError("broker.ca: %r is not on flash" % ca)
-        pin = b.get("ca_sha256")
-        if pin:
-            import hashlib
-
-            got = binascii.hexlify(hashlib.sha256(pem_to_der(raw)).digest()).decode()
-            if got != str(pin).lower():
-                raise TLSConfigError("broker.ca_sha256: %s is %s..., the pinned CA is %s..." % (ca, got[:16],
-                                                                                             str(pin)[:16]))
-        cert, key = b.get("cert"), b.get("cert_key")
-        ctx = self.hal.tls_context(self.fs.path(ca), self.fs.path(cert) if cert else None,
-                                   self.fs.path(key) if key else None)
-        return {"ssl": ctx, "server_hostname": b.get("sni") or b["host"]}
 
     def _make_client(self):
         # MQTT or, for battery sensor nodes with transport "coap", the CoAP uplink with the same interface
@@ -575,11 +380,14 @@ class Node:
         b = self.cfg["broker"]
         state = self.topic("state")
         opts = {"keepalive_s": b["keepalive"]}
-        try:
-            opts.update(self._tls_opts())
-        except Exception as e:
-            self.record_error("tls", e)
-            raise
+        if b["tls"]:  # CA pinning and client certificate: node_tls.py; never a fall back to plaintext
+            from lookout_node.node_tls import tls_opts
+
+            try:
+                opts.update(tls_opts(self.cfg, self.fs, self.hal))
+            except Exception as e:
+                self.record_error("tls", e)
+                raise
         opts.update(self.mqtt_opts)
         for k, v in (self.cfg.get("mqtt") or {}).items():
             opts[k] = v
@@ -602,7 +410,9 @@ class Node:
         jobs = [("session", self._session), ("sender", self._sender), ("hb", self._heartbeat),
                 ("loc", self._location), ("wdt", self._watchdog)]
         if self.hal.gps is not None:
-            jobs.append(("gps", self._gps))
+            from lookout_node import node_gps  # only on a board with a GPS
+
+            jobs.append(("gps", lambda: node_gps.run(self)))
         if self.speaker is not None:
             jobs.append(("player", self.speaker.run))
             jobs.append(("scheduler", self.speaker.run_scheduler))
@@ -611,23 +421,11 @@ class Node:
         for name, fn in jobs:
             self.tasks.append(asyncio.create_task(self._supervise(name, fn)))
         await self._exit.wait()
-        await self.shutdown(graceful=self.exit_reason != "kill")
+        from lookout_node import node_admin  # the way out, like a reboot, is a rare path
+
+        await node_admin.shutdown(self, self.exit_reason != "kill")
         return self.exit_reason
 
     def request_exit(self, reason):
         self.exit_reason = reason
         self._exit.set()
-
-    async def shutdown(self, graceful=True):
-        """Stop tasks; graceful = publish the death ourselves and DISCONNECT, else just drop the link."""
-        for t in list(self.proc.running.values()) + self.tasks:
-            t.cancel()
-        for t in self.tasks:
-            await _reap(t)
-        self.tasks = []
-        if self.speaker is not None and self.speaker.current is not None:
-            self.hal.audio.stop(True)
-        if self.client is not None:
-            if not graceful and hasattr(self.hal, "kill_connections"):
-                self.hal.kill_connections()
-            await self.client.disconnect(publish_will=graceful)

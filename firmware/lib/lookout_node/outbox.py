@@ -29,22 +29,17 @@ class Outbox:
         self.bytes = 0
         self.dropped = 0
         self._ev = asyncio.Event()
-        self._load()
-
-    def _load(self):
-        if self.fs is None:
-            return
-        raw = self.fs.read(self.name)
-        if not raw:
-            return
+        raw = fs.read(name) if fs is not None else None
         try:
-            d = json.loads(raw)
-            items = [[str(t), str(p)] for t, p in d.get("items", [])]
+            d = json.loads(raw) if raw else {}
+            for t, p in d.get("items", ()):
+                t, p = str(t), str(p)
+                self.items.append([t, p])
+                self.bytes += len(t) + len(p)
             self.dropped = int(d.get("dropped", 0))
-        except (ValueError, TypeError, AttributeError):
-            return  # a corrupt file: start empty rather than refuse to boot
-        self.items = items
-        self.bytes = sum(len(t) + len(p) for t, p in items)
+        except (ValueError, TypeError, AttributeError):  # a corrupt file: start empty rather than refuse to boot
+            self.items = []
+            self.bytes = self.dropped = 0
         self._trim()
         if self.items:
             self._ev.set()
@@ -79,21 +74,21 @@ class Outbox:
         return n
 
     def peek(self):
-        if not self.items:
-            return None
-        t, p = self.items[0]
-        return t, p.encode()
+        if self.items:
+            t, p = self.items[0]
+            return t, p.encode()
+        return None
 
     def pop(self):
         """Remove the head after the broker acknowledged it."""
-        if not self.items:
-            return None
-        t, p = self.items.pop(0)
-        self.bytes -= len(t) + len(p)
-        if not self.items:
-            self._ev.clear()
-        self._save()
-        return t, p.encode()
+        head = self.peek()
+        if head is not None:
+            t, p = self.items.pop(0)
+            self.bytes -= len(t) + len(p)
+            if not self.items:
+                self._ev.clear()
+            self._save()
+        return head
 
     def __len__(self):
         return len(self.items)
