@@ -169,14 +169,15 @@ def build(out_dir: Path = DEFAULT_OUT) -> list[dict]:
     return rows
 
 
-def romfs_image(role: str, out_dir: Path = DEFAULT_OUT) -> bytes:
+def romfs_image(role: str, out_dir: Path = DEFAULT_OUT, extra: tuple[Path, ...] = ()) -> bytes:
     """A ROMFS image of a role's compiled libraries as ``lib/<pkg>/<name>.mpy`` (a ROMFS mounts at ``/rom``,
-    and ``/rom/lib`` is on the board's ``sys.path``). Needs ``build(out_dir)`` first."""
+    and ``/rom/lib`` is on the board's ``sys.path``). Needs ``build(out_dir)`` first. ``extra``: more library
+    sources to include (the tests add the host hardware layer to run the image on a PC)."""
     from mpremote.romfs import VfsRomWriter
 
     out_dir = Path(out_dir)
     by_pkg: dict[str, list[tuple[str, Path]]] = {}
-    for src in role_sources(role):
+    for src in list(role_sources(role)) + list(extra):
         _, pkg, name = device_path(src).split("/")
         by_pkg.setdefault(pkg, []).append((name, out_dir / "lib" / pkg / name))
     rom = VfsRomWriter()

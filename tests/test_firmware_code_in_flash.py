@@ -168,3 +168,83 @@ def test_manifest_freezes_every_module_a_role_imports():
     for role in fb.ROLES:
         missing = [str(p) for p in fb.role_sources(role) if p.resolve() not in frozen]
         assert not missing, "%s imports modules the manifest does not freeze: %s" % (role, missing)
+
+
+# ---- the image under real MicroPython --------------------------------------------------------------------
+
+BOOT_FROM_ROM = r'''
+import sys, vfs, os, json, asyncio
+f = open(%(img)r, "rb")
+IMG = f.read()
+f.close()
+vfs.mount(vfs.VfsRom(memoryview(IMG)), "/rom")
+sys.path[:0] = ["/rom/lib", %(host)r]
+from lookout_node import hal_host
+from lookout_node.node import Node
+from protocols import messages, signing
+from loopback_broker import LoopbackBroker
+print("@@FROM@@" + json.dumps(sorted(set(m.__file__.rsplit("/", 1)[0] for m in
+      (sys.modules[n] for n in list(sys.modules) if n.split(".")[0] in ("protocols", "lookout_node"))))))
+root = %(root)r
+KEY = bytes(range(32))
+cfg = {"id": "spk-01", "site": "dongshan", "role": "speaker", "key": KEY.hex(),
+       "broker": {"host": "loopback", "port": 1883}, "quiet_hours": [],
+       "position": {"lat": 300000000, "lon": 1200000000}}
+for d in (root, root + "/clips"):
+    try:
+        os.mkdir(d)
+    except OSError:
+        pass
+with open(root + "/config.json", "w") as f:
+    f.write(json.dumps(cfg))
+with open(root + "/clips/nofish", "wb") as f:
+    f.write(bytes(4000))
+
+async def main():
+    h = hal_host.HostHal(root, speed=8)
+    broker = LoopbackBroker()
+    h.open_connection = broker.open_connection
+    node = Node(h)
+    task = asyncio.create_task(node.run())
+    for _ in range(300):
+        if node.client is not None and node.client.is_connected():
+            break
+        await asyncio.sleep_ms(10)
+    now = h.time_ms()
+    cmd = messages.command("r1", "spk-01", "play", {"clip": "nofish"}, now, now + 60000, 1, 1)
+    signing.sign(KEY, "cmd", cmd)
+    broker.inject("lookout/v1/dongshan/spk-01/cmd", messages.encode("cmd", cmd))
+    statuses = []
+    for _ in range(300):
+        statuses = [[r["status"], r.get("data", {}).get("phase")] for r in
+                    (messages.decode("res", p) for t, p in broker.published if t.endswith("/res"))]
+        if ["done", None] in statuses:
+            break
+        await asyncio.sleep_ms(10)
+    print("@@RES@@" + json.dumps({"statuses": statuses, "played_ms": [p["ms"] for p in h.audio.plays]}))
+    node.request_exit("stop")
+    await task
+
+asyncio.run(main())
+'''
+
+
+def test_speaker_boots_and_plays_from_its_romfs_image(built, tmp_path):
+    """MicroPython's Unix port mounts the speaker's image (plus the host hardware layer a PC needs instead of
+    hal_esp32) as /rom, imports every node module from it in place, comes online and plays a signed command."""
+    from mpyunix import run_unix
+
+    host = tmp_path / "host"
+    host.mkdir()
+    (host / "loopback_broker.py").write_text((fb.ROOT / "tests/support/loopback_broker.py").read_text())
+    extra = (fb.FIRMWARE_LIB / "lookout_node/hal_host.py", fb.PROTOCOLS / "mqttserver.py")
+    img = tmp_path / "speaker-host.romfs"
+    img.write_bytes(fb.romfs_image("speaker", built, extra=extra))
+    proc = run_unix(BOOT_FROM_ROM % {"img": str(img), "host": str(host), "root": str(tmp_path / "node")})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    dirs = json.loads(next(ln for ln in lines if ln.startswith("@@FROM@@"))[8:])
+    assert dirs == ["/rom/lib/lookout_node", "/rom/lib/protocols"]  # nothing came from the filesystem
+    res = json.loads(next(ln for ln in lines if ln.startswith("@@RES@@"))[7:])
+    assert res["statuses"] == [["accepted", None], ["accepted", "playing"], ["done", None]]
+    assert res["played_ms"] == [250]  # 4000 bytes of 8 kHz 16-bit mono

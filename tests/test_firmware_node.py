@@ -12,6 +12,7 @@ import time
 
 import paho.mqtt.client as mqtt
 import pytest
+from aiowait import until
 
 from protocols import messages, signing
 from simulators.node import SimNode, make_config
@@ -261,7 +262,9 @@ async def test_broker_restart_outbox_delivers_everything(tmp_path, mosquitto, gw
     for e in evts:
         signing.verify(KEY, "evt", e)
         messages.validate("evt", e)
-    assert len(n.node.outbox) == 0 and n.node.outbox.dropped == 0
+    # the broker sends the node its PUBACK after delivering to us: wait for the node to take the item off
+    await until(lambda: len(n.node.outbox) == 0, what="outbox emptied by PUBACKs")
+    assert n.node.outbox.dropped == 0
     await n.stop()
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import time
 
 import pytest
+from aiowait import until
 from test_firmware_node import KEY, SITE, Gateway, aio
 
 from gateway.clipstore import ClipStore
@@ -25,16 +25,6 @@ def gw(mosquitto):
     g = Gateway(mosquitto)
     yield g
     g.close()
-
-
-async def until(pred, timeout=8.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        r = pred()
-        if r:
-            return r
-        await asyncio.sleep(0.02)
-    raise AssertionError("timed out waiting for " + what)
 
 
 @aio
@@ -184,7 +174,8 @@ async def test_outage_overflowing_the_outbox_drops_oldest_and_counts(tmp_path, m
     evts = await gw.wait_for(lambda: len(gw.of("evt")) >= kept and gw.of("evt"), timeout=15,
                              what="queued events delivered")
     assert sorted(e["seq"] for e in evts) == list(range(made - kept + 1, made + 1))  # the newest survive
-    assert len(ob) == 0 and ob.dropped == dropped
+    await until(lambda: len(ob) == 0, what="outbox emptied by PUBACKs")  # they reach the node after us
+    assert ob.dropped == dropped
     hb = await gw.wait_for(lambda: [h for h in gw.of("hb") if h["dropped"]], timeout=8, what="heartbeat")
     assert hb[0]["dropped"] == dropped
     await n.stop()

@@ -1,0 +1,17 @@
+"""Bounded polling for asyncio tests on CPython: wait for a condition instead of sleeping a guessed time."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+
+async def until(pred, timeout: float = 8.0, what: str = "condition"):
+    """``pred()``'s first truthy value, polled every 20 ms; AssertionError naming ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = pred()
+        if r:
+            return r
+        await asyncio.sleep(0.02)
+    raise AssertionError("timed out waiting for " + what)
