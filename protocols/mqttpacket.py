@@ -8,16 +8,18 @@ header is decoded as soon as it arrives and a packet announcing more than ``max_
 rejected before its body is buffered.
 
 This module is resident on every node, so it holds only what a client needs: one event class, shared checks,
-short messages. The broker side (CONNACK/SUBACK/UNSUBACK/PINGRESP encoders, decoding what a client sends,
-``topic_matches``, the full packet-type table) is ``protocols/mqttserver.py``, used by tests and simulators;
-it builds on the checks here (``check_*``, ``frame``, ``encode_packet_id``, ``read_packet_id``).
+short messages, and every check written once (the encoders validate; the client relies on them). The broker
+side (CONNACK/SUBACK/UNSUBACK/PINGRESP encoders, decoding what a client sends, ``topic_matches``, the full
+packet-type table) is ``protocols/mqttserver.py``, used by tests and simulators; it builds on the checks here
+(``check_*``, ``frame``, ``encode_packet_id``, ``read_packet_id``).
 
 QoS 2 is not implemented: the client never asks for it (it subscribes with at most QoS 1, §3.8.4 "granted
 QoS ... never higher than requested"), so a QoS 2 PUBLISH, PUBREC, PUBREL or PUBCOMP is a protocol violation.
 
 Every error from bad bytes is an ``MQTTPacketError`` naming the field, the observed value and the rule; API
 misuse (an invalid topic to publish, a packet id of 0, ...) is a ``LocalProtocolError``. Section numbers refer
-to the OASIS MQTT Version 3.1.1 standard (29 October 2014).
+to the OASIS MQTT Version 3.1.1 standard (29 October 2014). Errors take the field positionally (``err(msg,
+field)``): a keyword argument costs bytecode at every call site of a module every node keeps loaded.
 """
 
 from protocols.errors import LocalProtocolError, MQTTPacketError
@@ -75,7 +77,7 @@ class Packet:
 def check_int(v, lo, hi, field):
     """``LocalProtocolError`` unless ``v`` is an int in ``lo..hi``."""
     if not isinstance(v, int) or not lo <= v <= hi:
-        raise LocalProtocolError("must be an int in %d..%d, got %r" % (lo, hi, v), field=field)
+        raise LocalProtocolError("must be an int in %d..%d, got %r" % (lo, hi, v), field)
 
 
 def check_utf8(data, field, err=MQTTPacketError):
@@ -87,30 +89,25 @@ def check_utf8(data, field, err=MQTTPacketError):
     n = len(data)
     while i < n:
         b = data[i]
-        if b < 0x80:
-            if not b:
-                raise err("contains U+0000 at byte %d; not allowed (§1.5.3)" % i, field=field)
-            i += 1
-            continue
-        if 0xC2 <= b < 0xE0:
-            need, low = 1, 0x80
-        elif 0xE0 <= b < 0xF0:
-            need, low = 2, 0x800
-        elif 0xF0 <= b < 0xF5:
-            need, low = 3, 0x10000
-        else:
-            raise err("invalid UTF-8 lead byte 0x%02x at byte %d (§1.5.3)" % (b, i), field=field)
-        if i + need >= n:
-            raise err("truncated UTF-8 sequence at byte %d (§1.5.3)" % i, field=field)
-        cp = b & (0x3F >> need)
-        for k in range(i + 1, i + need + 1):
-            c = data[k]
-            if c & 0xC0 != 0x80:
-                raise err("invalid UTF-8 continuation byte 0x%02x at byte %d (§1.5.3)" % (c, k), field=field)
-            cp = (cp << 6) | (c & 0x3F)
-        if cp < low or cp > 0x10FFFF or 0xD800 <= cp <= 0xDFFF:
-            raise err("invalid code point U+%04X at byte %d: overlong, surrogate or beyond U+10FFFF (§1.5.3)"
-                      % (cp, i), field=field)
+        why = None if b else "U+0000"
+        need = 0
+        if b > 0x7F:
+            need = 1 if 0xC2 <= b < 0xE0 else 2 if 0xE0 <= b < 0xF0 else 3 if 0xF0 <= b < 0xF5 else 0
+            if not need:
+                why = "lead byte 0x%02x" % b
+            elif i + need >= n:
+                why = "truncated"
+            else:
+                cp = b & (0x3F >> need)
+                for c in data[i + 1:i + need + 1]:
+                    if c & 0xC0 != 0x80:
+                        why = "continuation byte 0x%02x" % c
+                    cp = cp << 6 | c & 0x3F
+                if not why and (cp < (0x80, 0x800, 0x10000)[need - 1] or cp > 0x10FFFF
+                                or 0xD7FF < cp < 0xE000):
+                    why = "U+%04X overlong, surrogate or > U+10FFFF" % cp
+        if why:
+            raise err("bad UTF-8 at byte %d: %s" % (i, why), field)  # §1.5.3
         i += need + 1
 
 
@@ -119,51 +116,41 @@ def check_topic(b, field, err=MQTTPacketError, wildcards=False):
     topic filter rules (§4.7.1: '#' only as the whole last level, '+' only as a whole level). Returns
     ``b``."""
     if not b:
-        raise err("is empty; a topic is at least one character (§4.7.3)", field=field)
+        raise err("is empty", field)  # §4.7.3
     check_utf8(b, field, err)
     if not wildcards:
         if b"+" in b or b"#" in b:
-            raise err("%r contains a wildcard; not allowed in a topic name (§3.3.2.1)" % (b,), field=field)
+            raise err("%r: wildcard in a topic name" % (b,), field)  # §3.3.2.1
         return b
     levels = b.split(b"/")
     for i, lv in enumerate(levels):
         if (b"#" in lv and (lv != b"#" or i < len(levels) - 1)) or (b"+" in lv and lv != b"+"):
-            raise err("%r: '#' must be a whole last level, '+' a whole level (§4.7.1)" % (b,), field=field)
+            raise err("%r: '#' must be the whole last level, '+' a whole level" % (b,), field)  # §4.7.1
     return b
 
 
 def check_flags(first, want):
     if first & 15 != want:
-        raise MQTTPacketError("%s fixed-header flags are 0x%x, must be 0x%x (§2.2.2)"
-                              % (packet_name(first >> 4), first & 15, want), field="flags")
+        raise MQTTPacketError("%s: 0x%x, must be 0x%x" % (packet_name(first >> 4), first & 15, want),
+                              "flags")  # §2.2.2
 
 
-def _bytes(s, field, limit=65535):
-    """str -> UTF-8 bytes (bytes-like passed through), at most ``limit`` bytes (a two-byte length prefix)."""
+def _field(s, field, kind=0):
+    """str -> UTF-8 bytes (bytes-like passed through) with the two-byte length prefix of §1.5.3; ``kind`` 1
+    checks it as a topic name, 2 as a topic filter (§4.7); -1: a payload (no prefix, no 64 KiB limit)."""
     if isinstance(s, str):
         s = s.encode()
     elif isinstance(s, (bytes, bytearray, memoryview)):
         s = bytes(s)
     else:
-        raise LocalProtocolError("must be str or bytes, got %s" % type(s).__name__, field=field)
-    if len(s) > limit:
-        raise LocalProtocolError("is %d bytes; at most %d fit (§1.5.3)" % (len(s), limit), field=field)
-    return s
-
-
-def _lp(b):
-    """Two-byte big-endian length prefix + data (§1.5.3)."""
-    return bytes((len(b) >> 8, len(b) & 255)) + b
-
-
-def validate_topic_name(topic):
-    """A topic to PUBLISH to -> its UTF-8 bytes; ``LocalProtocolError`` if it breaks §4.7.3/§3.3.2.1."""
-    return check_topic(_bytes(topic, "topic"), "topic", LocalProtocolError)
-
-
-def validate_topic_filter(flt):
-    """A SUBSCRIBE/UNSUBSCRIBE filter -> its UTF-8 bytes; ``LocalProtocolError`` if it breaks §4.7.1."""
-    return check_topic(_bytes(flt, "topic_filter"), "topic_filter", LocalProtocolError, True)
+        raise LocalProtocolError("must be str or bytes, got %s" % type(s).__name__, field)
+    if kind < 0:
+        return s
+    if len(s) > 65535:
+        raise LocalProtocolError("%d bytes > 65535" % len(s), field)  # §1.5.3
+    if kind:
+        check_topic(s, field, LocalProtocolError, kind > 1)
+    return bytes((len(s) >> 8, len(s) & 255)) + s
 
 
 # ---- framing -----------------------------------------------------------------------------------------------
@@ -195,8 +182,8 @@ def decode_varint(buf, offset=0):
             return value, i
         shift += 7
         if shift == 28:
-            raise MQTTPacketError("a 4th byte with the continuation bit set (0x%02x); at most 4 bytes "
-                                  "allowed (§2.2.3)" % b, field="remaining_length")
+            # §2.2.3
+            raise MQTTPacketError("4th byte 0x%02x continues; 4 bytes at most" % b, "remaining_length")
     return None
 
 
@@ -214,8 +201,7 @@ def encode_packet_id(pid):
 def read_packet_id(ptype, body, i):
     pid = body[i] << 8 | body[i + 1]
     if not pid:
-        raise MQTTPacketError("%s packet id is 0; must be non-zero (§2.3.1)" % packet_name(ptype),
-                              field="packet_id")
+        raise MQTTPacketError("0 in %s, must be 1..65535" % packet_name(ptype), "packet_id")  # §2.3.1
     return pid
 
 
@@ -224,28 +210,25 @@ def read_packet_id(ptype, body, i):
 def encode_connect(client_id, clean_session=True, keepalive=60, username=None, password=None, will_topic=None,
                    will_payload=b"", will_qos=0, will_retain=False):
     """CONNECT, §3.1. ``keepalive`` in seconds (0 disables it, §3.1.2.10)."""
-    cid = _bytes(client_id, "client_id")
-    if not cid and not clean_session:
-        raise LocalProtocolError("is empty with clean_session=False; the server must reject it (§3.1.3.1)",
-                                 field="client_id")
+    body = _field(client_id, "client_id")
+    if len(body) == 2 and not clean_session:
+        raise LocalProtocolError("empty needs clean_session", "client_id")  # §3.1.3.1
     check_int(keepalive, 0, 65535, "keepalive")
     flags = 2 if clean_session else 0
-    body = _lp(cid)
     if will_topic is not None:
         check_int(will_qos, 0, 2, "will_qos")
         flags |= 4 | will_qos << 3 | (0x20 if will_retain else 0)
-        body += _lp(validate_topic_name(will_topic)) + _lp(_bytes(will_payload, "will_payload"))
+        body += _field(will_topic, "will_topic", 1) + _field(will_payload, "will_payload")
     elif will_qos or will_retain:
-        raise LocalProtocolError("will_qos/will_retain set without a will_topic (§3.1.2.6)",
-                                 field="will_topic")
+        raise LocalProtocolError("missing for will_qos/will_retain", "will_topic")  # §3.1.2.6
     if username is not None:
         flags |= 0x80
-        body += _lp(_bytes(username, "username"))
+        body += _field(username, "username")
     if password is not None:
         if username is None:
-            raise LocalProtocolError("a password needs a username (§3.1.2.9)", field="password")
+            raise LocalProtocolError("needs a username", "password")  # §3.1.2.9
         flags |= 0x40
-        body += _lp(_bytes(password, "password"))
+        body += _field(password, "password")
     # §3.1.2.1 protocol name "MQTT", §3.1.2.2 level 4 (= 3.1.1), flags, keepalive
     return frame(0x10, b"\x00\x04MQTT\x04" + bytes((flags, keepalive >> 8, keepalive & 255)) + body)
 
@@ -253,41 +236,35 @@ def encode_connect(client_id, clean_session=True, keepalive=60, username=None, p
 def encode_publish(topic, payload=b"", qos=0, retain=False, dup=False, packet_id=None):
     """PUBLISH, §3.3 (QoS 0 or 1; also what a broker sends). A QoS 1 resend uses the same ``packet_id`` with
     ``dup=True`` (§3.3.1.1)."""
-    var = _lp(validate_topic_name(topic))
+    var = _field(topic, "topic", 1)
     check_int(qos, 0, 1, "qos")  # QoS 2 is not implemented
     if qos:
         var += encode_packet_id(packet_id)
-    elif dup:
-        raise LocalProtocolError("DUP must be 0 for a QoS 0 message (§3.3.1.1)", field="dup")
-    elif packet_id is not None:
-        raise LocalProtocolError("a QoS 0 PUBLISH has no packet id, got %r (§2.3.1)" % (packet_id,),
-                                 field="packet_id")
+    elif dup or packet_id is not None:
+        raise LocalProtocolError("must be unset at QoS 0, got dup=%r packet_id=%r" % (dup, packet_id),
+                                 "dup" if dup else "packet_id")  # §3.3.1.1, §2.3.1
     return frame(0x30 | (8 if dup else 0) | qos << 1 | (1 if retain else 0),
-                 var + _bytes(payload, "payload", MAX_REMAINING_LENGTH))
+                 var + _field(payload, "payload", -1))
 
 
-def encode_subscribe(packet_id, topics):
-    """SUBSCRIBE, §3.8: ``topics`` is a non-empty list of ``(filter, qos)``. Fixed-header flags are 0b0010."""
-    return _subscribe(0x82, packet_id, topics)
+def encode_subscribe(packet_id, topics, first=0x82):
+    """SUBSCRIBE, §3.8: ``topics`` is a non-empty list of ``(filter, qos)``. Fixed-header flags are 0b0010.
+    With ``first`` 0xA2: UNSUBSCRIBE, see ``encode_unsubscribe``."""
+    body = encode_packet_id(packet_id)
+    if not topics:
+        raise LocalProtocolError("needs at least one filter", "topics")  # §3.8.3, §3.10.3
+    for it in topics:
+        if first == 0x82:
+            check_int(it[1], 0, 2, "qos")
+            body += _field(it[0], "topic_filter", 2) + bytes((it[1],))
+        else:
+            body += _field(it, "topic_filter", 2)
+    return frame(first, body)
 
 
 def encode_unsubscribe(packet_id, filters):
     """UNSUBSCRIBE, §3.10: a non-empty list of filters. Fixed-header flags are 0b0010."""
-    return _subscribe(0xA2, packet_id, filters)
-
-
-def _subscribe(first, packet_id, items):
-    body = encode_packet_id(packet_id)
-    if not items:
-        raise LocalProtocolError("must name at least one filter (§3.8.3, §3.10.3)",
-                                 field="topics" if first == 0x82 else "filters")
-    for it in items:
-        if first == 0x82:
-            check_int(it[1], 0, 2, "qos")
-            body += _lp(validate_topic_filter(it[0])) + bytes((it[1],))
-        else:
-            body += _lp(validate_topic_filter(it))
-    return frame(first, body)
+    return encode_subscribe(packet_id, filters, 0xA2)
 
 
 def encode_puback(packet_id):
@@ -306,35 +283,45 @@ def encode_disconnect():
 # ---- broker -> client --------------------------------------------------------------------------------------
 
 def decode_packet(first, body):
-    """Decode one broker-to-client packet from its first byte and its body (after the Remaining Length)."""
+    """Decode one broker-to-client packet (or a PUBLISH/PUBACK either way) from its first byte and its body
+    (after the Remaining Length)."""
     t = first >> 4
-    if t == PUBLISH:
-        return decode_publish(first, body)
-    if 5 <= t <= 7:
-        raise MQTTPacketError("%s received; QoS 2 is not implemented (never requested, §3.8.4)"
-                              % packet_name(t), field="packet_type")
-    if t not in (CONNACK, PUBACK, SUBACK, UNSUBACK, PINGRESP):
-        raise MQTTPacketError("type %d (%s) is not sent by a broker; 1..14 are defined (§2.2.1)"
-                              % (t, packet_name(t)), field="packet_type")
-    check_flags(first, 0)
     n = len(body)
+    if t == PUBLISH:  # §3.3
+        qos = first >> 1 & 3
+        if qos > 1:
+            raise MQTTPacketError("%d, must be 0 or 1 (QoS 2 not implemented)" % qos, "qos")  # §3.3.1.2
+        if first & 8 and not qos:
+            raise MQTTPacketError("1 at QoS 0, must be 0", "dup")  # §3.3.1.1
+        end = 2 + (body[0] << 8 | body[1]) if n > 1 else n + 3
+        if end + 2 * qos > n:
+            raise MQTTPacketError("%d: topic (+ packet id) runs past it" % n, "remaining_length")
+        topic = check_topic(bytes(body[2:end]), "topic")
+        pid = None
+        if qos:
+            pid = read_packet_id(t, body, end)
+            end += 2
+        return Packet(t, topic=topic.decode(), payload=bytes(body[end:]), qos=qos, retain=bool(first & 1),
+                      dup=bool(first & 8), packet_id=pid)
+    if 5 <= t <= 7:
+        raise MQTTPacketError("%s: QoS 2 not implemented" % packet_name(t), "packet_type")  # §3.8.4
+    if t not in (CONNACK, PUBACK, SUBACK, UNSUBACK, PINGRESP):
+        raise MQTTPacketError("%d (%s) not sent by a broker" % (t, packet_name(t)), "packet_type")  # §2.2.1
+    check_flags(first, 0)
     want = 0 if t == PINGRESP else 3 if t == SUBACK else 2
     if n != want and not (t == SUBACK and n > want):
-        raise MQTTPacketError("%s remaining length is %d, must be %s%d" % (packet_name(t), n, "at least " if
-                                                                          t == SUBACK else "", want),
-                              field="remaining_length")
+        raise MQTTPacketError("%s: %d, must be %s%d" % (packet_name(t), n, ">= " if t == SUBACK else "",
+                                                          want), "remaining_length")
     if t == PINGRESP:
         return Packet(t)
     if t == CONNACK:
         if body[0] & 0xFE:
-            raise MQTTPacketError("acknowledge flags are 0x%02x; bits 7-1 are reserved, must be 0 (§3.2.2.1)"
-                                  % body[0], field="connack_flags")
+            raise MQTTPacketError("0x%02x, bits 7-1 must be 0" % body[0], "connack_flags")  # §3.2.2.1
         rc = body[1]
         if rc > 5:
-            raise MQTTPacketError("%d is reserved; must be 0..5 (§3.2.2.3)" % rc, field="connack_return_code")
+            raise MQTTPacketError("%d, must be 0..5" % rc, "connack_return_code")  # §3.2.2.3
         if body[0] and rc:
-            raise MQTTPacketError("session present is 1 with return code %d; must be 0 (§3.2.2.2)" % rc,
-                                  field="session_present")
+            raise MQTTPacketError("1 with return code %d, must be 0" % rc, "session_present")  # §3.2.2.2
         return Packet(t, session_present=bool(body[0]), return_code=rc)
     pid = read_packet_id(t, body, 0)
     if t != SUBACK:
@@ -342,34 +329,8 @@ def decode_packet(first, body):
     codes = list(body[2:])
     for c in codes:
         if c not in (0, 1, 2, 0x80):
-            raise MQTTPacketError("0x%02x is reserved; must be 0x00, 0x01, 0x02 or 0x80 (§3.9.3)" % c,
-                                  field="suback_return_code")
+            raise MQTTPacketError("0x%02x, must be 0, 1, 2 or 0x80" % c, "suback_return_code")  # §3.9.3
     return Packet(t, packet_id=pid, return_codes=codes)
-
-
-def decode_publish(first, body):
-    """PUBLISH, §3.3 (either direction); QoS 2 is rejected (not implemented)."""
-    qos = (first >> 1) & 3
-    if qos > 1:
-        raise MQTTPacketError("QoS bits are %d; 3 is malformed (§3.3.1.2) and QoS 2 is not implemented" % qos,
-                              field="qos")
-    if first & 8 and not qos:
-        raise MQTTPacketError("DUP is 1 on a QoS 0 PUBLISH; must be 0 (§3.3.1.1)", field="dup")
-    n = len(body)
-    if n < 2:
-        raise MQTTPacketError("PUBLISH remaining length is %d, too short for the topic length" % n,
-                              field="remaining_length")
-    end = 2 + (body[0] << 8 | body[1])
-    if end + 2 * qos > n:
-        raise MQTTPacketError("topic length %d (+ packet id) runs past the remaining length %d"
-                              % (end - 2, n), field="topic")
-    topic = check_topic(bytes(body[2:end]), "topic")
-    pid = None
-    if qos:
-        pid = read_packet_id(PUBLISH, body, end)
-        end += 2
-    return Packet(PUBLISH, topic=topic.decode(), payload=bytes(body[end:]), qos=qos, retain=bool(first & 1),
-                  dup=bool(first & 8), packet_id=pid)
 
 
 class PacketReader:
@@ -395,17 +356,14 @@ class PacketReader:
     def receive_data(self, data):
         if self._error is None:
             if self._eof:
-                raise LocalProtocolError("data after the end of stream", field="receive_data")
+                raise LocalProtocolError("data after end of stream", "receive_data")
             if data:
                 self._buf.extend(data)
             else:
                 self._eof = True
-        self._step(False)  # re-raises a sticky error; rejects an oversized packet from its header alone
+        self.next_event(True)  # re-raises a sticky error; rejects an oversized packet from its header alone
 
-    def next_event(self):
-        return self._step(True)
-
-    def _step(self, decode):
+    def next_event(self, _header_only=False):
         if self._error is not None:
             raise self._error
         buf = self._buf
@@ -415,18 +373,17 @@ class PacketReader:
                 if r is not None:
                     total = r[0] + r[1]
                     if total > self.max_packet_size:
-                        raise MQTTPacketError("packet of %d bytes announced; the limit is %d bytes"
-                                              % (total, self.max_packet_size), field="remaining_length")
+                        raise MQTTPacketError("%d bytes announced, limit is %d"
+                                              % (total, self.max_packet_size), "remaining_length")
                     self._head = (r[1], total)
-            if not decode:
+            if _header_only:
                 return None
             h = self._head
             if h is None or len(buf) < h[1]:
                 if not self._eof:
                     return NEED_DATA
                 if buf:
-                    raise MQTTPacketError("stream ended inside a packet (%d bytes pending)" % len(buf),
-                                          field="stream")
+                    raise MQTTPacketError("ended inside a packet (%d bytes)" % len(buf), "stream")
                 return CLOSED
             self._buf = buf[h[1]:]
             self._head = None

@@ -199,7 +199,7 @@ def test_publish_offline_raises_not_connected():
         with raises(LocalProtocolError, match="qos"):
             await c.publish("a", b"", qos=2)
         assert await c.subscribe("lookout/v1/s1/n1/cmd", 1) is None  # remembered for the next connect
-        assert c.subscriptions() == {"lookout/v1/s1/n1/cmd": 1}
+        assert c.subs == {"lookout/v1/s1/n1/cmd": 1}
         with raises(LocalProtocolError, match="topic_filter"):
             await c.subscribe("a/#/b")
 
@@ -208,11 +208,19 @@ def test_publish_offline_raises_not_connected():
 
 def test_inbox_counts_drops():
     async def body():
-        box = mqtt.Inbox(2)
-        assert box.put_nowait(1) and box.put_nowait(2)
-        assert not box.put_nowait(3)
-        assert box.dropped == 1 and len(box) == 2
-        assert await box.get() == 1
+        broker = _FakeBroker()
+        c = _client(broker, inbox_size=2)  # no handler: messages queue for next_message()
+        c.start()
+        await asyncio.wait_for(c.connected.wait(), 3)
+        pub = mp.encode_publish
+        c._link.reader.feed(pub("cmd/a", b"1", 1, False, False, 7) + pub("cmd/b", b"2")
+                            + pub("cmd/c", b"3", 1, False, False, 8))
+        await _until(lambda: c.dropped == 1)
+        assert len(c.inbox) == 2
+        assert broker.of_type(mp.PUBACK) == [b"\x40\x02\x00\x07"]  # queued = acked; the dropped one is not
+        assert (await c.next_message()).topic == "cmd/a"
+        assert (await c.next_message()).payload == b"2"
+        await c.disconnect()
 
     return _drive(body())
 
