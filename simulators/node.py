@@ -46,6 +46,50 @@ def wav_bytes(ms=1000, rate=8000) -> bytes:
             rate * 2, 2, 16) + b"data" + struct.pack("<I", len(data)) + data)
 
 
+class SimHal(hal_host.HostHal):
+    """HostHal plus the network a simulation needs: ``net`` switches the link (a connection attempt while it is
+    down fails), ``kill_connections()`` drops every open connection without a DISCONNECT (the broker then
+    publishes the will), and ``lose_tx`` (callable (topic, payload) -> True) drops a publish of the node's
+    ``publish()`` ("lost on air")."""
+
+    def __init__(self, root, **kw):
+        super().__init__(root, **kw)
+        self.net = True
+        self.writers = []
+        self.lose_tx = None
+
+    def network_up(self):
+        return self.net
+
+    async def open_connection(self, host, port, ssl=None, server_hostname=None):
+        if not self.net:
+            raise OSError("network down (host hal)")
+        r, w = await super().open_connection(host, port, ssl, server_hostname)
+        self.writers.append(w)
+        return r, w
+
+    def kill_connections(self):
+        """Drop every open connection without a DISCONNECT, like a modem losing power (last will fires)."""
+        ws, self.writers = self.writers, []
+        for w in ws:
+            t = getattr(w, "transport", None)
+            if t is not None:
+                t.abort()
+            else:
+                try:
+                    w.close()
+                except Exception:
+                    pass
+
+    def lossy(self, publish):
+        """Wrap a node's ``publish`` so ``lose_tx`` can drop messages."""
+        async def pub(topic, payload, qos=0, retain=False):
+            if self.lose_tx is not None and self.lose_tx(topic, payload):
+                return
+            await publish(topic, payload, qos, retain)
+        return pub
+
+
 class SimNode:
     def __init__(self, root, config=None, speed=1, gps=False, pir=False, camera=False, mqtt_opts=None,
                  log=None):
@@ -53,7 +97,7 @@ class SimNode:
         self.root.mkdir(parents=True, exist_ok=True)
         if config is not None:
             (self.root / "config.json").write_text(json.dumps(config))
-        self.hal = hal_host.HostHal(str(self.root), speed=speed, gps=gps, pir=pir, camera=camera)
+        self.hal = SimHal(str(self.root), speed=speed, gps=gps, pir=pir, camera=camera)
         self.hal.on_reboot = self._on_reboot
         self.mqtt_opts = mqtt_opts if mqtt_opts is not None else {"backoff_min_ms": 100, "backoff_max_ms": 1000}
         self.log = log
@@ -85,6 +129,7 @@ class SimNode:
     async def _loop(self):
         while not self._stopping:
             self.node = Node(self.hal, mqtt_opts=self.mqtt_opts, log=self.log)
+            self.node.publish = self.hal.lossy(self.node.publish)
             self.boots += 1
             self._booted.set()
             reason = await self.node.run()

@@ -13,7 +13,7 @@ import binascii
 from protocols import messages, nmea, signing
 from lookout_node import hal_host, node_gps, speaker_sched as sched
 from lookout_node.commands import Rejected
-from lookout_node.hal import sleep_ms
+from lookout_node.hal import sleep_ms, ticks_diff, ticks_ms
 from lookout_node.node import Node
 from lookout_node.speaker import Speaker
 
@@ -50,6 +50,19 @@ async def start_node(role, gps=False, pir=False, camera=False, wdt_period_ms=Non
     task = asyncio.create_task(node.run())
     await until(lambda: node.client is not None and node.client.is_connected(), what="online")
     return h, node, broker, task
+
+
+def block_ms(ms):
+    """A stuck task: hold the CPU (the event loop) for ``ms`` without yielding; returns (t0, t1) ticks."""
+    t0 = ticks_ms()
+    while ticks_diff(ticks_ms(), t0) < ms:
+        pass
+    return t0, ticks_ms()
+
+
+def feeds_between(h, t0, t1):
+    """How many watchdog feeds hal_host recorded (``wdt_log``) at ticks t0 < t < t1."""
+    return len([t for t in h.wdt_log if ticks_diff(t, t0) > 0 and ticks_diff(t1, t) > 0])
 
 
 async def stop_node(node, task):
@@ -130,8 +143,8 @@ def test_watchdog_fed_while_healthy_not_in_a_crash_loop_nor_while_the_loop_is_st
         await until(lambda: h.wdt_feeds >= 3, what="feeds")
         assert h.wdt_timeout == 30000
         # a stuck task holds the event loop: nothing feeds the watchdog while it does
-        t0, t1 = h.block_ms(150)
-        assert h.feeds_between(t0, t1) == 0
+        t0, t1 = block_ms(150)
+        assert feeds_between(h, t0, t1) == 0
         n = h.wdt_feeds
         await until(lambda: h.wdt_feeds > n, what="feeding resumes")
         # a task that crashes is restarted and counted; a crash loop stops the feeding

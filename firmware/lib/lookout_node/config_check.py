@@ -1,6 +1,6 @@
 """Full node-config validation, merging and the trial decision: what ``set_config`` and ``lookout firmware flash``
-need, loaded on first use (``config.validate``/``merge``/``needs_trial`` import it) so it is not resident on a
-node that never gets a config change.
+need, loaded on first use (``config.validate``/``merge``/``needs_trial``/``check_identity`` resolve here through
+config.py's module ``__getattr__``) so it is not resident on a node that never gets a config change.
 
 ``validate(cfg)`` checks every known key (types, ranges; intervals especially: a bad heartbeat period is how a
 whole site goes falsely offline) and keeps unknown keys untouched, so a newer provisioning tool does not lose
@@ -8,11 +8,49 @@ data on an older node. It returns a new dict with defaults filled in and raises 
 naming the first bad key, its value and the rule.
 """
 
-from lookout_node.config import ConfigError, check_identity
+from lookout_node.config import ConfigError
 from protocols import topics
+
+ROLES = ("speaker", "sensor", "camera")
+DEFAULTS = {
+    "transport": "mqtt", "hb_s": 30, "loc_s": 5, "quiet_hours": [22, 6], "tz_min": 480, "volume": 80,
+    "trial_s": 120, "wdt_ms": 30000,
+}
+BROKER_DEFAULTS = {"port": 1883, "user": "", "password": "", "tls": False, "ca": "", "keepalive": 60}
 
 # keys whose change could cut the node off the gateway: such a change goes on trial (config.ConfigStore)
 CONNECTION_KEYS = ("id", "site", "key", "broker", "transport", "coap", "wifi")
+
+
+def check_identity(cfg):
+    """A copy of ``cfg`` with defaults filled in, after checking what a node cannot start without (id, site,
+    role, key, transport, broker object); raises ConfigError naming the first bad key."""
+    if not isinstance(cfg, dict):
+        raise ConfigError("config", "expected a JSON object")
+    c = dict(cfg)
+    for k, v in DEFAULTS.items():
+        if k not in c:
+            c[k] = list(v) if isinstance(v, list) else v
+    for k in ("id", "site"):
+        if not topics.is_valid_id(c.get(k)):
+            raise ConfigError(k, "%r: expected 1-32 chars of [a-z0-9_-]" % (c.get(k),))
+    if c.get("role") not in ROLES:
+        raise ConfigError("role", "%r: expected one of %s" % (c.get("role"), ", ".join(ROLES)))
+    key = c.get("key")
+    try:
+        ok = len(key) == 64 and len(bytes.fromhex(key)) == 32  # fromhex: ValueError on a non-hex digit
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ConfigError("key", "expected 64 hex characters (a 32-byte HMAC key)")
+    if c["transport"] not in ("mqtt", "coap"):
+        raise ConfigError("transport", "%r: expected mqtt or coap" % (c["transport"],))
+    b = c.get("broker")
+    if not isinstance(b, dict):
+        raise ConfigError("broker", "expected an object, got %s" % type(b).__name__)
+    c["broker"] = dict(BROKER_DEFAULTS)
+    c["broker"].update(b)
+    return c
 
 
 def _int(v, lo, hi, field):

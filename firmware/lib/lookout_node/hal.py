@@ -6,9 +6,10 @@ simulators. A board provides:
 
 - clocks: ``time_ms()`` Unix ms or None (no NTP/GPS time yet), ``ticks_ms()``/``ticks_diff()`` (module functions
   here: MicroPython's own, or monotonic stand-ins on CPython), ``await sleep_ms(n)``;
-- ``audio``: an ``AudioOut`` (I2S on ESP32): ``start(rate, bits, channels)``, ``await write(buf)`` which returns
-  once the chunk has been handed to the DAC (so it paces playback in real time), ``stop()``, ``set_volume(pct)``;
-  completion is signalled by the player in speaker.py (an Event), because only it knows where a clip ends;
+- ``audio`` (I2S on ESP32): ``start(rate, bits, channels, tag=None)``, ``await write(buf)`` which returns once the
+  chunk has been handed to the DAC (so it paces playback in real time), ``stop(cut=False)`` (``cut`` =
+  interrupted by stop/pre-emption rather than finished), ``set_volume(pct)``, attribute ``volume``; completion
+  is signalled by the player in speaker.py (an Event), because only it knows where a clip ends;
 - ``gps``: ``await read()`` -> bytes from the GNSS UART (or None when the board has no GPS);
 - ``pir``: ``await wait()`` -> ticks of the next rising edge (or None: no presence sensor);
 - ``camera``: ``snapshot()`` -> JPEG bytes or None;
@@ -52,34 +53,16 @@ def _none(*args, **kwargs):
     """Shared body of every "this board has nothing here" method below (returns None)."""
 
 
-class AudioOut:
-    """Interface of the audio output; see the module docstring. This base is silent and instant.
-
-    ``start(rate, bits, channels, tag=None)``; ``stop(cut=False)`` ends playback, ``cut`` = interrupted
-    (stop/pre-emption) rather than finished."""
-
-    volume = 80
-    start = stop = _none
-
-    async def write(self, buf):
-        pass
-
-    def set_volume(self, pct):
-        self.volume = pct
-
-
 class FileStore:
     """Files on flash under ``root``. Writes go to ``<name>.tmp`` then rename: a power cut mid-write leaves
     the old file intact (LittleFS and POSIX rename both replace atomically)."""
 
     def __init__(self, root="/"):
-        self.root = root
-        if root not in ("", "/"):
-            self.makedirs("")
+        self.pre = root if root in ("", "/") else root + "/"
+        self.makedirs("")
 
     def path(self, name):
-        r = self.root
-        return r + name if r in ("", "/") else r + "/" + name
+        return self.pre + name
 
     def makedirs(self, name):
         cur = ""
@@ -109,55 +92,44 @@ class FileStore:
             return None
 
     def write(self, name, data):
-        p = self.path(name)
-        with open(p + ".tmp", "wb") as f:
+        with open(self.path(name + ".tmp"), "wb") as f:
             f.write(data)
-        self._replace(p + ".tmp", p)
-
-    def _replace(self, src, dst):
-        try:
-            os.rename(src, dst)
-        except OSError:  # a FAT volume will not rename over an existing file
-            self._rm(dst)
-            os.rename(src, dst)
+        self.rename(name + ".tmp", name)
 
     def rename(self, src, dst):
-        self._replace(self.path(src), self.path(dst))
-
-    def _rm(self, p):
+        a, b = self.path(src), self.path(dst)
         try:
-            os.remove(p)
+            os.rename(a, b)
+        except OSError:  # a FAT volume will not rename over an existing file
+            self.remove(dst)
+            os.rename(a, b)
+
+    def remove(self, name):
+        try:
+            os.remove(self.path(name))
             return True
         except OSError:
             return False
-
-    def remove(self, name):
-        return self._rm(self.path(name))
 
     def open(self, name, mode="rb"):
         return open(self.path(name), mode)
 
 
 class Hal:
-    """Base board: no peripherals. Subclasses override what their board has."""
+    """Base board: no peripherals, no clock, no figures. A board class overrides what it has and provides
+    ``audio``, ``reboot``, ``network_up``, ``tls_context`` and ``open_connection`` itself (each board's own)."""
 
-    def __init__(self, fs):
-        self.fs = fs
-        self.audio = AudioOut()
-        self.gps = None
-        self.pir = None
-        self.camera = None
-        self.boot_ticks = ticks_ms()
-
+    gps = pir = camera = None
     # Nothing here: no clock yet (time_ms None), no watchdog, no figures (each may be None on a real board too).
     # set_time_ms(unix_ms): a trusted time source (GPS RMC) sets the clock; boards without an RTC ignore it.
     time_ms = set_time_ms = wdt_start = wdt_feed = rssi = battery_mv = temperature_dc = _none
 
+    def __init__(self, fs):
+        self.fs = fs
+        self.boot_ticks = ticks_ms()
+
     def uptime_s(self):
         return ticks_diff(ticks_ms(), self.boot_ticks) // 1000
-
-    def reboot(self):
-        raise HalError("reboot not supported on this board")
 
     def free_heap(self):
         try:
@@ -166,18 +138,3 @@ class Hal:
             return gc.mem_free()
         except (ImportError, AttributeError):
             return None
-
-    # network
-    def network_up(self):
-        return True
-
-    async def connect_network(self, cfg):
-        return True
-
-    def tls_context(self, ca_path, cert_path=None, key_path=None):
-        raise HalError("TLS is not supported on this board")
-
-    async def open_connection(self, host, port, ssl=None, server_hostname=None):
-        if ssl:
-            return await asyncio.open_connection(host, port, ssl=ssl, server_hostname=server_hostname or host)
-        return await asyncio.open_connection(host, port)

@@ -27,7 +27,7 @@ def _read(path):
         return None
 
 
-class Esp32Audio(hal.AudioOut):
+class Esp32Audio:
     def __init__(self, pins):
         self.pins = pins
         self.i2s = None
@@ -48,22 +48,14 @@ class Esp32Audio(hal.AudioOut):
         if self.pins.get("amp_en") is not None:
             self.amp = Pin(self.pins["amp_en"], Pin.OUT, value=1)
 
-    def _shift(self):
-        v = self.volume
-        if v >= 90:
-            return 0
-        if v <= 0:
-            return -16
-        s = 0
-        while v < 90 and s > -15:
-            v *= 2
-            s -= 1
-        return s
-
     async def write(self, buf):
         from machine import I2S
 
-        s = self._shift()
+        v = self.volume  # software volume: each shift step of -1 halves the amplitude, 0 mutes
+        s = 0 if v >= 90 else -16 if v <= 0 else -1
+        while -15 < s < 0 and v * 2 < 90:
+            v *= 2
+            s -= 1
         if s and self.bits == 16:
             I2S.shift(buf=buf, bits=16, shift=s)
         self.writer.out_buf = buf

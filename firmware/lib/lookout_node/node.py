@@ -124,14 +124,6 @@ class Node:
     def upload_topic(self, tid):
         return self.topic("up", str(tid))
 
-    def position(self):
-        if self.fix is not None:
-            return self.fix["lat"], self.fix["lon"]
-        p = self.cfg.get("position")
-        if p:
-            return p["lat"], p["lon"]
-        return None, None
-
     def online(self):
         return self.client is not None and self.client.is_connected()
 
@@ -146,9 +138,6 @@ class Node:
             from lookout_node.mqtt import NotConnected
 
             raise NotConnected("no client")
-        lose = getattr(self.hal, "lose_tx", None)  # host hal only: simulated loss on the radio link
-        if lose is not None and lose(topic, payload):
-            return
         await self.client.publish(topic, payload, qos, retain)
 
     async def _publish_up(self, tid, payload):
@@ -163,11 +152,11 @@ class Node:
         ts = self._clock()
         if ts is None:  # no clock yet: the earliest legal time marks "unknown" (docs/FIRMWARE.md)
             ts = messages.MS_MIN
-        lat, lon = self.position()
+        p = self.fix or self.cfg.get("position") or {}  # GPS fix, else the fixed position
         m = {"id": "%s-%d-%d" % (self.id, self.bdseq, self.evt_seq), "seq": self.evt_seq, "ts": ts,
              "kind": kind, "sev": sev}
-        for k, v in (("conf", conf), ("count", count), ("evidence", evidence), ("lat", lat), ("lon", lon),
-                     ("detail", trim(detail) if detail else None)):
+        for k, v in (("conf", conf), ("count", count), ("evidence", evidence), ("lat", p.get("lat")),
+                     ("lon", p.get("lon")), ("detail", trim(detail) if detail else None)):
             if v is not None:
                 m[k] = v
         signing.sign(self.key, "evt", m)
@@ -286,15 +275,19 @@ class Node:
                 continue
             self.outbox.pop()
 
-    async def _heartbeat(self):
+    async def _pub0(self, kind, m):
+        """QoS 0 (heartbeat, location): sent only while connected, never queued."""
         from lookout_node.mqtt import NotConnected
 
+        try:
+            await self.client.publish(self.topic(kind), messages.encode(kind, m), 0)
+        except NotConnected:
+            pass
+
+    async def _heartbeat(self):
         while True:
             await self.client.connected.wait()
-            try:
-                await self.client.publish(self.topic("hb"), messages.encode("hb", self.heartbeat()), 0)
-            except NotConnected:
-                pass
+            await self._pub0("hb", self.heartbeat())
             if self.sensor is not None:
                 self.sensor.expire_uploads()
             await sleep_ms(self.cfg["hb_s"] * 1000)
@@ -323,14 +316,8 @@ class Node:
 
     async def _send_loc(self):
         m = self._loc_msg()
-        if m is None or not self.online():
-            return
-        from lookout_node.mqtt import NotConnected
-
-        try:
-            await self.client.publish(self.topic("loc"), messages.encode("loc", m), 0)
-        except NotConnected:
-            pass
+        if m is not None and self.online():
+            await self._pub0("loc", m)
 
     async def _location(self):
         """Periodic location: GPS every loc_s, fixed position at connect and every FIXED_LOC_EVERY * loc_s."""
