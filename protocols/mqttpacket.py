@@ -1,9 +1,9 @@
 """MQTT 3.1.1 packet codec, client side (sans-IO; runs unchanged on MicroPython).
 
-Theory of operation: a node's MQTT client writes CONNECT, PUBLISH (QoS 0/1), SUBSCRIBE, UNSUBSCRIBE, PUBACK,
-PINGREQ and DISCONNECT with the ``encode_*`` functions and feeds what it reads from the broker into a
-``PacketReader``, which hands back one ``Packet`` per complete packet (CONNACK, PUBLISH, PUBACK, SUBACK,
-UNSUBACK, PINGRESP). The reader never buffers more than one packet's worth of unparsed bytes: the fixed
+Theory of operation: a node's MQTT client writes CONNECT, PUBLISH (QoS 0/1), SUBSCRIBE, UNSUBSCRIBE and
+PUBACK with the ``encode_*`` functions (PINGREQ and DISCONNECT are the constants ``PINGREQ_BYTES`` and
+``DISCONNECT_BYTES``) and feeds what it reads from the broker into a ``PacketReader``, which hands back one
+``Packet`` per complete packet (CONNACK, PUBLISH, PUBACK, SUBACK, UNSUBACK, PINGRESP). The reader never buffers more than one packet's worth of unparsed bytes: the fixed
 header is decoded as soon as it arrives and a packet announcing more than ``max_packet_size`` bytes is
 rejected before its body is buffered.
 
@@ -46,8 +46,8 @@ NEED_DATA = "NEED_DATA"  # next_event(): feed more bytes (compare with ``is``)
 CLOSED = "CLOSED"  # next_event(): the peer ended the stream cleanly between packets
 
 
-def packet_name(ptype):
-    return _NAMES.split()[ptype]
+def packet_name(t):
+    return _NAMES.split()[t]
 
 
 class Packet:
@@ -74,10 +74,10 @@ class Packet:
 
 # ---- shared checks (also used by mqttserver) ---------------------------------------------------------------
 
-def check_int(v, lo, hi, field):
-    """``LocalProtocolError`` unless ``v`` is an int in ``lo..hi``."""
-    if not isinstance(v, int) or not lo <= v <= hi:
-        raise LocalProtocolError("must be an int in %d..%d, got %r" % (lo, hi, v), field)
+def check_int(v, i, n, field):
+    """``LocalProtocolError`` unless ``v`` is an int in ``i..n``."""
+    if not isinstance(v, int) or not i <= v <= n:
+        raise LocalProtocolError("must be an int in %d..%d, got %r" % (i, n, v), field)
 
 
 def check_utf8(data, field, err=MQTTPacketError):
@@ -111,28 +111,24 @@ def check_utf8(data, field, err=MQTTPacketError):
         i += need + 1
 
 
-def check_topic(b, field, err=MQTTPacketError, wildcards=False):
-    """Topic name rules (§4.7.3, §3.3.2.1: 1..65535 bytes of UTF-8, no '+'/'#'), or with ``wildcards`` the
+def check_topic(b, field, err=MQTTPacketError, kind=False):
+    """Topic name rules (§4.7.3, §3.3.2.1: 1..65535 bytes of UTF-8, no '+'/'#'), or with ``kind`` true the
     topic filter rules (§4.7.1: '#' only as the whole last level, '+' only as a whole level). Returns
     ``b``."""
     if not b:
-        raise err("is empty", field)  # §4.7.3
+        raise err("empty", field)  # §4.7.3
     check_utf8(b, field, err)
-    if not wildcards:
-        if b"+" in b or b"#" in b:
-            raise err("%r: wildcard in a topic name" % (b,), field)  # §3.3.2.1
-        return b
-    levels = b.split(b"/")
-    for i, lv in enumerate(levels):
-        if (b"#" in lv and (lv != b"#" or i < len(levels) - 1)) or (b"+" in lv and lv != b"+"):
-            raise err("%r: '#' must be the whole last level, '+' a whole level" % (b,), field)  # §4.7.1
+    s = b.split(b"/")
+    for i, v in enumerate(s):
+        # a name has no wildcard (§3.3.2.1); a filter has '#' only as the whole last level, '+' as a level
+        if (b"#" in v or b"+" in v) and not (kind and (v == b"+" or v == b"#" and i == len(s) - 1)):
+            raise err("%r: misplaced wildcard" % (b,), field)
     return b
 
 
-def check_flags(first, want):
-    if first & 15 != want:
-        raise MQTTPacketError("%s: 0x%x, must be 0x%x" % (packet_name(first >> 4), first & 15, want),
-                              "flags")  # §2.2.2
+def check_flags(b, n):
+    if b & 15 != n:
+        raise MQTTPacketError("%s: 0x%x, must be 0x%x" % (packet_name(b >> 4), b & 15, n), "flags")  # §2.2.2
 
 
 def _field(s, field, kind=0):
@@ -143,7 +139,7 @@ def _field(s, field, kind=0):
     elif isinstance(s, (bytes, bytearray, memoryview)):
         s = bytes(s)
     else:
-        raise LocalProtocolError("must be str or bytes, got %s" % type(s).__name__, field)
+        raise LocalProtocolError("not str/bytes: %s" % type(s).__name__, field)
     if kind < 0:
         return s
     if len(s) > 65535:
@@ -187,22 +183,22 @@ def decode_varint(buf, offset=0):
     return None
 
 
-def frame(first, body):
-    """First byte + Remaining Length + body."""
-    return bytes((first,)) + encode_varint(len(body)) + body
+def frame(b, data):
+    """First byte ``b`` + Remaining Length + ``data``."""
+    return bytes((b,)) + encode_varint(len(data)) + data
 
 
-def encode_packet_id(pid):
+def encode_packet_id(v):
     """Packet identifier, §2.3.1: 1..65535, two bytes big-endian."""
-    check_int(pid, 1, 65535, "packet_id")
-    return bytes((pid >> 8, pid & 255))
+    check_int(v, 1, 65535, "packet_id")
+    return bytes((v >> 8, v & 255))
 
 
-def read_packet_id(ptype, body, i):
-    pid = body[i] << 8 | body[i + 1]
-    if not pid:
-        raise MQTTPacketError("0 in %s, must be 1..65535" % packet_name(ptype), "packet_id")  # §2.3.1
-    return pid
+def read_packet_id(t, data, i):
+    n = data[i] << 8 | data[i + 1]
+    if not n:
+        raise MQTTPacketError("0 in %s, must be 1..65535" % packet_name(t), "packet_id")  # §2.3.1
+    return n
 
 
 # ---- client -> broker --------------------------------------------------------------------------------------
@@ -247,24 +243,24 @@ def encode_publish(topic, payload=b"", qos=0, retain=False, dup=False, packet_id
                  var + _field(payload, "payload", -1))
 
 
-def encode_subscribe(packet_id, topics, first=0x82):
+def encode_subscribe(packet_id, topics, b=0x82):
     """SUBSCRIBE, §3.8: ``topics`` is a non-empty list of ``(filter, qos)``. Fixed-header flags are 0b0010.
-    With ``first`` 0xA2: UNSUBSCRIBE, see ``encode_unsubscribe``."""
+    With ``b`` (first byte) 0xA2: UNSUBSCRIBE, see ``encode_unsubscribe``."""
     body = encode_packet_id(packet_id)
     if not topics:
         raise LocalProtocolError("needs at least one filter", "topics")  # §3.8.3, §3.10.3
     for it in topics:
-        if first == 0x82:
+        if b == 0x82:
             check_int(it[1], 0, 2, "qos")
             body += _field(it[0], "topic_filter", 2) + bytes((it[1],))
         else:
             body += _field(it, "topic_filter", 2)
-    return frame(first, body)
+    return frame(b, body)
 
 
-def encode_unsubscribe(packet_id, filters):
+def encode_unsubscribe(packet_id, topics):
     """UNSUBSCRIBE, §3.10: a non-empty list of filters. Fixed-header flags are 0b0010."""
-    return encode_subscribe(packet_id, filters, 0xA2)
+    return encode_subscribe(packet_id, topics, 0xA2)
 
 
 def encode_puback(packet_id):
@@ -272,42 +268,39 @@ def encode_puback(packet_id):
     return b"\x40\x02" + encode_packet_id(packet_id)
 
 
-def encode_pingreq():
-    return b"\xc0\x00"  # §3.12
-
-
-def encode_disconnect():
-    return b"\xe0\x00"  # §3.14
+# Packets without a variable part: constants, not functions (each def costs a node's heap).
+PINGREQ_BYTES = b"\xc0\x00"  # §3.12
+DISCONNECT_BYTES = b"\xe0\x00"  # §3.14
 
 
 # ---- broker -> client --------------------------------------------------------------------------------------
 
-def decode_packet(first, body):
-    """Decode one broker-to-client packet (or a PUBLISH/PUBACK either way) from its first byte and its body
-    (after the Remaining Length)."""
-    t = first >> 4
-    n = len(body)
+def decode_packet(b, data):
+    """Decode one broker-to-client packet (or a PUBLISH/PUBACK either way) from its first byte ``b`` and its
+    body ``data`` (after the Remaining Length)."""
+    t = b >> 4
+    n = len(data)
     if t == PUBLISH:  # §3.3
-        qos = first >> 1 & 3
+        qos = b >> 1 & 3
         if qos > 1:
             raise MQTTPacketError("%d, must be 0 or 1 (QoS 2 not implemented)" % qos, "qos")  # §3.3.1.2
-        if first & 8 and not qos:
+        if b & 8 and not qos:
             raise MQTTPacketError("1 at QoS 0, must be 0", "dup")  # §3.3.1.1
-        end = 2 + (body[0] << 8 | body[1]) if n > 1 else n + 3
+        end = 2 + (data[0] << 8 | data[1]) if n > 1 else n + 3
         if end + 2 * qos > n:
             raise MQTTPacketError("%d: topic (+ packet id) runs past it" % n, "remaining_length")
-        topic = check_topic(bytes(body[2:end]), "topic")
+        topic = check_topic(bytes(data[2:end]), "topic")
         pid = None
         if qos:
-            pid = read_packet_id(t, body, end)
+            pid = read_packet_id(t, data, end)
             end += 2
-        return Packet(t, topic=topic.decode(), payload=bytes(body[end:]), qos=qos, retain=bool(first & 1),
-                      dup=bool(first & 8), packet_id=pid)
+        return Packet(t, topic=topic.decode(), payload=bytes(data[end:]), qos=qos, retain=bool(b & 1),
+                      dup=bool(b & 8), packet_id=pid)
     if 5 <= t <= 7:
         raise MQTTPacketError("%s: QoS 2 not implemented" % packet_name(t), "packet_type")  # §3.8.4
     if t not in (CONNACK, PUBACK, SUBACK, UNSUBACK, PINGRESP):
         raise MQTTPacketError("%d (%s) not sent by a broker" % (t, packet_name(t)), "packet_type")  # §2.2.1
-    check_flags(first, 0)
+    check_flags(b, 0)
     want = 0 if t == PINGRESP else 3 if t == SUBACK else 2
     if n != want and not (t == SUBACK and n > want):
         raise MQTTPacketError("%s: %d, must be %s%d" % (packet_name(t), n, ">= " if t == SUBACK else "",
@@ -315,18 +308,18 @@ def decode_packet(first, body):
     if t == PINGRESP:
         return Packet(t)
     if t == CONNACK:
-        if body[0] & 0xFE:
-            raise MQTTPacketError("0x%02x, bits 7-1 must be 0" % body[0], "connack_flags")  # §3.2.2.1
-        rc = body[1]
+        if data[0] & 0xFE:
+            raise MQTTPacketError("0x%02x, bits 7-1 must be 0" % data[0], "connack_flags")  # §3.2.2.1
+        rc = data[1]
         if rc > 5:
             raise MQTTPacketError("%d, must be 0..5" % rc, "connack_return_code")  # §3.2.2.3
-        if body[0] and rc:
+        if data[0] and rc:
             raise MQTTPacketError("1 with return code %d, must be 0" % rc, "session_present")  # §3.2.2.2
-        return Packet(t, session_present=bool(body[0]), return_code=rc)
-    pid = read_packet_id(t, body, 0)
+        return Packet(t, session_present=bool(data[0]), return_code=rc)
+    pid = read_packet_id(t, data, 0)
     if t != SUBACK:
         return Packet(t, packet_id=pid)
-    codes = list(body[2:])
+    codes = list(data[2:])
     for c in codes:
         if c not in (0, 1, 2, 0x80):
             raise MQTTPacketError("0x%02x, must be 0, 1, 2 or 0x80" % c, "suback_return_code")  # §3.9.3

@@ -98,7 +98,7 @@ def test_last_will_published_when_socket_dies(mosquitto):
         try:
             await asyncio.wait_for(c.connected.wait(), 5)
             await obs.wait_for(lambda m: m.payload == b"online")
-            c._link.writer.transport.abort()  # no DISCONNECT: the broker must publish the will (§3.1.2.5)
+            c.writer.transport.abort()  # no DISCONNECT: the broker must publish the will (§3.1.2.5)
             m, _ = await obs.wait_for(lambda m: m.payload == b"offline")
             assert m.topic == STATE
             # ... and the client comes back by itself and says so again.

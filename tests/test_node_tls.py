@@ -112,7 +112,8 @@ async def test_node_online_over_tls_with_site_ca(site):
             c.loop_stop()
             c.disconnect()
         assert node.node.client.port == site.tls_port
-        assert node.node.client.ssl is not None and node.node.client.server_hostname == "127.0.0.1"
+        kw = node.node.client._kw  # what the client passes to open_connection
+        assert kw["ssl"] is not None and kw["server_hostname"] == "127.0.0.1"
     finally:
         await node.stop()
 

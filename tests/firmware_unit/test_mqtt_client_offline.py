@@ -213,7 +213,7 @@ def test_inbox_counts_drops():
         c.start()
         await asyncio.wait_for(c.connected.wait(), 3)
         pub = mp.encode_publish
-        c._link.reader.feed(pub("cmd/a", b"1", 1, False, False, 7) + pub("cmd/b", b"2")
+        c.reader.feed(pub("cmd/a", b"1", 1, False, False, 7) + pub("cmd/b", b"2")
                             + pub("cmd/c", b"3", 1, False, False, 8))
         await _until(lambda: c.dropped == 1)
         assert len(c.inbox) == 2
@@ -307,7 +307,7 @@ def test_incoming_qos1_acked_after_handler_in_order():
         c = _client(broker, on_message=handler)
         c.start()
         await asyncio.wait_for(c.connected.wait(), 3)
-        pipe = c._link.reader
+        pipe = c.reader
         pipe.feed(mp.encode_publish("cmd/a", b"1", 1, False, False, 7) + mp.encode_publish("cmd/b", b"2", 0)
                   + mp.encode_publish("cmd/c", b"3", 1, False, False, 8))
         await _until(lambda: len(broker.of_type(mp.PUBACK)) == 2)

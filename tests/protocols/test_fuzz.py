@@ -104,7 +104,7 @@ def test_mqtt_packets():
 def test_mqtt_client_packets_at_the_server():
     golden = [mqttpacket.encode_connect("n1", False, 60, "n1", b"pw", "s/n1", b"bye", 1, True),
               mqttpacket.encode_subscribe(1, [("cmd/#", 1), ("a/+", 0)]), mqttpacket.encode_unsubscribe(2, ["a/+"]),
-              mqttpacket.encode_publish("a/b", b"hi", qos=1, packet_id=10), mqttpacket.encode_pingreq()]
+              mqttpacket.encode_publish("a/b", b"hi", qos=1, packet_id=10), mqttpacket.PINGREQ_BYTES]
     only_raises(lambda d: _mqtt_stream(mqttserver.server_reader(), d), golden, MQTTPacketError, N, seed=7)
 
 

@@ -108,8 +108,8 @@ def test_subscribe_unsubscribe_golden():
 
 def test_small_packets_golden():
     assert mp.encode_puback(10) == b"\x40\x02\x00\x0a"
-    assert mp.encode_pingreq() == b"\xc0\x00"
-    assert mp.encode_disconnect() == b"\xe0\x00"
+    assert mp.PINGREQ_BYTES == b"\xc0\x00"
+    assert mp.DISCONNECT_BYTES == b"\xe0\x00"
     with raises(LocalProtocolError, match="packet_id"):
         mp.encode_puback(0)
 

@@ -76,8 +76,8 @@ def test_decode_connect_golden():
 def test_client_packets_piped_into_the_server():
     stream = (mp.encode_connect("n1", keepalive=30) + mp.encode_subscribe(1, [("cmd/#", 1), ("a/+", 0)])
               + mp.encode_publish("a/b", b"hi", 1, True, True, 10) + mp.encode_publish("a/b", "x")
-              + mp.encode_puback(3) + mp.encode_unsubscribe(2, ["cmd/#"]) + mp.encode_pingreq()
-              + mp.encode_disconnect())
+              + mp.encode_puback(3) + mp.encode_unsubscribe(2, ["cmd/#"]) + mp.PINGREQ_BYTES
+              + mp.DISCONNECT_BYTES)
     expected = [mp.Packet(ms.CONNECT, level=4, client_id="n1", clean_session=True, keepalive=30, will_topic=None,
                           will_payload=None, will_qos=0, will_retain=False, username=None, password=None),
                 mp.Packet(ms.SUBSCRIBE, packet_id=1, topics=[("cmd/#", 1), ("a/+", 0)]),

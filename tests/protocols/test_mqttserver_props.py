@@ -57,8 +57,8 @@ def test_connect_round_trip(cid, clean, keepalive, user, password, will_topic, w
                                  mp.Packet(ms.PUBLISH, topic=t, payload=p, qos=1, retain=False, dup=False,
                                            packet_id=pid)), topics, st.binary(max_size=300), pids),
     st.builds(lambda pid: (mp.encode_puback(pid), mp.Packet(ms.PUBACK, packet_id=pid)), pids),
-    st.just((mp.encode_pingreq(), mp.Packet(ms.PINGREQ))),
-    st.just((mp.encode_disconnect(), mp.Packet(ms.DISCONNECT))),
+    st.just((mp.PINGREQ_BYTES, mp.Packet(ms.PINGREQ))),
+    st.just((mp.DISCONNECT_BYTES, mp.Packet(ms.DISCONNECT))),
 ), min_size=1, max_size=6), st.integers(1, 50))
 def test_client_packets_decode_in_any_split(pairs, step):
     stream = b"".join(raw for raw, _ in pairs)
@@ -97,7 +97,7 @@ def test_arbitrary_bytes_raise_only_mqtt_errors(data, step):
     st.builds(lambda pid, items: mp.encode_subscribe(pid, items), pids,
               st.lists(st.tuples(filters, st.integers(0, 2)), min_size=1, max_size=3)),
     st.builds(lambda t, p, pid: mp.encode_publish(t, p, 1, True, False, pid), topics, st.binary(max_size=60), pids),
-    st.just(mp.encode_pingreq())), min_size=1, max_size=3),
+    st.just(mp.PINGREQ_BYTES)), min_size=1, max_size=3),
     st.lists(st.tuples(st.integers(0, 10 ** 6), st.integers(0, 255)), min_size=1, max_size=4),
     st.integers(1, 64))
 def test_mutated_packets_raise_only_mqtt_errors(packets, flips, step):

@@ -4,14 +4,15 @@ Theory of operation (the mqtt_as split, by composition rather than inheritance):
 
 - ``protocols.mqttpacket`` owns every byte (encoders, ``PacketReader``) and every argument check: the client
   validates a topic, QoS or will by encoding it, never twice. Only the packet id of a request is patched in.
-- ``_Link`` is ONE connection: the stream pair, the packet reader, a write lock, the keepalive clock and the
-  waiters for PUBACK/SUBACK/UNSUBACK keyed by packet id (ids are shared by all three, §2.3.1). A link is
-  created per connection and thrown away with it, so no half-read packet, stale waiter or timer survives a
-  reconnect. ``kill(reason)`` marks it dead, wakes every waiter with ``NotConnected`` and is the only way a
-  link ends.
-- ``MQTTClient`` is the policy: connect, resubscribe everything it remembers, publish the retained birth, set
-  ``connected``; on any failure (socket error, malformed packet, missing PUBACK/PINGRESP, refused CONNACK) log
-  through the hook, back off exponentially with jitter and connect again. It never dies on bad input.
+- ``MQTTClient`` holds ONE connection at a time: the stream pair, the packet reader, the keepalive clock and
+  the waiters for PUBACK/SUBACK/UNSUBACK keyed by packet id (ids are shared by all three, §2.3.1). Each
+  connection gets a fresh ``asyncio.Event`` as its token (``_dead``), set by ``_kill(token, reason)``, the only
+  way a connection ends: it wakes every waiter with ``NotConnected``. Whatever was started for a connection
+  holds its token, so no stale waiter, PUBACK or timer acts on the next one; its tasks are cancelled and its
+  waiter table replaced before a reconnect.
+- The policy: connect, resubscribe everything it remembers, publish the retained birth, set ``connected``; on
+  any failure (socket error, malformed packet, missing PUBACK/PINGRESP, refused CONNACK) log through the hook,
+  back off exponentially with jitter and connect again. It never dies on bad input.
 
 Tasks per link: a reader (decodes packets, resolves waiters, queues incoming messages) and a keepalive timer
 (sleeps until the next deadline; no polling). One client-wide delivery task runs the ``on_message`` handler in
@@ -28,9 +29,10 @@ dead and raises ``DeliveryFailed``; ``publish()`` while offline raises ``NotConn
 Logging policy (``on_log(level, text)``): "debug" normal flow, "info" reconnects/resends, "warning" a
 misbehaving broker or a refused CONNACK, "error" a bug in a handler. Passwords are never logged.
 
-Written for a node's heap (every class, method, identifier and string constant is resident): two classes,
+Written for a node's heap (every class, method, identifier and string constant is resident): one class,
 exceptions made with ``type()`` (cheaper than a class statement on MicroPython), waiters as small lists, one
-request routine for SUBSCRIBE, UNSUBSCRIBE and QoS 1 PUBLISH, short log texts.
+request routine for every PUBLISH, SUBSCRIBE and UNSUBSCRIBE, tunables kept as the constructor's arguments
+only where read after construction, short log texts.
 """
 
 import asyncio
@@ -50,15 +52,15 @@ DeliveryFailed = type("DeliveryFailed", (NotConnected,), {})
 SubscribeRefused = type("SubscribeRefused", (Exception,), {})
 
 
-def backoff_ms(attempt, min_ms=_D.MQTT_BACKOFF_MIN_MS, max_ms=_D.MQTT_BACKOFF_MAX_MS, rand=None):
-    """Delay before reconnect ``attempt`` (0-based): ``cap = min(max_ms, min_ms * 2**attempt)``, then
-    "equal jitter": half of ``cap`` fixed plus a random part of the other half, so it is never 0 and nodes
-    spread out. ``rand`` returns a float in [0, 1) (inject a fixed one in tests)."""
-    cap = min_ms
-    while attempt > 0 and cap < max_ms:  # no big shifts: stops at max_ms
+def backoff_ms(n, backoff_min_ms=_D.MQTT_BACKOFF_MIN_MS, backoff_max_ms=_D.MQTT_BACKOFF_MAX_MS, rand=None):
+    """Delay before reconnect attempt ``n`` (0-based): ``cap = min(backoff_max_ms, backoff_min_ms * 2**n)``,
+    then "equal jitter": half of ``cap`` fixed plus a random part of the other half, so it is never 0 and
+    nodes spread out. ``rand`` returns a float in [0, 1) (inject a fixed one in tests)."""
+    cap = backoff_min_ms
+    while n > 0 and cap < backoff_max_ms:  # no big shifts: stops at backoff_max_ms
         cap *= 2
-        attempt -= 1
-    cap = min(cap, max_ms)
+        n -= 1
+    cap = min(cap, backoff_max_ms)
     return cap // 2 + int((rand or random.random)() * (cap - cap // 2))
 
 
@@ -69,56 +71,6 @@ def _publish_packet(spec, field):
         raise LocalProtocolError("must be (topic, payload[, qos[, retain]]), got %r" % (spec,), field)
     t = tuple(spec) + (1, True)[len(spec) - 2:]
     return mp.encode_publish(t[0], t[1], t[2], t[3], False, t[2] or None), t[2], t
-
-
-class _Link:
-    """One connection to the broker. Created per connect, discarded on any failure."""
-
-    def __init__(self, reader, writer, client):
-        self.reader = reader
-        self.writer = writer
-        self.client = client
-        self.packets = mp.PacketReader(client.max_packet_size)
-        self.waiters = {}  # packet id -> [Event, the ack or a NotConnected, expected ack type]
-        self.dead = asyncio.Event()
-        self.reason = None
-        self.tasks = []
-        self.last_sent = ticks_ms()
-        self.ping_sent = None  # ticks of the outstanding PINGREQ, or None
-        self.up_since = None
-        self._wlock = asyncio.Lock()
-
-    def kill(self, reason):
-        if not self.dead.is_set():
-            self.reason = reason
-            self.dead.set()
-            for w in self.waiters.values():
-                w[1] = NotConnected("link lost: " + reason)
-                w[0].set()
-            self.waiters = {}
-
-    async def send(self, data):
-        ms = self.client.send_timeout_ms
-        try:
-            async with self._wlock:  # MicroPython's Stream loses bytes if two tasks drain at once
-                if not self.dead.is_set():
-                    self.writer.write(data)
-                    await asyncio.wait_for(self.writer.drain(), ms / 1000)
-                    self.last_sent = ticks_ms()
-                    return
-        except asyncio.TimeoutError:  # before OSError (CPython's is one); MicroPython's asyncio has its own
-            self.kill("send not drained in %d ms" % ms)
-        except OSError as e:
-            self.kill("send failed: %r" % (e,))
-        raise NotConnected("link lost: %s" % self.reason)
-
-    async def next_packet(self):
-        """The next decoded packet, or ``mp.CLOSED`` at end of stream. Raises MQTTPacketError, OSError."""
-        while True:
-            ev = self.packets.next_event()
-            if ev is not mp.NEED_DATA:
-                return ev
-            self.packets.receive_data(await self.reader.read(self.client.read_chunk))
 
 
 class MQTTClient:
@@ -142,7 +94,7 @@ class MQTTClient:
                  max_packet_size=_D.MQTT_MAX_PACKET_SIZE, read_chunk=_D.MQTT_READ_CHUNK):
         self.host = host
         self.port = port or (_D.MQTT_TLS_PORT if ssl else _D.MQTT_PORT)
-        self._rand = rand = rand or random.random
+        self.rand = rand = rand or random.random
         if client_id is None:
             client_id = "lookout-%08x" % int(rand() * 0xFFFFFFFF)
         self.client_id = client_id
@@ -155,15 +107,13 @@ class MQTTClient:
         w = w[2] if w else (None, b"", 0, False)
         self._connect_packet = mp.encode_connect(client_id, clean_session, keepalive_s, username, password,
                                                  w[0], w[1], w[2], w[3])
-        self.keepalive_ms = keepalive_s * 1000
-        if ping_timeout_ms is None:
-            ping_timeout_ms = min(_D.MQTT_PINGRESP_TIMEOUT_MS, self.keepalive_ms // 2 or 1)
-        self.ping_timeout_ms = ping_timeout_ms
-        self.ssl = ssl
-        self.server_hostname = server_hostname
+        self.keepalive_ms = keepalive_s = keepalive_s * 1000
+        self.ping_timeout_ms = ping_timeout_ms or min(_D.MQTT_PINGRESP_TIMEOUT_MS, keepalive_s // 2 or 1)
+        # open_connection's keyword arguments (the wasm port's asyncio has no open_connection: looked up late)
+        self._kw = {"ssl": ssl, "server_hostname": server_hostname} if ssl else {}
+        self._open = open_connection
         self.on_message = on_message
         self.on_log = on_log
-        self._open = open_connection
         self.puback_timeout_ms = puback_timeout_ms
         self.publish_retries = publish_retries
         self.connect_timeout_ms = connect_timeout_ms
@@ -173,16 +123,19 @@ class MQTTClient:
         self.max_packet_size = max_packet_size
         self.read_chunk = read_chunk
         self.inbox_size = inbox_size
-        self.inbox = []  # (message, link) received and not yet handled
+        self.inbox = []  # (message, token of its connection) received and not yet handled
         self.dropped = 0  # messages a full inbox dropped (not acknowledged: a persistent session redelivers)
         self._ready = asyncio.Event()  # set when the inbox holds something
         self.connected = asyncio.Event()  # set while a link is up, subscribed and the birth is out
         self.connects = 0  # successful connections so far (a reconnect counter for heartbeats)
         self.last_error = None  # why the last link ended, for the heartbeat / diagnostics
         self.subs = {}
-        self._link = None
-        self._task = None
-        self._deliver_task = None
+        # the current (or last) connection: its token, streams, packet reader, waiters, tasks, clocks
+        self._dead = self.reader = self.writer = self._packets = self._task = self._deliver_task = None
+        self._waiters = {}  # packet id -> [Event, the ack or a NotConnected, expected ack type]
+        self._tasks = []
+        self._last_sent = self._ping_sent = None  # ticks: last write; the outstanding PINGREQ (or None)
+        self._wlock = asyncio.Lock()  # MicroPython's Stream loses bytes if two tasks drain at once
         self._closing = False
         self._pid = 0
 
@@ -206,8 +159,8 @@ class MQTTClient:
         Raises ``NotConnected`` when offline or if the link drops first, ``DeliveryFailed`` when PUBACK never
         came; in both cases the broker may or may not have it, and the caller's outbox keeps it.
         """
-        pkt = mp.encode_publish(topic, payload, qos, retain, False, qos or None)  # validates
-        await self._send_publish(self._live_link(), pkt, qos)
+        await self._request(mp.encode_publish(topic, payload, qos, retain, False, qos or None),  # validates
+                            qos and mp.PUBACK)
 
     async def subscribe(self, topic_filter, qos=1):
         """Remember the subscription (re-sent on every connect) and send it now if online.
@@ -219,7 +172,7 @@ class MQTTClient:
         pkt = mp.encode_subscribe(1, [(topic_filter, qos)])  # validates
         self.subs[topic_filter] = qos
         try:
-            code = (await self._request(self._live_link(), mp.SUBACK, pkt)).return_codes[0]
+            code = (await self._request(pkt, mp.SUBACK)).return_codes[0]
         except NotConnected:
             return None
         if code == 0x80:
@@ -232,7 +185,7 @@ class MQTTClient:
         pkt = mp.encode_unsubscribe(1, [topic_filter])  # validates
         self.subs.pop(topic_filter, None)
         try:
-            await self._request(self._live_link(), mp.UNSUBACK, pkt)
+            await self._request(pkt, mp.UNSUBACK)
         except NotConnected:
             pass
 
@@ -247,16 +200,14 @@ class MQTTClient:
         """Clean shutdown: publish the will ourselves (a DISCONNECT discards it, §3.14.4, and the retained
         birth would otherwise claim we are online), send DISCONNECT, close the socket and stop all tasks."""
         self._closing = True
-        link = self._live_link()
-        if link:
-            try:
-                if publish_will and self.will:
-                    await self._send_publish(link, self.will[0], self.will[1])
-                await link.send(mp.encode_disconnect())
-            except NotConnected:
-                pass
-        if self._link:  # also a link still in its handshake
-            self._link.kill("disconnect() called")
+        try:
+            if publish_will and self.will:
+                await self._request(self.will[0], self.will[1] and mp.PUBACK)
+            await self._request(mp.DISCONNECT_BYTES)
+        except NotConnected:  # offline: nothing to say
+            pass
+        if self._dead:  # also a connection still in its handshake
+            self._kill(self._dead, "disconnect() called")
         for t in (self._task, self._deliver_task):
             if t:
                 t.cancel()
@@ -265,9 +216,7 @@ class MQTTClient:
                 except asyncio.CancelledError:
                     pass
         self._task = self._deliver_task = None
-        if self._link:
-            await self._close_link(self._link)
-            self._link = None
+        await self._close()
         self.connected.clear()
 
     # ---- connection policy ---------------------------------------------------------------------------------
@@ -279,39 +228,31 @@ class MQTTClient:
             except Exception:  # a broken log hook must not take the link down
                 pass
 
-    def _live_link(self):
-        link = self._link
-        if link and self.connected.is_set() and not link.dead.is_set():
-            return link
-        return None
-
-    def _check_closing(self):
-        # Re-checked after each step: on CPython 3.11 a wait_for that completes just as the task is cancelled
-        # swallows the cancellation, so disconnect() cannot rely on cancel() alone.
-        if self._closing:
-            raise NotConnected("disconnect() called")
-
     async def _run(self):
         attempt = 0
         where = "%s:%d as %s" % (self.host, self.port, self.client_id)
         while not self._closing:
-            link = None
+            link = up = None
             level = "info"
             try:
-                kw = {}
-                if self.ssl:
-                    kw["ssl"] = self.ssl
-                    if self.server_hostname:
-                        kw["server_hostname"] = self.server_hostname
                 self._log("debug", "connecting to %s", where)
                 timeout = self.connect_timeout_ms / 1000
-                op = self._open or asyncio.open_connection  # looked up late: the wasm port has none
-                r, w = await asyncio.wait_for(op(self.host, self.port, **kw), timeout)
-                link = self._link = _Link(r, w, self)
-                self._check_closing()
+                r, w = await asyncio.wait_for((self._open or asyncio.open_connection)(self.host, self.port,
+                                                                                     **self._kw), timeout)
+                self.reader = r
+                self.writer = w
+                self._packets = mp.PacketReader(self.max_packet_size)
+                self._last_sent = ticks_ms()
+                self._ping_sent = None
+                self._dead = link = asyncio.Event()
+                # Checked once the socket is open: on CPython 3.11 a wait_for that completes just as the task
+                # is cancelled swallows the cancellation, so disconnect() cannot rely on cancel() alone (later
+                # steps fail on their own: disconnect() kills the connection's token).
+                if self._closing:
+                    raise NotConnected("disconnect() called")
                 # CONNECT, then the first packet from the broker MUST be CONNACK (§3.2)
-                await link.send(self._connect_packet)
-                ev = await asyncio.wait_for(link.next_packet(), timeout)
+                await self._send(self._connect_packet, link)
+                ev = await asyncio.wait_for(self._next(), timeout)
                 if ev is mp.CLOSED:
                     raise NotConnected("closed before CONNACK")
                 if ev.type != mp.CONNACK:
@@ -322,12 +263,11 @@ class MQTTClient:
                     level = "warning"
                     why = "refused: %d (%s)" % (rc, mp.CONNACK_NAMES[rc])
                 else:
-                    self._check_closing()
                     await self._link_up(link)
+                    up = ticks_ms()
                     self._log("info", "connected to %s", where)
-                    self._check_closing()
-                    await link.dead.wait()
-                    why = link.reason
+                    await link.wait()
+                    why = self.last_error
             except MQTTPacketError as e:
                 level = "warning"
                 why = "malformed packet: %s" % e
@@ -337,55 +277,63 @@ class MQTTClient:
                     level = "error"  # a bug must not kill the node's only uplink
             finally:
                 self.connected.clear()
+                if up is not None and ticks_diff(ticks_ms(), up) >= self.backoff_max_ms:
+                    attempt = 0  # stable for a while: start the backoff from the bottom again
                 if link:
-                    up = link.up_since
-                    if up is not None and ticks_diff(ticks_ms(), up) >= self.backoff_max_ms:
-                        attempt = 0  # stable for a while: start the backoff from the bottom again
-                    await self._close_link(link)
-                    if self._link is link:
-                        self._link = None
+                    await self._close()
             self.last_error = why
             if self._closing:
                 break
-            delay = backoff_ms(attempt, self.backoff_min_ms, self.backoff_max_ms, self._rand)
+            delay = backoff_ms(attempt, self.backoff_min_ms, self.backoff_max_ms, self.rand)
             attempt += 1
             self._log(level, "link to %s down: %s; reconnecting in %d ms (attempt %d)", where, why, delay,
                       attempt)
             await asyncio.sleep(delay / 1000)
 
     async def _link_up(self, link):
-        """Start the link's tasks, resubscribe, publish the birth, then announce ``connected``.
+        """Start the connection's tasks, resubscribe, publish the birth, then announce ``connected``.
 
         Subscriptions go first so that whoever reacts to our birth (the gateway sending a command) finds us
         already subscribed. Every remembered filter not yet in ``sent`` goes out in one SUBSCRIBE per round
         until none is left (subscribe() calls made while we wait, e.g. during the birth, join the next round).
         """
-        link.tasks.append(asyncio.create_task(self._read_loop(link)))
+        self._tasks.append(asyncio.create_task(self._read_loop(link)))
         if self.keepalive_ms:
-            link.tasks.append(asyncio.create_task(self._keepalive_loop(link)))
+            self._tasks.append(asyncio.create_task(self._keepalive_loop(link)))
         sent = {}
         birth = self.birth
         while True:
             items = [(f, q) for f, q in self.subs.items() if sent.get(f) != q]
             if items:
-                codes = (await self._request(link, mp.SUBACK, mp.encode_subscribe(1, items))).return_codes
+                codes = (await self._request(mp.encode_subscribe(1, items), mp.SUBACK, link)).return_codes
                 for i, (flt, qos) in enumerate(items):
                     sent[flt] = qos
                     if codes[i:i + 1] == [0x80]:
                         self._log("warning", "SUBACK 0x80 for %r", flt)
             elif birth:
-                await self._send_publish(link, birth[0], birth[1])
+                await self._request(birth[0], birth[1] and mp.PUBACK, link)
                 birth = None
             else:
                 break
-        link.up_since = ticks_ms()
         self.connects += 1
         self.connected.set()
 
-    async def _close_link(self, link):
-        link.kill(link.reason or "closed")
-        tasks = link.tasks
-        link.tasks = []
+    def _kill(self, link, why):
+        """End the connection whose token is ``link`` (a no-op if it already ended): wake its waiters."""
+        if not link.is_set():
+            self.last_error = why
+            link.set()
+            for w in self._waiters.values():
+                w[1] = NotConnected("link lost: " + why)
+                w[0].set()
+            self._waiters = {}
+
+    async def _close(self):
+        """Kill the current connection, stop its tasks and close its socket (idempotent)."""
+        if self._dead:
+            self._kill(self._dead, "closed")
+        tasks = self._tasks
+        self._tasks = []
         for t in tasks:
             t.cancel()
         for t in tasks:
@@ -395,19 +343,47 @@ class MQTTClient:
                 pass
             except Exception as e:
                 self._log("error", "link task: %r", e)
-        try:
-            link.writer.close()
-            await asyncio.wait_for(link.writer.wait_closed(), 1)  # MicroPython closes the socket here
-        except Exception as e:  # the socket is already broken: nothing more to do
-            self._log("debug", "close: %r", e)
+        w = self.writer
+        if w:
+            try:
+                w.close()
+                await asyncio.wait_for(w.wait_closed(), 1)  # MicroPython closes the socket here
+            except Exception as e:  # the socket is already broken: nothing more to do
+                self._log("debug", "close: %r", e)
+            self.writer = None
 
-    # ---- per-link tasks ------------------------------------------------------------------------------------
+    async def _send(self, data, link):
+        """Write ``data`` on the connection whose token is ``link`` (False: offline); ``NotConnected`` if it is
+        not the live one or the write fails (which kills it)."""
+        ms = self.send_timeout_ms
+        try:
+            async with self._wlock:
+                if link is self._dead and not link.is_set():
+                    self.writer.write(data)
+                    await asyncio.wait_for(self.writer.drain(), ms / 1000)
+                    self._last_sent = ticks_ms()
+                    return
+        except asyncio.TimeoutError:  # before OSError (CPython's is one); MicroPython's asyncio has its own
+            self._kill(link, "send not drained in %d ms" % ms)
+        except OSError as e:
+            self._kill(link, "send failed: %r" % (e,))
+        raise NotConnected("not connected; last error: %s" % self.last_error)
+
+    async def _next(self):
+        """The next decoded packet, or ``mp.CLOSED`` at end of stream. Raises MQTTPacketError, OSError."""
+        while True:
+            ev = self._packets.next_event()
+            if ev is not mp.NEED_DATA:
+                return ev
+            self._packets.receive_data(await self.reader.read(self.read_chunk))
+
+    # ---- per-connection tasks ------------------------------------------------------------------------------
 
     async def _read_loop(self, link):
         why = "broker closed the connection"
         try:
-            while not link.dead.is_set():
-                ev = await link.next_packet()
+            while not link.is_set():
+                ev = await self._next()
                 if ev is mp.CLOSED:
                     break
                 t = ev.type
@@ -421,17 +397,17 @@ class MQTTClient:
                     self.inbox.append((ev, link))
                     self._ready.set()
                     if not self.on_message and ev.qos:
-                        await link.send(mp.encode_puback(ev.packet_id))  # queued = accepted
+                        await self._send(mp.encode_puback(ev.packet_id), link)  # queued = accepted
                 elif t == mp.PINGRESP:
-                    link.ping_sent = None
+                    self._ping_sent = None
                 elif t == mp.CONNACK:
                     raise MQTTPacketError("second CONNACK (§3.2)", "packet_type")
                 else:  # PUBACK, SUBACK, UNSUBACK
-                    w = link.waiters.get(ev.packet_id)
+                    w = self._waiters.get(ev.packet_id)
                     if not w or w[2] != t:  # e.g. the PUBACK of a first send after its DUP resend
                         self._log("debug", "unexpected %r", ev)
                     else:
-                        del link.waiters[ev.packet_id]
+                        del self._waiters[ev.packet_id]
                         w[1] = ev
                         w[0].set()
         except MQTTPacketError as e:
@@ -444,10 +420,11 @@ class MQTTClient:
         except Exception as e:
             why = "reader failed: %r" % (e,)
             self._log("error", "%s", why)
-        link.kill(why)  # a no-op if the link died first
+        self._kill(link, why)  # a no-op if the link died first
 
     async def _deliver_loop(self):
-        """Runs ``on_message`` for each message in arrival order, then sends its PUBACK (§4.6 order)."""
+        """Runs ``on_message`` for each message in arrival order, then sends its PUBACK (§4.6 order) on the
+        connection it came from (if that one is gone, the broker redelivers it)."""
         while True:
             while not self.inbox:
                 self._ready.clear()
@@ -461,7 +438,7 @@ class MQTTClient:
                 self._log("error", "handler raised %r on %s", e, msg.topic)
             if msg.qos:
                 try:
-                    await link.send(mp.encode_puback(msg.packet_id))
+                    await self._send(mp.encode_puback(msg.packet_id), link)
                 except NotConnected:
                     pass
 
@@ -473,17 +450,17 @@ class MQTTClient:
         interval = max(1, self.keepalive_ms // _D.MQTT_PING_IDLE_FRACTION)
         limit = self.ping_timeout_ms
         try:
-            while not link.dead.is_set():
+            while not link.is_set():
                 now = ticks_ms()
-                if link.ping_sent is not None:
-                    delay = limit - ticks_diff(now, link.ping_sent)
+                if self._ping_sent is not None:
+                    delay = limit - ticks_diff(now, self._ping_sent)
                     if delay <= 0:
-                        link.kill("no PINGRESP in %d ms" % limit)
+                        self._kill(link, "no PINGRESP in %d ms" % limit)
                 else:
-                    delay = interval - ticks_diff(now, link.last_sent)
+                    delay = interval - ticks_diff(now, self._last_sent)
                     if delay <= 0:
-                        link.ping_sent = now
-                        await link.send(mp.encode_pingreq())
+                        self._ping_sent = now
+                        await self._send(mp.PINGREQ_BYTES, link)
                         self._log("debug", "PINGREQ")
                         continue
                 await asyncio.sleep(delay / 1000)
@@ -492,45 +469,42 @@ class MQTTClient:
 
     # ---- request/response ----------------------------------------------------------------------------------
 
-    async def _send_publish(self, link, pkt, qos):
-        if qos:
-            await self._request(link, mp.PUBACK, pkt)
-        elif link:
-            await link.send(pkt)
-        else:
-            raise NotConnected("not connected")
-
-    async def _request(self, link, ack, pkt):
-        """Send a SUBSCRIBE (``ack`` SUBACK), UNSUBSCRIBE (UNSUBACK) or QoS 1 PUBLISH (PUBACK) encoded with
-        packet id 1, under a free packet id, and return the ack. A PUBLISH is resent with DUP=1 (same packet
-        id and content, §3.3.1.1) up to ``publish_retries`` times; a missing ack means a dead link."""
-        if not link:
-            raise NotConnected("not connected")
+    async def _request(self, data, t=0, link=None):
+        """Send the packet ``data`` on the connection whose token is ``link`` (default: the live one, if any). ``t`` 0:
+        just write it (QoS 0 PUBLISH, DISCONNECT). Otherwise ``data`` is a SUBSCRIBE (``t`` SUBACK),
+        UNSUBSCRIBE (UNSUBACK) or QoS 1 PUBLISH (PUBACK) encoded with packet id 1: it goes out under a free
+        packet id and the ack is returned. A PUBLISH is resent with DUP=1 (same packet id and content,
+        §3.3.1.1) up to ``publish_retries`` times; a missing ack means a dead link."""
+        if link is None:
+            link = self.connected.is_set() and self._dead
+        if not t:
+            return await self._send(data, link)
+        ws = self._waiters  # this connection's: _kill() replaces it
         pid = self._pid
         for _ in range(65535):
             pid = pid % 65535 + 1
-            if pid not in link.waiters:
+            if pid not in ws:
                 break
         else:
             raise NotConnected("all packet ids in flight")
         self._pid = pid
-        pkt = bytearray(pkt)
+        data = bytearray(data)
         i = 2  # the packet id follows the Remaining Length (§2.2.3), in a PUBLISH also the topic (§3.3.2)
-        while pkt[i - 1] & 0x80:
+        while data[i - 1] & 0x80:
             i += 1
-        if ack == mp.PUBACK:
-            i += 2 + (pkt[i] << 8 | pkt[i + 1])
-        pkt[i] = pid >> 8
-        pkt[i + 1] = pid & 255
-        sends = 1 + (self.publish_retries if ack == mp.PUBACK else 0)
-        w = link.waiters[pid] = [asyncio.Event(), None, ack]
+        if t == mp.PUBACK:
+            i += 2 + (data[i] << 8 | data[i + 1])
+        data[i] = pid >> 8
+        data[i + 1] = pid & 255
+        sends = 1 + (self.publish_retries if t == mp.PUBACK else 0)
+        w = ws[pid] = [asyncio.Event(), None, t]
         try:
             for n in range(sends):
                 if n:
-                    pkt = bytearray(pkt)  # a transport may still hold the first one
-                    pkt[0] |= 8
+                    data = bytearray(data)  # a transport may still hold the first one
+                    data[0] |= 8
                     self._log("info", "no PUBACK for %d: resend %d/%d with DUP", pid, n, sends - 1)
-                await link.send(pkt)
+                await self._send(data, link)
                 try:
                     await asyncio.wait_for(w[0].wait(), self.puback_timeout_ms / 1000)
                 except asyncio.TimeoutError:
@@ -539,7 +513,7 @@ class MQTTClient:
                     raise w[1]
                 return w[1]
         finally:
-            link.waiters.pop(pid, None)
-        why = "no %s for %d after %d sends" % (mp.packet_name(ack), pid, sends)
-        link.kill(why)
-        raise (DeliveryFailed if ack == mp.PUBACK else NotConnected)(why)
+            ws.pop(pid, None)
+        why = "no %s for %d after %d sends" % (mp.packet_name(t), pid, sends)
+        self._kill(link, why)
+        raise (DeliveryFailed if t == mp.PUBACK else NotConnected)(why)
