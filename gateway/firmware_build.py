@@ -106,10 +106,15 @@ def check_role(role: str) -> None:
 
 
 def _imports(path: Path) -> set[str]:
-    """Modules of ours that ``path`` imports anywhere (top level or deferred inside a function)."""
+    """Modules of ours that ``path`` imports anywhere (top level or deferred inside a function), including
+    ``load("name")`` calls: the firmware's helper (lookout_node/commands.py) for modules loaded on first use."""
     out: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "load"
+                and len(node.args) == 1 and isinstance(node.args[0], ast.Constant)
+                and isinstance(node.args[0].value, str)):
+            out.add("lookout_node." + node.args[0].value)
+        elif isinstance(node, ast.Import):
             out.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             out.add(node.module)

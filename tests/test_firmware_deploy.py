@@ -167,6 +167,19 @@ def test_package_json_valid_and_in_sync(app):
     assert pkg == fb.package_json(app)
 
 
+def test_modules_loaded_by_name_count_as_imports(tmp_path):
+    """`load("x")` (lookout_node/commands.py) imports lookout_node.x on first use: the board must get it too."""
+    src = tmp_path / "m.py"
+    src.write_text("from lookout_node.commands import load\n"
+                   "def f(p):\n    return load('speaker_fetch').register(p)\n"
+                   "def g(name):\n    return load(name)\n")  # a computed name cannot be followed
+    got = {m for m in fb._imports(src) if fb.module_source(m) is not None}  # drop "commands.load" (a name)
+    assert got == {"lookout_node.commands", "lookout_node.speaker_fetch"}
+    speaker = {fb.device_path(p) for p in fb.role_sources("speaker")}
+    assert {"lib/lookout_node/speaker_fetch.mpy", "lib/lookout_node/speaker_sched.mpy",
+            "lib/lookout_node/node_admin.mpy"} <= speaker
+
+
 class FakeBoard:
     """The transport surface mpremote's mip uses, over a dict."""
 

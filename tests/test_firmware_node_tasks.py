@@ -162,7 +162,7 @@ async def test_outage_overflowing_the_outbox_drops_oldest_and_counts(tmp_path, m
     for _ in range(made):
         n.trigger_pir()
         await asyncio.sleep(0)
-    await until(lambda: n.node.evt_seq == made, what="events generated")
+    await until(lambda: n.node.seq["evt"] == made, what="events generated")
     ob = n.node.outbox
     kept, dropped = len(ob), ob.dropped
     assert dropped > 0 and kept + dropped == made and kept <= 64

@@ -29,8 +29,7 @@ import json
 from protocols import messages, signing
 from protocols.errors import AuthError, MessageError
 
-CACHE_SIZE = 24  # recent command ids remembered (persisted): covers any plausible redelivery window
-STATE_FILE = "cmdstate.json"
+# The last 24 command ids are remembered (persisted in cmdstate.json): covers any plausible redelivery window.
 
 
 class Rejected(Exception):
@@ -57,6 +56,11 @@ def safe_id(s):
     return True
 
 
+def load(name):
+    """Import ``lookout_node.<name>`` (a module loaded on first use) and return it."""
+    return getattr(__import__("lookout_node." + name), name)
+
+
 def trim(s, n=200):
     """At most ``n`` printable characters: what goes into a result's ``detail`` or the heartbeat's ``err``."""
     return "".join(c if " " <= c != "\x7f" else " " for c in str(s)[:n]) or "?"
@@ -77,12 +81,12 @@ class CommandProcessor:
         self.seq = 0
         self.dropped = 0  # payloads with no readable id
         self.running = {}  # id -> task
-        raw = fs.read(STATE_FILE)
+        raw = fs.read("cmdstate.json")
         if raw:
             try:
                 d = json.loads(raw)
                 self.last_ctr = int(d.get("ctr", 0))
-                self.recent = [list(e) for e in d.get("recent", [])][-CACHE_SIZE:]
+                self.recent = [list(e) for e in d.get("recent", [])][-24:]
             except (ValueError, TypeError, AttributeError):
                 pass  # corrupt: keep 0 -> the gateway's counter is far above; only replays of old ids pass MAC
 
@@ -119,8 +123,8 @@ class CommandProcessor:
 
     def _answer(self, cid, ctr, *res):
         """Remember (on flash) and send ``res`` = (status[, code, detail, data]) for command ``cid``."""
-        self.recent = [e for e in self.recent if e[0] != cid][1 - CACHE_SIZE:] + [[cid, ctr] + list(res)]
-        self.fs.write(STATE_FILE, json.dumps({"ctr": self.last_ctr, "recent": self.recent}).encode())
+        self.recent = [e for e in self.recent if e[0] != cid][-23:] + [[cid, ctr] + list(res)]
+        self.fs.write("cmdstate.json", json.dumps({"ctr": self.last_ctr, "recent": self.recent}).encode())
         self._result(cid, *res)
 
     def _why(self, e, name):

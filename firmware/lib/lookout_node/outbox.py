@@ -13,12 +13,11 @@ import json
 
 from lookout_node.hal import asyncio
 
-MAX_ITEMS = 64  # design choice: a few hours of events at a busy ferry landing after rate limiting
-MAX_BYTES = 24576  # design choice: ~24 KB of flash-backed JSON, loaded into RAM at boot
-
 
 class Outbox:
-    def __init__(self, fs=None, name="outbox.json", max_items=MAX_ITEMS, max_bytes=MAX_BYTES):
+    # bounds, design choices: 64 items = a few hours of events at a busy ferry landing after rate limiting;
+    # 24 KB of flash-backed JSON, loaded into RAM at boot
+    def __init__(self, fs=None, name="outbox.json", max_items=64, max_bytes=24576):
         if max_items < 1 or max_bytes < 64:
             raise ValueError("outbox bounds too small")
         self.fs = fs

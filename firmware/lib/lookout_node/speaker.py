@@ -23,12 +23,11 @@ Theory of operation:
 import json
 import struct
 
-from lookout_node.commands import Failed, Rejected, safe_id
+from lookout_node.commands import Failed, Rejected, load, safe_id
 from lookout_node.hal import asyncio, sleep_ms, ticks_diff, ticks_ms
 
 CHUNK_MS = 60  # audio per write: bounds stop latency (requirement: 200 ms)
 MAX_REPEAT = 100
-SCHED_TICK_MS = 1000  # how often the scheduler looks for due broadcasts
 SCHEDULES = "schedules.json"
 
 
@@ -85,14 +84,13 @@ class Broadcast:
         self.repeat = repeat
         self.volume = volume
         self.prio = prio
-        self.progress = progress
+        self.progress = progress  # called once, when the first chunk went to the DAC
         self.sid = sid  # schedule id when started by the scheduler
         self.rep = 0  # completed repetitions
         self.played_ms = 0
         self.preempted = 0
-        self.started = False
         self.cut = None  # None, "stopped" or "preempted": polled by the player between chunks
-        self.state = "queued"  # -> playing -> done | stopped | preempted | no_audio
+        self.state = None  # queued; -> playing -> done | stopped | preempted | no_audio
         self.ended = asyncio.Event()
 
 
@@ -111,7 +109,7 @@ class Speaker:
         self.current = None
         self.paused = []
         self.downloads = {}  # tid -> [receiver, Event, ticks of last chunk, error] (speaker_fetch)
-        self.sched_tick_ms = SCHED_TICK_MS
+        self.sched_tick_ms = 1000  # how often the scheduler looks for due broadcasts
         self._wake = asyncio.Event()
         self._buf = None
         fs.makedirs("clips")
@@ -126,18 +124,8 @@ class Speaker:
         proc.register("play", self.play, self.check_play, True)
         proc.register("stop", self.stop)
         proc.register("set_volume", self.set_volume, self.check_volume)
-        proc.lazy(("schedule", "cancel", "cancel_schedule"), self._sched)
-        proc.lazy(("fetch_clip",), self._fetch)
-
-    def _sched(self, proc):
-        from lookout_node import speaker_sched
-
-        speaker_sched.register(self, proc)
-
-    def _fetch(self, proc):
-        from lookout_node import speaker_fetch
-
-        speaker_fetch.register(self, proc)
+        proc.lazy(("schedule", "cancel", "cancel_schedule"), lambda p: load("speaker_sched").register(self, p))
+        proc.lazy(("fetch_clip",), lambda p: load("speaker_fetch").register(self, p))
 
     def has_clip(self, clip):
         return is_safe_clip_id(clip) and self.fs.exists("clips/" + clip)
@@ -298,10 +286,9 @@ class Speaker:
                         left -= k
                         await audio.write(mv[:k])
                         b.played_ms += k * 1000 // bps
-                        if not b.started:
-                            b.started = True
-                            if b.progress is not None:
-                                b.progress({"phase": "playing", "clip": b.clip})
+                        if b.progress is not None:
+                            b.progress({"phase": "playing", "clip": b.clip})
+                            b.progress = None
                     b.rep += 1
             finally:
                 if b.cut is None:

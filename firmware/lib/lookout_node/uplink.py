@@ -1,6 +1,7 @@
 """Choose the node's uplink from its config: the MQTT session (default) or the CoAP link (battery nodes).
 
-Theory of operation: node.py builds its uplink with exactly the keyword arguments of ``MQTTClient``;
+Theory of operation: node.py imports this module only for ``"transport": "coap"`` (an MQTT node builds its
+``MQTTClient`` directly), passing exactly the keyword arguments of ``MQTTClient``;
 ``make_uplink(config, **those)`` returns an ``MQTTClient`` for ``"transport": "mqtt"`` and a ``CoAPLink`` for
 ``"transport": "coap"``, handing the CoAP link the arguments that mean something to it (birth, will, on_log,
 rand, backoff) and dropping the MQTT-only ones (client id, credentials, TLS, keepalive, on_message...). Both
