@@ -1,5 +1,6 @@
 """MQTT 3.1.1 codec: golden vectors from the spec's byte layouts; runs under CPython and MicroPython."""
 
+from mqtttest import drain
 from ptest import raises
 
 from protocols import mqttpacket as mp
@@ -24,15 +25,6 @@ CONNECT_GOLDEN = (
 def pub(topic, payload, qos=0, retain=False, dup=False, packet_id=None):
     return mp.Packet(mp.PUBLISH, topic=topic, payload=payload, qos=qos, retain=retain, dup=dup,
                      packet_id=packet_id)
-
-
-def _events(reader):
-    out = []
-    while True:
-        ev = reader.next_event()
-        if ev is mp.NEED_DATA or ev is mp.CLOSED:
-            return out
-        out.append(ev)
 
 
 def test_connect_golden_with_will_and_credentials():
@@ -167,7 +159,7 @@ def test_decode_connack_errors():
 def test_decode_suback_puback_unsuback_pingresp():
     r = mp.PacketReader()
     r.receive_data(b"\x90\x05\x00\x01\x01\x80\x00" + b"\x40\x02\x00\x0a" + b"\xb0\x02\x00\x07" + b"\xd0\x00")
-    assert _events(r) == [mp.Packet(mp.SUBACK, packet_id=1, return_codes=[1, 0x80, 0]),
+    assert drain(r) == [mp.Packet(mp.SUBACK, packet_id=1, return_codes=[1, 0x80, 0]),
                           mp.Packet(mp.PUBACK, packet_id=10), mp.Packet(mp.UNSUBACK, packet_id=7),
                           mp.Packet(mp.PINGRESP)]
     assert mp.Packet(mp.PUBACK, packet_id=10) != mp.Packet(mp.UNSUBACK, packet_id=10)
@@ -193,7 +185,7 @@ def test_decode_publish():
     r = mp.PacketReader()
     r.receive_data(b"\x30\x07\x00\x03a/bhi" + b"\x3b\x09\x00\x03a/b\x00\x0ahi" + b"\x30\x05\x00\x03a/b"
                    + b"\x31\x0a\x00\x08\xe6\xb0\xb4\xe5\xba\x93/x")
-    assert _events(r) == [pub("a/b", b"hi", 0, False, False, None),
+    assert drain(r) == [pub("a/b", b"hi", 0, False, False, None),
                           pub("a/b", b"hi", 1, True, True, 10),
                           pub("a/b", b"", 0, False, False, None),
                           pub("\u6c34\u5e93/x", b"", 0, True, False, None)]
@@ -228,16 +220,16 @@ def test_reader_whole_bytewise_and_trailing():
                 mp.Packet(mp.PINGRESP), mp.Packet(mp.PUBACK, packet_id=9)]
     whole = mp.PacketReader()
     whole.receive_data(stream)
-    assert _events(whole) == expected
+    assert drain(whole) == expected
     bytewise = mp.PacketReader()
     got = []
     for i in range(len(stream)):
         bytewise.receive_data(stream[i:i + 1])
-        got += _events(bytewise)
+        got += drain(bytewise)
     assert got == expected
     trailing = mp.PacketReader()
     trailing.receive_data(stream + b"\x30\x10\x00")  # the start of a packet that has not arrived yet
-    assert _events(trailing) == expected
+    assert drain(trailing) == expected
     assert trailing.next_event() is mp.NEED_DATA
 
 

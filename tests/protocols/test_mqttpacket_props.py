@@ -4,25 +4,16 @@ The broker-to-client packets are made with protocols/mqttserver.py's encoders.""
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from mqtttest import drain, feed_all
 
 from protocols import mqttpacket as mp
 from protocols import mqttserver as ms
-from protocols.errors import MQTTPacketError
 
 # Topic names: printable text without wildcards or U+0000 (surrogates cannot be UTF-8 encoded anyway).
 topic_level = st.text(st.characters(blacklist_characters="+#/\x00", blacklist_categories=("Cs",)), max_size=8)
 topics = st.lists(topic_level, min_size=1, max_size=5).map("/".join).filter(
     lambda t: 0 < len(t.encode()) <= 200)
 payloads = st.binary(max_size=600)
-
-
-def drain(reader):
-    out = []
-    while True:
-        ev = reader.next_event()
-        if ev is mp.NEED_DATA or ev is mp.CLOSED:
-            return out
-        out.append(ev)
 
 
 @settings(max_examples=300)
@@ -70,22 +61,10 @@ def test_any_split_gives_the_same_events(packets, step):
     assert got == expected
 
 
-def _feed_all(data, step):
-    r = mp.PacketReader(max_packet_size=1024)
-    try:
-        for i in range(0, len(data), step):
-            r.receive_data(data[i:i + step])
-            drain(r)
-        r.receive_data(b"")
-        drain(r)
-    except MQTTPacketError:
-        pass
-
-
 @settings(max_examples=300)
 @given(st.binary(max_size=400), st.integers(1, 64))
 def test_arbitrary_bytes_raise_only_mqtt_errors(data, step):
-    _feed_all(data, step)
+    feed_all(mp.PacketReader(max_packet_size=1024), data, step)
 
 
 @settings(max_examples=300)
@@ -100,4 +79,4 @@ def test_mutated_packets_raise_only_mqtt_errors(packets, flips, step):
     data = bytearray(b"".join(packets))
     for pos, val in flips:
         data[pos % len(data)] = val
-    _feed_all(bytes(data), step)
+    feed_all(mp.PacketReader(max_packet_size=1024), bytes(data), step)

@@ -1,6 +1,7 @@
 """MQTT 3.1.1 broker side (protocols/mqttserver.py): golden vectors, client packets decoded, the client codec
 piped into the server codec and back; runs under CPython and MicroPython."""
 
+from mqtttest import drain
 from ptest import raises
 
 from protocols import mqttpacket as mp
@@ -10,15 +11,6 @@ from protocols.errors import LocalProtocolError, MQTTPacketError
 # docs/PROTOCOL.md §15 worked example (the same bytes as test_mqttpacket's CONNECT_GOLDEN)
 CONNECT_GOLDEN = (b"\x10\x47\x00\x04MQTT\x04\xee\x00\x3c\x00\x06node-1\x00\x1alookout/v1/s1/node-1/state"
                   b"\x00\x07offline\x00\x06node-1\x00\x06secret")
-
-
-def _events(reader):
-    out = []
-    while True:
-        ev = reader.next_event()
-        if ev is mp.NEED_DATA or ev is mp.CLOSED:
-            return out
-        out.append(ev)
 
 
 def _decode_one(raw):
@@ -55,7 +47,7 @@ def test_server_encoders_read_by_the_client():
     r = mp.PacketReader()
     r.receive_data(ms.encode_connack(0, True) + ms.encode_suback(258, [0, 1, 2, 0x80]) + ms.encode_unsuback(7)
                    + ms.encode_pingresp() + ms.encode_connack(4))
-    assert _events(r) == [mp.Packet(mp.CONNACK, session_present=True, return_code=0),
+    assert drain(r) == [mp.Packet(mp.CONNACK, session_present=True, return_code=0),
                           mp.Packet(mp.SUBACK, packet_id=258, return_codes=[0, 1, 2, 0x80]),
                           mp.Packet(mp.UNSUBACK, packet_id=7), mp.Packet(mp.PINGRESP),
                           mp.Packet(mp.CONNACK, session_present=False, return_code=4)]
@@ -87,16 +79,16 @@ def test_client_packets_piped_into_the_server():
                 mp.Packet(ms.PINGREQ), mp.Packet(ms.DISCONNECT)]
     whole = ms.server_reader()
     whole.receive_data(stream)
-    assert _events(whole) == expected
+    assert drain(whole) == expected
     bytewise = ms.server_reader()
     got = []
     for i in range(len(stream)):
         bytewise.receive_data(stream[i:i + 1])
-        got += _events(bytewise)
+        got += drain(bytewise)
     assert got == expected
     trailing = ms.server_reader()
     trailing.receive_data(stream + b"\x82\x0a\x00")  # the start of a SUBSCRIBE that has not arrived yet
-    assert _events(trailing) == expected
+    assert drain(trailing) == expected
     trailing.receive_data(b"")
     with raises(MQTTPacketError, match="inside a packet"):
         trailing.next_event()

@@ -4,10 +4,10 @@ recursive restatement of §4.7."""
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from mqtttest import drain, feed_all
 
 from protocols import mqttpacket as mp
 from protocols import mqttserver as ms
-from protocols.errors import MQTTPacketError
 
 text = st.text(st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), max_size=12)
 topic_level = st.text(st.characters(blacklist_characters="+#/\x00", blacklist_categories=("Cs",)), max_size=8)
@@ -15,15 +15,6 @@ topics = st.lists(topic_level, min_size=1, max_size=5).map("/".join).filter(lamb
 filters = st.lists(st.one_of(topic_level, st.just("+")), min_size=1, max_size=4).flatmap(
     lambda lv: st.sampled_from(["/".join(lv), "/".join(lv + ["#"])])).filter(lambda f: len(f.encode()) > 0)
 pids = st.integers(1, 65535)
-
-
-def drain(reader):
-    out = []
-    while True:
-        ev = reader.next_event()
-        if ev is mp.NEED_DATA or ev is mp.CLOSED:
-            return out
-        out.append(ev)
 
 
 @settings(max_examples=250)
@@ -71,22 +62,10 @@ def test_client_packets_decode_in_any_split(pairs, step):
     assert got == expected
 
 
-def _feed_all(data, step):
-    r = ms.server_reader(max_packet_size=1024)
-    try:
-        for i in range(0, len(data), step):
-            r.receive_data(data[i:i + step])
-            drain(r)
-        r.receive_data(b"")
-        drain(r)
-    except MQTTPacketError:
-        pass
-
-
 @settings(max_examples=300)
 @given(st.binary(max_size=400), st.integers(1, 64))
 def test_arbitrary_bytes_raise_only_mqtt_errors(data, step):
-    _feed_all(data, step)
+    feed_all(ms.server_reader(max_packet_size=1024), data, step)
 
 
 @settings(max_examples=300)
@@ -104,7 +83,7 @@ def test_mutated_packets_raise_only_mqtt_errors(packets, flips, step):
     data = bytearray(b"".join(packets))
     for pos, val in flips:
         data[pos % len(data)] = val
-    _feed_all(bytes(data), step)
+    feed_all(ms.server_reader(max_packet_size=1024), bytes(data), step)
 
 
 @settings(max_examples=200)
