@@ -241,10 +241,12 @@ def test_rotate_key_journaled_with_operator_and_outcome(tmp_path, mosquitto):
 # -- unknown operators on the operator API -------------------------------------------------------------------------
 @pytest.mark.mosquitto
 def test_unknown_operator_refused_journaled_and_nothing_sent(tmp_path, mosquitto):
+    from gwserve import serving
+
     from gateway.config import from_dict
-    from simulators.fakenode import FakeNode
     from gateway.opclient import OperatorClient
     from gateway.service import Gateway
+    from simulators.fakenode import FakeNode
 
     cfg = from_dict({"gateway": {"id": "gw-1", "site": "dongshan", "data_dir": str(tmp_path / "data")},
                      "broker": {"url": mosquitto.url}, "registry": {"min_hb_s": 1},
@@ -255,8 +257,7 @@ def test_unknown_operator_refused_journaled_and_nothing_sent(tmp_path, mosquitto
         token = ks.add_operator("op-1", "Duty", "operator")
         ident = ks.ensure("spk-01", "dongshan", "speaker")
         n = FakeNode(mosquitto.host, mosquitto.port, "spk-01", "dongshan", ident.hmac_key)
-        async with Gateway(cfg, keystore=ks) as gw:
-            serve = asyncio.create_task(gw.serve())
+        async with serving(Gateway(cfg, keystore=ks)) as gw:
             await asyncio.to_thread(n.start)
             loop = asyncio.get_running_loop()
             end = loop.time() + 10
@@ -275,8 +276,6 @@ def test_unknown_operator_refused_journaled_and_nothing_sent(tmp_path, mosquitto
             assert not [e for e in gw.journal.entries(kind="command") if e.operator == "intruder"]
             assert any(e.operator == "op-1" for e in gw.journal.entries(kind="command"))
             assert gw.journal.verify().ok
-            gw.stop()
-            await serve
         n.stop()
         ks.close()
 

@@ -8,6 +8,7 @@ import hashlib
 import os
 
 import paho.mqtt.client as paho
+from gwserve import serving
 from test_gateway_commands import make_cfg, until
 
 from gateway.cli import main
@@ -66,8 +67,7 @@ def test_upload_and_distribute_to_two_speakers_then_play(mosquitto, tmp_path, mo
         clip = wav_bytes(1500)  # 24 KB: 6 chunks of 4 KiB, 3 pieces of 8 KiB
         f = tmp_path / "nofish.wav"
         f.write_bytes(clip)
-        async with Gateway(make_cfg(tmp_path, mosquitto.url), keystore=ks) as gw:
-            serve = asyncio.create_task(gw.serve())
+        async with serving(Gateway(make_cfg(tmp_path, mosquitto.url), keystore=ks)) as gw:
             await until(lambda: all(gw.registry.get(d) and gw.registry.get(d).state == "online"
                                     for d in ("spk-01", "spk-02")), 10)
             for k, v in cli_env(mosquitto, token).items():
@@ -98,8 +98,6 @@ def test_upload_and_distribute_to_two_speakers_then_play(mosquitto, tmp_path, mo
             assert gw.journal.verify().ok
             for n in nodes:
                 await n.stop()
-            gw.stop()
-            await serve
         ks.close()
 
     asyncio.run(main_())
@@ -113,8 +111,7 @@ def test_offline_target_is_queued_and_partial_exit(mosquitto, tmp_path, monkeypa
         nodes = await start_speakers(tmp_path, mosquitto, ks, ["spk-01"])
         f = tmp_path / "warn.wav"
         f.write_bytes(wav_bytes(300))
-        async with Gateway(make_cfg(tmp_path, mosquitto.url), keystore=ks) as gw:
-            serve = asyncio.create_task(gw.serve())
+        async with serving(Gateway(make_cfg(tmp_path, mosquitto.url), keystore=ks)) as gw:
             await until(lambda: gw.registry.get("spk-01") and gw.registry.get("spk-01").state == "online", 10)
             for k, v in cli_env(mosquitto, token).items():
                 monkeypatch.setenv(k, v)
@@ -125,8 +122,6 @@ def test_offline_target_is_queued_and_partial_exit(mosquitto, tmp_path, monkeypa
             assert "queued" in out and "next birth" in out and "partial" in err
             assert (nodes[0].root / "clips" / "warn").read_bytes() == f.read_bytes()
             await nodes[0].stop()
-            gw.stop()
-            await serve
         ks.close()
 
     asyncio.run(main_())
@@ -138,8 +133,7 @@ def test_corrupted_chunk_never_replaces_the_good_clip(mosquitto, tmp_path):
         ks.add_operator("op-1", "Duty officer", "operator")
         [node] = await start_speakers(tmp_path, mosquitto, ks, ["spk-01"])
         good = wav_bytes(600)
-        async with Gateway(make_cfg(tmp_path, mosquitto.url), keystore=ks) as gw:
-            serve = asyncio.create_task(gw.serve())
+        async with serving(Gateway(make_cfg(tmp_path, mosquitto.url), keystore=ks)) as gw:
             await until(lambda: gw.registry.get("spk-01") and gw.registry.get("spk-01").state == "online", 10)
             gw.clipdist.audio.put("nofish", good)
             r = await gw.handle_op("op-1", "clips", {"action": "distribute", "to": "spk-01", "clip": "nofish",
@@ -179,8 +173,6 @@ def test_corrupted_chunk_never_replaces_the_good_clip(mosquitto, tmp_path):
             assert r["code"] == "ok", r
             assert node.plays[-1]["tag"] == "nofish" and node.plays[-1]["bytes"] == len(good) - 44
             await node.stop()
-            gw.stop()
-            await serve
         ks.close()
 
     asyncio.run(main_())
@@ -192,8 +184,7 @@ def test_status_request_gets_missing_ranges_resent(mosquitto, tmp_path):
         ks = KeyStore(tmp_path / "ks.db")
         [node] = await start_speakers(tmp_path, mosquitto, ks, ["spk-01"])
         clip = wav_bytes(1000)
-        async with Gateway(make_cfg(tmp_path, mosquitto.url), keystore=ks) as gw:
-            serve = asyncio.create_task(gw.serve())
+        async with serving(Gateway(make_cfg(tmp_path, mosquitto.url), keystore=ks)) as gw:
             await until(lambda: gw.registry.get("spk-01") and gw.registry.get("spk-01").state == "online", 10)
             gw.clipdist.audio.put("nofish", clip)
             drop = {2}
@@ -224,8 +215,6 @@ def test_status_request_gets_missing_ranges_resent(mosquitto, tmp_path):
             assert p.resent == 1 and p.have == r["data"]["n"] - 1
             assert (node.root / "clips" / "nofish").read_bytes() == clip
             await node.stop()
-            gw.stop()
-            await serve
         ks.close()
 
     asyncio.run(main_())

@@ -11,6 +11,7 @@ import os
 import time
 
 import paho.mqtt.client as paho
+from gwserve import serving
 from test_gateway_commands import make_cfg, until
 
 from gateway.keystore import KeyStore
@@ -35,8 +36,7 @@ def test_camera_snapshot_lands_in_evidence_store_with_custody(mosquitto, tmp_pat
         node = SimNode(tmp_path / "cam", cfg, camera=True, pir=True)
         image = node.hal.camera.image
         sha = hashlib.sha256(image).hexdigest()
-        async with Gateway(make_cfg(tmp_path, mosquitto.url), keystore=ks) as gw:
-            serve = asyncio.create_task(gw.serve())
+        async with serving(Gateway(make_cfg(tmp_path, mosquitto.url), keystore=ks)) as gw:
             await node.start()
             await node.wait_online()
             await until(lambda: gw.registry.get("cam-01") and gw.registry.get("cam-01").state == "online", 10)
@@ -71,8 +71,6 @@ def test_camera_snapshot_lands_in_evidence_store_with_custody(mosquitto, tmp_pat
             assert evidence_files(tmp_path) == ([f"{sha}.jpg"], [])
             assert gw.journal.verify().ok
             await node.stop()
-            gw.stop()
-            await serve
         ks.close()
 
     asyncio.run(main())
@@ -82,8 +80,7 @@ def test_malicious_and_broken_uploads_never_land_a_file(mosquitto, tmp_path):
     async def main():
         ks = KeyStore(tmp_path / "ks.db")
         key = ks.ensure("cam-01", SITE, "camera").hmac_key
-        async with Gateway(make_cfg(tmp_path, mosquitto.url), keystore=ks) as gw:
-            serve = asyncio.create_task(gw.serve())
+        async with serving(Gateway(make_cfg(tmp_path, mosquitto.url), keystore=ks)) as gw:
             await until(lambda: gw.link.connected.is_set(), 5)
             cl = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="evil")
             cl.connect(mosquitto.host, mosquitto.port)
@@ -146,8 +143,6 @@ def test_malicious_and_broken_uploads_never_land_a_file(mosquitto, tmp_path):
             r = await gw.handle_op("op-1", "status", {}, "s")
             assert r["code"] == "ok"
             assert gw.journal.verify().ok
-            gw.stop()
-            await serve
         ks.close()
 
     asyncio.run(main())

@@ -13,6 +13,7 @@ import socket
 import time
 
 import pytest
+from gwserve import serving
 from test_embedded_broker import BrokerThread
 from test_gateway_commands import make_cfg, node, until
 
@@ -45,8 +46,7 @@ def test_registry_birth_heartbeat_will_and_timeout(broker, tmp_path):
         a = node(broker, ks, "spk-01")
         b = node(broker, ks, "spk-02", hb_s=1)  # announces 1 s and then stays silent
         cfg = make_cfg(tmp_path, broker.url, grace_ms=300, min_hb_s=1)
-        async with Gateway(cfg, keystore=ks) as gw:
-            serve = asyncio.create_task(gw.serve())
+        async with serving(Gateway(cfg, keystore=ks)) as gw:
             reg = gw.registry
             await asyncio.to_thread(a.start)
             await until(lambda: reg.get("spk-01") and reg.get("spk-01").state == "online")
@@ -63,8 +63,6 @@ def test_registry_birth_heartbeat_will_and_timeout(broker, tmp_path):
             assert reg.get("spk-02").reason == "timeout"
             states = [(e.device, e.to_dict()["detail"].get("new")) for e in gw.journal.entries(kind="state")]
             assert ("spk-01", "offline") in states and ("spk-02", "stale") in states
-            gw.stop()
-            await serve
         b.stop()
         ks.close()
 
@@ -75,8 +73,7 @@ def test_command_round_trip_with_result(broker, tmp_path):
     async def main():
         ks = KeyStore(tmp_path / "ks.db")
         n = node(broker, ks)
-        async with Gateway(make_cfg(tmp_path, broker.url), keystore=ks) as gw:
-            serve = asyncio.create_task(gw.serve())
+        async with serving(Gateway(make_cfg(tmp_path, broker.url), keystore=ks)) as gw:
             await asyncio.to_thread(n.start)
             await until(lambda: gw.registry.get("spk-01") and gw.registry.get("spk-01").state == "online")
             r = await gw.handle_op("op-1", "command", {"to": "spk-01", "name": "play",
@@ -87,8 +84,6 @@ def test_command_round_trip_with_result(broker, tmp_path):
             assert res["status"] == "done" and res["data"] == {"played": 1}
             assert [e.kind for e in gw.journal.entries(kind="result")] == ["result", "result"]  # accepted, done
             assert gw.journal.verify().ok
-            gw.stop()
-            await serve
         n.stop()
         ks.close()
 
@@ -103,14 +98,11 @@ def test_durable_queue_delivered_on_birth_after_restart(broker, tmp_path):
         async with Gateway(cfg, keystore=ks) as gw:
             c = await gw.commands.issue("spk-01", "play", {"clip": "nofish"}, op="op-1", ttl_s=60)
             assert c.status == "queued"
-        async with Gateway(cfg, keystore=ks) as gw:  # restarted: the queue came back from commands.db
-            serve = asyncio.create_task(gw.serve())
+        async with serving(Gateway(cfg, keystore=ks)) as gw:  # restarted: the queue came back from commands.db
             await asyncio.to_thread(n.start)
             [c2] = await gw.commands.wait([c.id], "final", 5)
             assert c2.status == "done" and c2.attempts == 1
             assert [m["id"] for m in n.received] == [c.id]
-            gw.stop()
-            await serve
         n.stop()
         ks.close()
 
@@ -134,8 +126,7 @@ def test_coap_heartbeat_marks_device_online(tmp_path):
         port = _free_udp_port()
         cfg = from_dict({"gateway": {"id": "gw-1", "site": "dongshan", "data_dir": str(tmp_path / "data")},
                          "coap": {"listen": f"127.0.0.1:{port}"}})
-        async with Gateway(cfg, keystore=ks) as gw:  # no broker configured: the embedded one
-            serve = asyncio.create_task(gw.serve())
+        async with serving(Gateway(cfg, keystore=ks)) as gw:  # no broker configured: the embedded one
             assert gw.registry.get("sen-05") is None
             hb = canonical.dumpb({"seq": 1, "up_s": 120, "hb_s": 30, "bat_mv": 3650})
             ctx = await aiocoap.Context.create_client_context()
@@ -152,8 +143,6 @@ def test_coap_heartbeat_marks_device_online(tmp_path):
             d = gw.registry.get("sen-05")
             assert d.info.get("bat_mv") == 3650 and d.last_hb_ms is not None
             assert d.last_hb_ms <= time.time_ns() // 1_000_000
-            gw.stop()
-            await serve
         ks.close()
 
     asyncio.run(main())

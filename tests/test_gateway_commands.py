@@ -6,10 +6,12 @@ import asyncio
 import json
 import sqlite3
 
+from gwserve import serving
+
 from gateway.config import from_dict
-from simulators.fakenode import FakeNode
 from gateway.keystore import KeyStore
 from gateway.service import Gateway
+from simulators.fakenode import FakeNode
 
 
 def make_cfg(tmp_path, url, **registry):
@@ -42,8 +44,7 @@ def test_vertical_slice(mosquitto, tmp_path):
         cfg = make_cfg(tmp_path, mosquitto.url)
         ks = KeyStore(tmp_path / "ks.db")
         n = node(mosquitto, ks)
-        async with Gateway(cfg, keystore=ks) as gw:
-            serve = asyncio.create_task(gw.serve())
+        async with serving(Gateway(cfg, keystore=ks)) as gw:
             await asyncio.to_thread(n.start)
             await until(lambda: gw.registry.get("spk-01") and gw.registry.get("spk-01").state == "online")
             c = await gw.commands.issue("spk-01", "play", {"clip": "nofish", "repeat": 1}, op="op-1")
@@ -53,8 +54,6 @@ def test_vertical_slice(mosquitto, tmp_path):
             kinds = [e.kind for e in gw.journal.entries()]
             assert "command" in kinds and "result" in kinds and "state" in kinds
             assert gw.journal.verify().ok
-            gw.stop()
-            await serve
         n.stop()
         ks.close()
 
@@ -75,15 +74,12 @@ def test_durable_queue_across_gateway_restart(mosquitto, tmp_path):
         # gateway down; the command lives in commands.db
         assert sqlite3.connect(tmp_path / "data" / "commands.db").execute(
             "SELECT status FROM commands WHERE id = ?", (c.id,)).fetchone() == ("queued",)
-        async with Gateway(cfg, keystore=ks) as gw:
-            serve = asyncio.create_task(gw.serve())
+        async with serving(Gateway(cfg, keystore=ks)) as gw:
             assert [q.id for q in gw.commands.queued("spk-01")] == [c.id]
             await asyncio.to_thread(n.start)
             [c2] = await gw.commands.wait([c.id], "final", 5)
             assert c2.status == "done" and c2.attempts == 1
             assert [m["id"] for m in n.received] == [c.id]
-            gw.stop()
-            await serve
         n.stop()
         ks.close()
 
@@ -118,8 +114,7 @@ def test_group_command_per_device_results(mosquitto, tmp_path):
         ok = node(mosquitto, ks, "spk-01")
         bad = node(mosquitto, ks, "spk-02", behaviour="failed")
         ks.ensure("spk-03", "dongshan", "speaker")  # provisioned, never seen: offline -> queued
-        async with Gateway(cfg, keystore=ks) as gw:
-            serve = asyncio.create_task(gw.serve())
+        async with serving(Gateway(cfg, keystore=ks)) as gw:
             for x in (ok, bad):
                 await asyncio.to_thread(x.start)
             await until(lambda: all(gw.registry.get(d) and gw.registry.get(d).live for d in ("spk-01", "spk-02")))
@@ -133,8 +128,6 @@ def test_group_command_per_device_results(mosquitto, tmp_path):
             zone = await gw.handle_op("op-1", "stop", {"to": "north", "priority": 1, "queue": False,
                                                        "wait": "final"}, "r2")
             assert sorted(r["device"] for r in zone["data"]["results"]) == ["spk-01", "spk-02"]
-            gw.stop()
-            await serve
         ok.stop()
         bad.stop()
         ks.close()
@@ -147,8 +140,7 @@ def test_forged_and_unsigned_results_are_not_acted_on(mosquitto, tmp_path):
         cfg = make_cfg(tmp_path, mosquitto.url)
         ks = KeyStore(tmp_path / "ks.db")
         n = node(mosquitto, ks, behaviour="forge", send_accepted=False)
-        async with Gateway(cfg, keystore=ks) as gw:
-            serve = asyncio.create_task(gw.serve())
+        async with serving(Gateway(cfg, keystore=ks)) as gw:
             await asyncio.to_thread(n.start)
             await until(lambda: gw.registry.get("spk-01") and gw.registry.get("spk-01").live)
             c = await gw.commands.issue("spk-01", "play", {"clip": "x"})
@@ -162,8 +154,6 @@ def test_forged_and_unsigned_results_are_not_acted_on(mosquitto, tmp_path):
             assert {json.loads(e.detail)["code"] for e in sec} == {"bad_mac", "unsigned"}
             alerts = [e for e in gw.journal.entries(kind="alert")]
             assert [json.loads(e.detail)["id"] for e in alerts] == ["e2"]
-            gw.stop()
-            await serve
         n.stop()
         ks.close()
 
@@ -175,8 +165,7 @@ def test_retries_then_timeout_and_offline_requeue(mosquitto, tmp_path):
         cfg = make_cfg(tmp_path, mosquitto.url)
         ks = KeyStore(tmp_path / "ks.db")
         n = node(mosquitto, ks, behaviour="silent")
-        async with Gateway(cfg, keystore=ks) as gw:
-            serve = asyncio.create_task(gw.serve())
+        async with serving(Gateway(cfg, keystore=ks)) as gw:
             await asyncio.to_thread(n.start)
             await until(lambda: gw.registry.get("spk-01") and gw.registry.get("spk-01").live)
             c = await gw.commands.issue("spk-01", "play", {"clip": "x"})
@@ -189,8 +178,6 @@ def test_retries_then_timeout_and_offline_requeue(mosquitto, tmp_path):
             n.die()
             await until(lambda: gw.registry.get("spk-01").state == "offline", timeout=8)
             assert gw.commands.get(c2.id).status == "queued", gw.commands.get(c2.id)
-            gw.stop()
-            await serve
         ks.close()
 
     asyncio.run(main())
@@ -204,8 +191,7 @@ def test_operator_requests_authenticated_over_mqtt(mosquitto, tmp_path):
         ks = KeyStore(tmp_path / "ks.db")
         token = ks.add_operator("op-1", "Duty officer", "operator")
         n = node(mosquitto, ks)
-        async with Gateway(cfg, keystore=ks) as gw:
-            serve = asyncio.create_task(gw.serve())
+        async with serving(Gateway(cfg, keystore=ks)) as gw:
             await asyncio.to_thread(n.start)
             await until(lambda: gw.registry.get("spk-01") and gw.registry.get("spk-01").live)
             async with OperatorClient(mosquitto.url, "dongshan", "op-1", token) as cl:
@@ -224,8 +210,6 @@ def test_operator_requests_authenticated_over_mqtt(mosquitto, tmp_path):
             sec = gw.journal.entries(kind="security")
             assert {e.operator for e in sec} >= {"op-1", "intruder"}
             assert gw.journal.verify().ok
-            gw.stop()
-            await serve
         n.stop()
         ks.close()
 

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import urllib.request
 
+from gwserve import serving
 from test_gateway_commands import make_cfg, node, until
 
 from gateway.keystore import KeyStore
@@ -18,8 +19,7 @@ def test_metrics_endpoint(mosquitto, tmp_path):
         ks = KeyStore(tmp_path / "ks.db")
         n = node(mosquitto, ks)
         ks.ensure("spk-09", "dongshan", "speaker")
-        async with Gateway(cfg, keystore=ks) as gw:
-            serve = asyncio.create_task(gw.serve())
+        async with serving(Gateway(cfg, keystore=ks)) as gw:
             await asyncio.to_thread(n.start)
             await until(lambda: gw.registry.get("spk-01") and gw.registry.get("spk-01").live)
             c = await gw.commands.issue("spk-01", "play", {"clip": "x"})
@@ -34,8 +34,6 @@ def test_metrics_endpoint(mosquitto, tmp_path):
             assert "lookout_command_latency_seconds_count 1.0" in text
             assert 'lookout_messages_in_total{channel="res"}' in text
             assert 'lookout_messages_out_total{channel="cmd"} 1.0' in text
-            gw.stop()
-            await serve
         n.stop()
         ks.close()
 

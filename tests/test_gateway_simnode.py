@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import binascii
 
+from gwserve import serving
 from test_gateway_commands import make_cfg, until
 
 from gateway.keystore import KeyStore
@@ -20,8 +21,7 @@ def test_broadcast_to_firmware_node_and_offline_queue(mosquitto, tmp_path):
                                mosquitto.host, mosquitto.port, hb_s=5)
         node = SimNode(tmp_path / "node", cfg_node, speed=20)
         node.add_clip("nofish", ms=500)
-        async with Gateway(make_cfg(tmp_path, mosquitto.url), keystore=ks) as gw:
-            serve = asyncio.create_task(gw.serve())
+        async with serving(Gateway(make_cfg(tmp_path, mosquitto.url), keystore=ks)) as gw:
             await node.start()
             await node.wait_online()
             await until(lambda: gw.registry.get("spk-01") and gw.registry.get("spk-01").state == "online", 10)
@@ -46,8 +46,6 @@ def test_broadcast_to_firmware_node_and_offline_queue(mosquitto, tmp_path):
             await node2.stop()
             await until(lambda: gw.registry.get("spk-01").state == "offline", 10)
             assert gw.journal.verify().ok
-            gw.stop()
-            await serve
         ks.close()
 
     asyncio.run(main())
