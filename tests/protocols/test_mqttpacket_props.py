@@ -4,7 +4,7 @@ The broker-to-client packets are made with protocols/mqttserver.py's encoders.""
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from mqtttest import drain, feed_all
+from mqtttest import drain, events_in_steps, feed_all
 
 from protocols import mqttpacket as mp
 from protocols import mqttserver as ms
@@ -53,12 +53,7 @@ def test_any_split_gives_the_same_events(packets, step):
     whole.receive_data(stream)
     expected = drain(whole)
     assert len(expected) == len(packets)
-    chunked = mp.PacketReader()
-    got = []
-    for i in range(0, len(stream), step):
-        chunked.receive_data(stream[i:i + step])
-        got += drain(chunked)
-    assert got == expected
+    assert events_in_steps(mp.PacketReader(), stream, step) == expected
 
 
 @settings(max_examples=300)

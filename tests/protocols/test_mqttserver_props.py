@@ -4,7 +4,7 @@ recursive restatement of §4.7."""
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from mqtttest import drain, feed_all
+from mqtttest import events_in_steps, feed_all
 
 from protocols import mqttpacket as mp
 from protocols import mqttserver as ms
@@ -54,12 +54,7 @@ def test_connect_round_trip(cid, clean, keepalive, user, password, will_topic, w
 def test_client_packets_decode_in_any_split(pairs, step):
     stream = b"".join(raw for raw, _ in pairs)
     expected = [p for _, p in pairs]
-    r = ms.server_reader()
-    got = []
-    for i in range(0, len(stream), step):
-        r.receive_data(stream[i:i + step])
-        got += drain(r)
-    assert got == expected
+    assert events_in_steps(ms.server_reader(), stream, step) == expected
 
 
 @settings(max_examples=300)

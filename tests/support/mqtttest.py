@@ -14,6 +14,15 @@ def drain(reader):
         out.append(ev)
 
 
+def events_in_steps(reader, data, step):
+    """The events ``data`` yields when it arrives ``step`` bytes at a time (no end of stream)."""
+    got = []
+    for i in range(0, len(data), step):
+        reader.receive_data(data[i:i + step])
+        got += drain(reader)
+    return got
+
+
 def feed_all(reader, data, step):
     """Feed ``data`` in ``step``-byte pieces, then the end of stream, draining as it goes; the codec's own
     MQTTPacketError is the only exception allowed out of the reader (anything else propagates)."""
