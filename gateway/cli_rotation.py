@@ -36,7 +36,8 @@ async def _state(link, site: str, device: str, wait: float = 1.0) -> bool | None
     got: asyncio.Queue[bytes] = asyncio.Queue()
     link.subscribe(topics.topic(site, device, "state"), lambda t, p, r: got.put_nowait(p), 1)
     try:
-        payload = await asyncio.wait_for(got.get(), wait)
+        async with asyncio.timeout(wait):
+            payload = await got.get()
     except TimeoutError:
         return None
     try:

@@ -290,7 +290,8 @@ class MQTTLink:
         finally:
             self._opening = False
         try:
-            rc = await asyncio.wait_for(self._connack, self.connect_timeout)
+            async with asyncio.timeout(self.connect_timeout):
+                rc = await self._connack
         except TimeoutError:
             self.last_error = f"no CONNACK within {self.connect_timeout:g} s"
             log.info("%s:%d: %s; retrying", self.host, self.port, self.last_error)
@@ -402,8 +403,8 @@ class MQTTLink:
         """Publish ``farewell`` (e.g. a clean death) if connected, then disconnect."""
         if farewell is not None and self.connected.is_set():
             try:
-                await asyncio.wait_for(self.publish(farewell.topic, farewell.payload, farewell.qos,
-                                                    farewell.retain), 2.0)
+                async with asyncio.timeout(2.0):
+                    await self.publish(farewell.topic, farewell.payload, farewell.qos, farewell.retain)
             except (TimeoutError, MQTTError):
                 pass
         self._stop()
@@ -477,8 +478,12 @@ class MQTTLink:
         if timeout is None:
             await fut
         else:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for returns the result instead of raising when the
+            # task is cancelled in the loop turn the PUBACK lands, and a cancel lost there kept a stopping
+            # TaskGroup waiting forever
             try:
-                await asyncio.wait_for(fut, timeout)
+                async with asyncio.timeout(timeout):
+                    await fut
             except TimeoutError:
                 self._pending.pop(mid, None)
                 raise MQTTError(f"no PUBACK for {topic} within {timeout:g} s") from None

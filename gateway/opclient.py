@@ -53,6 +53,7 @@ class OperatorClient:
         self._pending[rid] = fut
         await self.link.publish(topics.topic(self.site, self.operator, "opreq"), payload, qos=1, timeout=timeout)
         try:
-            return await asyncio.wait_for(fut, timeout)
+            async with asyncio.timeout(timeout):
+                return await fut
         finally:
             self._pending.pop(rid, None)

@@ -145,7 +145,8 @@ async def rotate_over_mqtt(link: Any, ks: Any, device_id: str, timeout: float = 
         end = loop.time() + wait
         while (left := end - loop.time()) > 0:
             try:
-                res = await asyncio.wait_for(q.get(), left)
+                async with asyncio.timeout(left):  # not wait_for: on 3.11 it can lose a cancel (mqtt.py)
+                    res = await q.get()
             except TimeoutError:
                 break
             out = judge(ks, device_id, cmd["id"], res, probe_id)

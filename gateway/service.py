@@ -225,14 +225,14 @@ class Gateway:
             log.error("task %s failed", t.get_name(), exc_info=t.exception())
 
     async def _tick_loop(self) -> None:
-        while True:
+        while not self._stop.is_set():  # not only the TaskGroup's cancel: a cancel can be lost (see mqtt.py)
             if self.link is not None and self.link.connected.is_set():
                 self.registry.tick(self.clock())
             await self.commands.tick()
             await asyncio.sleep(0.25)
 
     async def _flush_loop(self) -> None:
-        while True:
+        while not self._stop.is_set():
             await asyncio.sleep(1.0)
             while self.registry.flush(FLUSH_SLICE) == FLUSH_SLICE:  # in slices: see Registry.flush
                 await asyncio.sleep(0)

@@ -6,6 +6,7 @@ import asyncio
 import json
 import sqlite3
 
+from aiowait import until
 from gwserve import serving
 
 from gateway.config import from_dict
@@ -22,16 +23,6 @@ def make_cfg(tmp_path, url, **registry):
         "commands": {"retry_s": 1, "max_attempts": 3, "wait_s": 5},
         "zones": {"north": ["spk-01", "spk-02"]},
     })
-
-
-async def until(pred, timeout=5.0, step=0.02):
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while loop.time() < end:
-        if pred():
-            return True
-        await asyncio.sleep(step)
-    raise AssertionError(f"condition not met within {timeout:.1f} s")
 
 
 def node(mosquitto, ks, dev="spk-01", **kw):
@@ -176,7 +167,7 @@ def test_retries_then_timeout_and_offline_requeue(mosquitto, tmp_path):
             c2 = await gw.commands.issue("spk-01", "play", {"clip": "y"})
             assert c2.status == "sent"
             n.die()
-            await until(lambda: gw.registry.get("spk-01").state == "offline", timeout=8)
+            await until(lambda: gw.registry.get("spk-01").state == "offline", what="spk-01's will (offline)")
             assert gw.commands.get(c2.id).status == "queued", gw.commands.get(c2.id)
         ks.close()
 

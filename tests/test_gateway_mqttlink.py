@@ -165,3 +165,24 @@ async def test_unreachable_broker_names_the_cause():
     with pytest.raises(MQTTError, match=r"no CONNACK .* within 1 s \(last error: .*refused"):
         await link.__aenter__()
     assert not link._tasks
+
+
+@aio
+async def test_cancel_in_the_turn_the_puback_lands_is_not_lost(mosquitto):
+    """A task stopped (e.g. by its TaskGroup) in the very loop turn its PUBACK arrives still ends cancelled.
+
+    With ``asyncio.wait_for`` on 3.11 it returned normally instead: the gateway's tick loop carried on and
+    ``serve()`` never returned after ``stop()``."""
+    async with MQTTLink(mosquitto.url, "t-c") as link:
+        mosquitto.proc.send_signal(19)  # SIGSTOP: the real PUBACK cannot overtake the one delivered below
+        try:
+            started = link.start_publish("t/c", b"x", 1)
+            mid = started[0]
+            waiter = asyncio.ensure_future(link.wait_puback(started, "t/c", timeout=WAIT))
+            await asyncio.sleep(0)  # the waiter is now parked on the PUBACK
+            link._p_publish(link._client, None, mid, None, None)  # the PUBACK lands ...
+            waiter.cancel()  # ... and the stop arrives in the same turn
+            with pytest.raises(asyncio.CancelledError):
+                await waiter
+        finally:
+            mosquitto.proc.send_signal(18)  # SIGCONT
