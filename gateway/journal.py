@@ -485,20 +485,9 @@ class Journal:
 
     def entries(self, since_ms: int | None = None, until_ms: int | None = None, kind: str | None = None,
                 device: str | None = None, limit: int | None = None, last: bool = False) -> list[Entry]:
-        q, args = "SELECT " + ", ".join(COLUMNS) + " FROM journal WHERE 1=1", []
-        if since_ms is not None:
-            q += " AND ts >= ?"
-            args.append(since_ms)
-        if until_ms is not None:
-            q += " AND ts < ?"
-            args.append(until_ms)
-        if kind is not None:
-            q += " AND kind = ?"
-            args.append(kind)
-        if device is not None:
-            q += " AND device = ?"
-            args.append(device)
-        q += " ORDER BY seq " + ("DESC" if last else "ASC")
+        cond, args = walstore.where(("ts >= ?", since_ms), ("ts < ?", until_ms), ("kind = ?", kind),
+                                    ("device = ?", device))
+        q = f"SELECT {', '.join(COLUMNS)} FROM journal{cond} ORDER BY seq {'DESC' if last else 'ASC'}"
         if limit is not None:
             q += " LIMIT ?"
             args.append(limit)

@@ -199,15 +199,10 @@ class KeyStore:
         return ident
 
     def list(self, kind: str | None = None, site: str | None = None) -> list[Identity]:
-        q, args = f"SELECT {self._ID_COLS} FROM identities WHERE 1=1", []
-        if kind is not None:
-            q += " AND kind = ?"
-            args.append(kind)
-        if site is not None:
-            q += " AND site = ?"
-            args.append(site)
+        cond, args = walstore.where(("kind = ?", kind), ("site = ?", site))
         with self._lock:
-            rows = self._db.execute(q + " ORDER BY device_id", args).fetchall()
+            rows = self._db.execute(f"SELECT {self._ID_COLS} FROM identities{cond} ORDER BY device_id",
+                                    args).fetchall()
         return [self._identity(r) for r in rows]
 
     def create(self, device_id: str, site: str, kind: str, key: bytes | None = None,

@@ -37,6 +37,15 @@ def connect(path: str | Path, *, check_same_thread: bool = True,
     return db
 
 
+def where(*conditions: tuple[str, object]) -> tuple[str, list[object]]:
+    """``(" WHERE a = ? AND b < ?", [va, vb])`` from ``("a = ?", va), ("b < ?", vb)``; a pair whose value is
+    None is no filter. The fragments are the caller's constants; only the values are bound."""
+    used = [(sql, v) for sql, v in conditions if v is not None]
+    if not used:
+        return "", []
+    return " WHERE " + " AND ".join(sql for sql, _ in used), [v for _, v in used]
+
+
 class Checkpointer:
     """A daemon thread checkpointing one database file every ``interval`` seconds until ``close()``."""
 

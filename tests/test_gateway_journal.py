@@ -88,6 +88,18 @@ def test_export_between_times(tmp_path):
     assert rows[0][:3] == ["seq", "ts", "operator"] and len(rows) == 6
 
 
+def test_entries_filters_combine(tmp_path):
+    """Every filter narrows (AND), None is no filter, ``last`` keeps the newest ``limit`` in order."""
+    j = filled(tmp_path)
+    j.append("state", "spk-02 online -> offline", device="spk-02", ts=T0 + 2500)
+    assert [e.seq for e in j.entries(device="spk-02")] == [3, 6]
+    assert [e.seq for e in j.entries(device="spk-02", kind="state")] == [6]
+    assert [e.seq for e in j.entries(since_ms=T0 + 1000, until_ms=T0 + 3000, kind="command")] == [2, 3]
+    assert [e.seq for e in j.entries(since_ms=T0 + 1000, until_ms=T0 + 3000)] == [2, 3, 6]
+    assert [e.seq for e in j.entries(kind="command", limit=2, last=True)] == [4, 5]
+    assert j.entries(device="spk-09") == []
+
+
 def test_entry_hash_fast_path_equals_reference():
     import random
 
