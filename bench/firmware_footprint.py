@@ -134,9 +134,6 @@ def build_mpy_tree(dest: Path) -> None:
                            check=True, capture_output=True)
 
 
-
-
-
 def module_heap(lib: Path, mods: list[str]) -> dict:
     """Heap each boot module adds when imported after the ones before it, each in a fresh runtime.
 

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import pytest
-
 from broker import Mosquitto
 
 
@@ -11,3 +10,13 @@ def mosquitto(tmp_path):
     b = Mosquitto(tmp_path / "broker").start()
     yield b
     b.stop()
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory):
+    """``lookout firmware build`` once per run: the .mpy tree and the ROMFS images (read-only for tests)."""
+    from gateway.cli import main as lookout
+
+    out = tmp_path_factory.mktemp("fw")
+    assert lookout(["firmware", "build", "--out", str(out)]) == 0
+    return out

@@ -13,30 +13,11 @@ import shlex
 from pathlib import Path
 
 import pytest
+from fwdeploy import write_config
+from mpyrun import run_micropython
 
 from gateway import firmware_build as fb
 from gateway.cli import main as lookout
-from mpyrun import run_micropython
-
-KEY = "ab" * 32
-
-
-def _config(tmp_path: Path, role: str = "speaker") -> Path:
-    cfg = {"id": "spk-01", "site": "dongshan", "role": role, "key": KEY,
-           "broker": {"host": "10.0.0.2", "port": 1883, "user": "spk-01", "password": "pw", "tls": False,
-                      "keepalive": 60},
-           "transport": "mqtt", "hb_s": 30, "loc_s": 5, "position": {"lat": 302734000, "lon": 1202175000}}
-    p = tmp_path / "config.json"
-    p.write_text(json.dumps(cfg))
-    return p
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    out = tmp_path_factory.mktemp("fw")
-    assert lookout(["firmware", "build", "--out", str(out)]) == 0
-    return out
-
 
 # ---- an independent reader of the ROMFS format (MicroPython docs, "Working with ROMFS") ---------------------
 
@@ -103,7 +84,7 @@ def _steps(line: str) -> list[str]:
 
 
 def test_flash_romfs_deploys_the_image_and_copies_no_library(built, tmp_path, capsys):
-    cfg = _config(tmp_path)
+    cfg = write_config(tmp_path)
     assert lookout(["firmware", "flash", "--port", "/dev/ttyUSB0", "--role", "speaker", "--config", str(cfg),
                     "--out", str(built), "--romfs", "--dry-run"]) == 0
     steps = _steps(capsys.readouterr().out.strip())
@@ -115,7 +96,7 @@ def test_flash_romfs_deploys_the_image_and_copies_no_library(built, tmp_path, ca
 
 
 def test_flash_frozen_copies_only_main_and_config(built, tmp_path, capsys):
-    cfg = _config(tmp_path)
+    cfg = write_config(tmp_path)
     assert lookout(["firmware", "flash", "--port", "COM5", "--role", "speaker", "--config", str(cfg),
                     "--out", str(built), "--frozen", "--dry-run"]) == 0
     steps = _steps(capsys.readouterr().out.strip())
@@ -126,7 +107,7 @@ def test_flash_frozen_copies_only_main_and_config(built, tmp_path, capsys):
 
 def test_romfs_and_frozen_are_exclusive(built, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
-        lookout(["firmware", "flash", "--port", "COM5", "--role", "speaker", "--config", str(_config(tmp_path)),
+        lookout(["firmware", "flash", "--port", "COM5", "--role", "speaker", "--config", str(write_config(tmp_path)),
                  "--out", str(built), "--romfs", "--frozen", "--dry-run"])
     assert e.value.code == 2
     assert "not allowed with argument" in capsys.readouterr().err

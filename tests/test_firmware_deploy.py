@@ -15,27 +15,10 @@ import threading
 from pathlib import Path
 
 import pytest
+from fwdeploy import node_config, write_config
 
 from gateway import firmware_build as fb
 from gateway.cli import main as lookout
-
-KEY = "ab" * 32
-
-
-def node_config(**over) -> dict:
-    cfg = {"id": "spk-01", "site": "dongshan", "role": "speaker", "key": KEY,
-           "broker": {"host": "10.0.0.2", "port": 1883, "user": "spk-01", "password": "pw", "tls": False,
-                      "keepalive": 60},
-           "transport": "mqtt", "hb_s": 30, "loc_s": 5, "position": {"lat": 302734000, "lon": 1202175000}}
-    cfg.update(over)
-    return cfg
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    out = tmp_path_factory.mktemp("fw")
-    assert lookout(["firmware", "build", "--out", str(out)]) == 0
-    return out
 
 
 def test_build_compiles_every_source_with_mpy_magic(built, capsys):
@@ -77,8 +60,7 @@ def test_build_failure_names_the_file(tmp_path, monkeypatch, capsys):
 
 
 def test_flash_dry_run_prints_the_mpremote_command(built, tmp_path, capsys):
-    cfg = tmp_path / "config.json"
-    cfg.write_text(json.dumps(node_config()))
+    cfg = write_config(tmp_path)
     rc = lookout(["firmware", "flash", "--port", "/dev/ttyUSB0", "--role", "speaker", "--config", str(cfg),
                   "--out", str(built), "--dry-run"])
     assert rc == 0
@@ -105,9 +87,8 @@ def test_flash_dry_run_prints_the_mpremote_command(built, tmp_path, capsys):
 
 def test_flash_camera_uses_sensor_app_and_copies_named_ca(built, tmp_path, capsys):
     (tmp_path / "ca.crt").write_text("-----BEGIN CERTIFICATE-----\n")
-    cfg = tmp_path / "config.json"
     b = dict(node_config()["broker"], tls=True, ca="ca.crt", port=8883)
-    cfg.write_text(json.dumps(node_config(id="cam-01", role="camera", broker=b)))
+    cfg = write_config(tmp_path, id="cam-01", role="camera", broker=b)
     assert lookout(["firmware", "flash", "--port", "COM5", "--role", "camera", "--config", str(cfg),
                     "--out", str(built), "--dry-run"]) == 0
     line = capsys.readouterr().out.strip()
@@ -126,8 +107,7 @@ def test_flash_camera_uses_sensor_app_and_copies_named_ca(built, tmp_path, capsy
 def test_bad_config_is_refused_naming_the_key(tmp_path, capsys, monkeypatch, patch, field):
     ran = []
     monkeypatch.setattr(fb.subprocess, "run", lambda *a, **k: ran.append(a))
-    cfg = tmp_path / "config.json"
-    cfg.write_text(json.dumps(node_config(**patch)))
+    cfg = write_config(tmp_path, **patch)
     rc = lookout(["firmware", "flash", "--port", "/dev/ttyUSB0", "--role", "speaker", "--config", str(cfg),
                   "--out", str(tmp_path / "never-built")])
     err = capsys.readouterr().err
@@ -137,8 +117,7 @@ def test_bad_config_is_refused_naming_the_key(tmp_path, capsys, monkeypatch, pat
 
 
 def test_missing_ca_file_is_refused(tmp_path, capsys):
-    cfg = tmp_path / "config.json"
-    cfg.write_text(json.dumps(node_config(broker=dict(node_config()["broker"], tls=True, ca="ca.crt"))))
+    cfg = write_config(tmp_path, broker=dict(node_config()["broker"], tls=True, ca="ca.crt"))
     assert lookout(["firmware", "flash", "--port", "p", "--role", "speaker", "--config", str(cfg),
                     "--dry-run"]) == 2
     assert "broker.ca" in capsys.readouterr().err

@@ -86,13 +86,7 @@ class Gateway:
         return out
 
     async def wait_for(self, pred, timeout=8.0, what="condition"):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            r = pred()
-            if r:
-                return r
-            await asyncio.sleep(0.02)
-        raise AssertionError("timed out waiting for %s; seen: %r" % (what, self.msgs[-8:]))
+        return await until(pred, timeout, what, seen=lambda: self.msgs[-8:])
 
     async def final(self, cid, timeout=8.0):
         return await self.wait_for(lambda: [m for m in self.results(cid) if messages.is_final(m["status"])],

@@ -16,6 +16,7 @@ from pathlib import Path
 import paho.mqtt.client as paho
 import paho.mqtt.publish as paho_publish
 import pytest
+from aiowait import until
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "firmware" / "lib"))
 
@@ -55,11 +56,6 @@ class Observer:
     def close(self):
         self.client.disconnect()
         self.client.loop_stop()
-
-
-async def until(cond):
-    while not cond():
-        await asyncio.sleep(0.02)
 
 
 def make_client(broker, **kw):
@@ -103,7 +99,7 @@ def test_last_will_published_when_socket_dies(mosquitto):
             assert m.topic == STATE
             # ... and the client comes back by itself and says so again.
             await obs.wait_for(lambda m: m.payload == b"online")
-            await asyncio.wait_for(until(lambda: c.connects == 2 and c.is_connected()), 5)
+            await until(lambda: c.connects == 2 and c.is_connected(), 5, "the reconnect")
         finally:
             obs.close()
             await c.disconnect()
@@ -160,7 +156,7 @@ def test_subscription_survives_broker_restart(mosquitto):
             assert (m.topic, m.payload) == (CMD, b"one")
 
             await asyncio.to_thread(mosquitto.restart)  # a fresh broker: no session, no subscription
-            await asyncio.wait_for(until(lambda: c.connects >= 2 and c.is_connected()), 10)
+            await until(lambda: c.connects >= 2 and c.is_connected(), 10, "the reconnect")
             await asyncio.to_thread(paho_publish.single, CMD, b"two", qos=1, hostname=mosquitto.host,
                                     port=mosquitto.port)
             m = await asyncio.wait_for(c.next_message(), 5)
@@ -181,7 +177,7 @@ def test_keepalive_ping_keeps_session(mosquitto):
             await asyncio.wait_for(c.connected.wait(), 5)
             await obs.wait_for(lambda m: m.payload == b"online")
             # ~2 s of idling with pings only: past the broker's 1.5 s cut-off
-            await asyncio.wait_for(until(lambda: sum(1 for lv, t in c.logs if t == "PINGREQ") >= 4), 10)
+            await until(lambda: sum(1 for lv, t in c.logs if t == "PINGREQ") >= 4, 10, "four PINGREQs")
             assert c.connects == 1 and c.is_connected()
             assert c.last_error is None
             await c.publish(EVT, b"still here", qos=1)

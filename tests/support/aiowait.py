@@ -6,12 +6,13 @@ import asyncio
 import time
 
 
-async def until(pred, timeout: float = 8.0, what: str = "condition"):
-    """``pred()``'s first truthy value, polled every 20 ms; AssertionError naming ``what`` on timeout."""
+async def until(pred, timeout: float = 8.0, what: str = "condition", seen=None):
+    """``pred()``'s first truthy value, polled every 20 ms; AssertionError naming ``what`` on timeout, with
+    ``seen()`` (what the test had observed so far) appended when given."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         r = pred()
         if r:
             return r
         await asyncio.sleep(0.02)
-    raise AssertionError("timed out waiting for " + what)
+    raise AssertionError(f"timed out waiting for {what}" + ("" if seen is None else f"; seen: {seen()!r}"))
