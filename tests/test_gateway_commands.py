@@ -174,6 +174,36 @@ def test_retries_then_timeout_and_offline_requeue(mosquitto, tmp_path):
     asyncio.run(main())
 
 
+def test_serve_returns_after_stop_even_if_a_cancel_is_lost(mosquitto, tmp_path):
+    """stop() ends serve() even when the tick loop swallows its TaskGroup's cancel, as a 3.11 ``wait_for`` did
+    when a PUBACK landed in the same loop turn (the CI hang this guards against)."""
+    async def main():
+        ks = KeyStore(tmp_path / "ks.db")
+        async with Gateway(make_cfg(tmp_path, mosquitto.url), keystore=ks) as gw:
+            swallowed = []
+
+            async def tick():  # parks, like a re-send waiting for its PUBACK; loses the first cancel
+                try:
+                    await asyncio.sleep(30)
+                except asyncio.CancelledError:
+                    if swallowed:
+                        raise
+                    swallowed.append(True)
+
+            gw.commands.tick = tick
+            task = asyncio.create_task(gw.serve())
+            await asyncio.sleep(0.1)  # the tick loop is inside tick()
+            gw.stop()
+            done, _ = await asyncio.wait({task}, timeout=5)
+            if not done:
+                task.cancel()
+            assert swallowed == [True] and task in done
+            await task
+        ks.close()
+
+    asyncio.run(main())
+
+
 def test_operator_requests_authenticated_over_mqtt(mosquitto, tmp_path):
     from gateway.opclient import OperatorClient
 
