@@ -594,18 +594,18 @@ class Demo:
                     % (c.id, c.dist_m, "" if c.in_range else "  (out of range)")
                 )
         say("commands     %d" % len(r.commands))
-        for c in r.commands:
+        for cmd in r.commands:
             lat = ", ".join(
                 x
                 for x in (
-                    "accepted after %d ms" % c["accepted_ms"] if c["accepted_ms"] is not None else "",
-                    "playing after %.0f ms" % (c["playing_s"] * 1000) if c["playing_s"] is not None else "",
-                    "final after %d ms" % c["latency_ms"] if c["latency_ms"] is not None else "",
-                    "played %d ms of audio" % c["played_ms"] if c["played_ms"] is not None else "",
+                    "accepted after %d ms" % cmd["accepted_ms"] if cmd["accepted_ms"] is not None else "",
+                    "playing after %.0f ms" % (cmd["playing_s"] * 1000) if cmd["playing_s"] is not None else "",
+                    "final after %d ms" % cmd["latency_ms"] if cmd["latency_ms"] is not None else "",
+                    "played %d ms of audio" % cmd["played_ms"] if cmd["played_ms"] is not None else "",
                 )
                 if x
             )
-            say("  broadcast {} -> {}: {} ({})".format(CLIP, c["device"], c["status"], lat))
+            say("  broadcast {} -> {}: {} ({})".format(CLIP, cmd["device"], cmd["status"], lat))
         say("state        %d transitions" % len(r.changes))
         for t, dev, old, new, why in r.changes:
             if old == "unknown" and new == "online":

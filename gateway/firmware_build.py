@@ -30,6 +30,7 @@ import json
 import shlex
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -338,7 +339,7 @@ PREP_NO_LIB_SCRIPT = ('import os;[[os.remove(d+"/"+f) for f in os.listdir(d)]+[o
 
 
 def flash_commands(port: str, role: str, config_path: Path, out_dir: Path = DEFAULT_OUT,
-                   side_files: list[tuple[Path, str]] = (), code: str = "files") -> list[list[str]]:
+                   side_files: Sequence[tuple[Path, str]] = (), code: str = "files") -> list[list[str]]:
     """The mpremote invocation(s) that put a role's firmware and config on the board at ``port``.
 
     One chained mpremote call (``+`` separates its commands): create /lib/<pkg> (removing stale .py sources

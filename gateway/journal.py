@@ -255,7 +255,8 @@ class Journal:
         self._lock_key = _OwnerLock.acquire(self.path, owner_wait_s)
         self.owner = self._lock_key is not None  # False: a guest, whose appends go to the inbox
         row = self._db.execute("SELECT seq, hash FROM journal ORDER BY seq DESC LIMIT 1").fetchone()
-        self._seq, self._head = (row[0], row[1]) if row else (0, GENESIS)
+        self._seq: int = row[0] if row else 0
+        self._head: str = row[1] if row else GENESIS
         self._dblock = threading.Lock()  # the connection is used by the writer thread and by readers
         self._cv = threading.Condition()
         self._pending: list[tuple[Any, ...]] = []

@@ -27,6 +27,7 @@ Theory of operation:
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import hmac
 import json
@@ -383,7 +384,7 @@ class KeyStore:
                 op = self._ops[op_id] = Operator(*row) if row else None
         return op
 
-    def list_operators(self) -> list[Operator]:
+    def list_operators(self) -> builtins.list[Operator]:  # builtins.: the class has a list() method
         with self._lock:
             rows = self._db.execute("SELECT op_id, name, role, token_hash, created_ms FROM operators"
                                     " ORDER BY op_id").fetchall()
@@ -416,7 +417,7 @@ class KeyStore:
             self._db.execute("INSERT OR REPLACE INTO mqtt_users (username, role, site, pw_line, created_ms)"
                              " VALUES (?, ?, ?, ?, ?)", (username, role, site, pw_line, _now_ms()))
 
-    def mqtt_users(self) -> list[MQTTUser]:
+    def mqtt_users(self) -> builtins.list[MQTTUser]:
         with self._lock:
             rows = self._db.execute("SELECT username, role, site, pw_line, created_ms FROM mqtt_users"
                                     " ORDER BY username").fetchall()

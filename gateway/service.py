@@ -168,9 +168,9 @@ class Gateway:
             log.info("metrics on %s (port %d)", cfg.metrics_listen, port)
         if cfg.coap_listen:
             from gateway.coap_bridge import CoAPBridge
-            host, _, port = cfg.coap_listen.rpartition(":")
+            host, _, coap_port = cfg.coap_listen.rpartition(":")
             self.coap = await self._stack.enter_async_context(
-                CoAPBridge(self._coap_publish, host, int(port), keystore=self.keystore))
+                CoAPBridge(self._coap_publish, host, int(coap_port), keystore=self.keystore))
 
     async def __aexit__(self, *exc: object) -> None:
         self._stop.set()
