@@ -380,7 +380,8 @@ class MQTTLink:
         self._tasks = [loop.create_task(self._supervise(), name=f"mqtt-connect-{self.client_id}"),
                        loop.create_task(self._misc_loop(), name=f"mqtt-misc-{self.client_id}")]
         try:
-            rc = await asyncio.wait_for(asyncio.shield(self._first), self.connect_timeout)
+            async with asyncio.timeout(self.connect_timeout):
+                rc = await asyncio.shield(self._first)
         except TimeoutError:
             self._stop()
             why = f" (last error: {self.last_error})" if self.last_error else ""
