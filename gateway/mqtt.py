@@ -25,7 +25,8 @@ Delivery policy (the one place it lives for the gateway side):
   in loop_forever/loop_start, which are not used) with jittered exponential backoff RECONNECT_MIN_S..MAX_S, reset
   after a successful CONNACK; an attempt without CONNACK within ``connect_timeout`` is dropped and retried;
 - on every CONNACK: resubscribe every filter, then publish the retained birth (if any) — a reconnect is a new
-  session as far as the broker is concerned;
+  session as far as the broker is concerned; ``subscribed()`` returns once every SUBSCRIBE has its SUBACK, and a
+  filter the broker refuses (SUBACK 0x80, e.g. its ACL) is logged and kept in ``refused``;
 - the last will (retained death) is set once per process; its bdseq matches the birth;
 - QoS 1 publishes made while disconnected stay in paho's outbox and go out after the reconnect; a caller that
   needs more (commands) keeps its own durable queue — no guarantee rests on the broker's session queue.
@@ -108,6 +109,10 @@ class MQTTLink:
         self._subs: dict[str, tuple[int, Handler]] = {}
         self._routes: dict[str, list[tuple[str, Handler]]] = {}  # topic -> matching handlers (cache)
         self._pending: dict[int, asyncio.Future[None]] = {}
+        self._subacks: dict[int, list[str]] = {}  # SUBSCRIBE packet id -> its filters, until the SUBACK
+        self._settled = asyncio.Event()  # no SUBACK outstanding
+        self._settled.set()
+        self.refused: set[str] = set()  # filters the broker refused at the last SUBACK for them
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_tid = 0
         self._first: asyncio.Future[int] | None = None    # first CONNACK's return code, for __aenter__
@@ -135,6 +140,7 @@ class MQTTLink:
         c.on_disconnect = self._p_disconnect
         c.on_message = self._p_message
         c.on_publish = self._p_publish
+        c.on_subscribe = self._p_subscribe
         c.on_socket_open = self._p_socket_open
         c.on_socket_close = self._p_socket_close
         c.on_socket_register_write = self._p_want_write
@@ -182,6 +188,9 @@ class MQTTLink:
         fut = self._pending.pop(mid, None)
         if fut is not None and not fut.done():
             fut.set_result(None)
+
+    def _p_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        self._on_suback(mid, [rc.value if hasattr(rc, "value") else int(rc) for rc in reason_codes])
 
     # -- socket watching (loop thread) ---------------------------------------------------------------------
     def _watch(self, sock: Any, fd: int) -> None:
@@ -334,8 +343,11 @@ class MQTTLink:
                 self._first.set_result(rc)
             return
         log.info("connected to %s:%d as %s", self.host, self.port, self.client_id)
+        self._subacks.clear()  # a new session: what the old one waited for is asked again below
         if self._subs:
-            self._client.subscribe([(filt, qos) for filt, (qos, _h) in self._subs.items()])
+            self._send_subscribe([(filt, qos) for filt, (qos, _h) in self._subs.items()])
+        else:
+            self._settled.set()
         if self.birth is not None:
             b = self.birth
             self._client.publish(b.topic, b.payload, b.qos, b.retain)
@@ -355,6 +367,24 @@ class MQTTLink:
         self._lost.set()
         if self.on_disconnect_cb:
             self.on_disconnect_cb()
+
+    def _send_subscribe(self, items: list[tuple[str, int]]) -> None:
+        rc, mid = self._client.subscribe(items)
+        if rc == paho.MQTT_ERR_SUCCESS and mid is not None:
+            self._subacks[mid] = [f for f, _q in items]
+            self._settled.clear()
+
+    def _on_suback(self, mid: int, codes: list[int]) -> None:
+        for filt, code in zip(self._subacks.pop(mid, ()), codes, strict=False):
+            if code >= 0x80:  # MQTT 3.1.1 §3.9.3: failure
+                if filt not in self.refused:
+                    log.warning("broker %s:%d refused the subscription to %s (SUBACK 0x%02x): check its ACL",
+                                self.host, self.port, filt, code)
+                self.refused.add(filt)
+            else:
+                self.refused.discard(filt)
+        if not self._subacks:
+            self._settled.set()
 
     def _on_message(self, topic: str, payload: bytes, retain: bool) -> None:
         self.messages_in += 1
@@ -437,7 +467,18 @@ class MQTTLink:
         self._subs[filt] = (qos, handler)
         self._routes.clear()
         if self.connected.is_set():
-            self._client.subscribe(filt, qos)
+            self._send_subscribe([(filt, qos)])
+
+    async def subscribed(self, timeout: float = 10.0) -> None:
+        """Return once connected with every SUBSCRIBE answered by a SUBACK (see ``refused`` for any the broker
+        turned down); MQTTError after ``timeout`` s."""
+        try:
+            async with asyncio.timeout(timeout):
+                while not (self.connected.is_set() and self._settled.is_set()):
+                    await self.connected.wait()
+                    await self._settled.wait()
+        except TimeoutError:
+            raise MQTTError(f"subscriptions not acknowledged within {timeout:g} s") from None
 
     def publish_nowait(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> int:
         info = self._publish(topic, payload, qos, retain)

@@ -103,8 +103,7 @@ async def test_snapshot_upload_resumed_from_clipstore_status(tmp_path, mosquitto
 
     gw.device = "cam-01"
     await n.start()
-    await n.wait_online()
-    await asyncio.sleep(0.2)  # the dl/+ subscription is in place once online; give the broker a moment
+    await n.wait_online()  # online = every SUBACK in, dl/+ included (the node's client sets it after them)
     gw.send("s1", "snapshot")
     done = (await gw.final("s1"))[0]
     assert done["status"] == "done" and done["data"]["sha256"] == sha

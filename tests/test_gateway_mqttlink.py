@@ -42,7 +42,7 @@ async def test_pubsub_puback_and_foreign_thread(mosquitto):
     q, h = collector()
     async with MQTTLink(mosquitto.url, "t-a") as a, MQTTLink(mosquitto.url, "t-b") as b:
         b.subscribe("t/x", h, 1)
-        await asyncio.sleep(0.2)  # SUBACK
+        await b.subscribed(WAIT)
         await a.publish("t/x", b"one", 1, timeout=WAIT)
         assert await asyncio.wait_for(q.get(), WAIT) == ("t/x", b"one", False)
         th = threading.Thread(target=a.publish_nowait, args=("t/x", b"two", 1))
@@ -77,7 +77,7 @@ async def test_reconnect_resubscribes_and_republishes_birth(mosquitto):
         await asyncio.wait_for(peer.connected.wait(), 10)
         await asyncio.wait_for(pending, 15)  # the outbox went out after the reconnect, PUBACK resolved it
         assert len(ups) == 2
-        await asyncio.sleep(0.3)  # peer's resubscribe
+        await link.subscribed(WAIT)  # the new session has t/in again
         await peer.publish("t/in", b"after", 1, timeout=WAIT)
         payloads = set()
         while b"after" not in payloads:
@@ -184,5 +184,29 @@ async def test_cancel_in_the_turn_the_puback_lands_is_not_lost(mosquitto):
             waiter.cancel()  # ... and the stop arrives in the same turn
             with pytest.raises(asyncio.CancelledError):
                 await waiter
+        finally:
+            mosquitto.proc.send_signal(18)  # SIGCONT
+
+
+@aio
+async def test_subscribed_waits_for_suback_and_keeps_refusals(mosquitto, caplog):
+    """``subscribed()`` returns only after the SUBACK; a 0x80 (the broker's ACL said no) is logged once and kept
+    in ``refused``. Mosquitto 2.0 grants denied filters and filters delivery instead, so the refusal is
+    delivered to the link's paho callback directly while the broker is stopped."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.reasoncodes import ReasonCode
+
+    async with MQTTLink(mosquitto.url, "t-s") as link:
+        await link.subscribed(WAIT)  # nothing asked yet
+        mosquitto.proc.send_signal(19)  # SIGSTOP: no SUBACK can come
+        try:
+            link.subscribe("t/ok", lambda t, p, r: None, 1)
+            with pytest.raises(MQTTError, match="not acknowledged within 0.3 s"):
+                await link.subscribed(0.3)
+            [mid] = list(link._subacks)
+            link._p_subscribe(link._client, None, mid, [ReasonCode(PacketTypes.SUBACK, identifier=0x80)], None)
+            await link.subscribed(WAIT)
+            assert link.refused == {"t/ok"}
+            assert any("refused the subscription to t/ok (SUBACK 0x80)" in r.getMessage() for r in caplog.records)
         finally:
             mosquitto.proc.send_signal(18)  # SIGCONT
