@@ -5,27 +5,19 @@ ids, broker restart with the outbox delivering everything afterwards."""
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import threading
 import time
 
 import paho.mqtt.client as mqtt
 import pytest
-from aiowait import until
+from aiowait import aio, until
 
 from protocols import messages, signing
 from simulators.node import SimNode, make_config
 
 pytestmark = pytest.mark.mosquitto
 
-
-def aio(fn):
-    """Run an async test in a fresh event loop (no pytest-asyncio here); fixtures pass through."""
-    @functools.wraps(fn)
-    def wrapper(*a, **kw):
-        asyncio.run(asyncio.wait_for(fn(*a, **kw), 40))
-    return wrapper
 
 KEY = bytes(range(32))
 SITE = "dongshan"

@@ -8,8 +8,8 @@ import asyncio
 import hashlib
 
 import pytest
-from aiowait import until
-from test_firmware_node import KEY, SITE, Gateway, aio
+from aiowait import aio, until
+from test_firmware_node import KEY, SITE, Gateway
 
 from gateway.clipstore import ClipStore
 from protocols import cliptransfer, messages, nmea, signing, topics

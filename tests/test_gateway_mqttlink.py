@@ -11,11 +11,11 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
 import threading
 
 import pytest
+from aiowait import aio
 from broker import Mosquitto, free_port
 
 from gateway.mqtt import Message, MQTTError, MQTTLink
@@ -23,13 +23,6 @@ from gateway.pki import SiteCA
 
 pytestmark = pytest.mark.mosquitto
 WAIT = 5.0
-
-
-def aio(fn):
-    @functools.wraps(fn)
-    def wrapper(*a, **kw):
-        asyncio.run(asyncio.wait_for(fn(*a, **kw), 30))
-    return wrapper
 
 
 def collector() -> tuple[asyncio.Queue, object]:

@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import time
 
 import pytest
+from aiowait import aio
 
 from gateway import rotation
 from gateway.cli import main as cli_main
@@ -18,13 +18,6 @@ from protocols import messages, signing
 from simulators.node import SimNode, make_config
 
 OLD = bytes(range(32))
-
-
-def aio(fn):
-    @functools.wraps(fn)
-    def wrapper(*a, **kw):
-        asyncio.run(asyncio.wait_for(fn(*a, **kw), 30))
-    return wrapper
 
 
 def _res(key, cid, status, code=None):

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import os
 import queue
@@ -18,6 +17,7 @@ import uuid
 
 import paho.mqtt.client as mqtt
 import pytest
+from aiowait import aio
 from broker import Mosquitto, free_port
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -29,13 +29,6 @@ from simulators.node import SimNode
 
 pytestmark = pytest.mark.mosquitto
 WAIT = 5.0
-
-
-def aio(fn):
-    @functools.wraps(fn)
-    def wrapper(*a, **kw):
-        asyncio.run(asyncio.wait_for(fn(*a, **kw), 30))
-    return wrapper
 
 
 class Site:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 
 
@@ -16,3 +17,12 @@ async def until(pred, timeout: float = 8.0, what: str = "condition", seen=None):
             return r
         await asyncio.sleep(0.02)
     raise AssertionError(f"timed out waiting for {what}" + ("" if seen is None else f"; seen: {seen()!r}"))
+
+
+def aio(fn):
+    """Run an async test in a fresh event loop (no pytest-asyncio here), bounded at 40 s so a hang fails the
+    test itself; fixtures pass through."""
+    @functools.wraps(fn)
+    def wrapper(*a, **kw):
+        asyncio.run(asyncio.wait_for(fn(*a, **kw), 40))
+    return wrapper
