@@ -52,13 +52,13 @@ import paho.mqtt.client as paho
 from broker import Mosquitto
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway.config import from_dict
-from gateway.keystore import KeyStore
-from gateway.mqtt import MQTTLink, nodelay
-from gateway.opclient import OperatorClient
-from gateway.service import Gateway
-from protocols import messages, signing, topics
-from protocols.errors import AuthError, MessageError
+from lookout.gateway.core.config import from_dict
+from lookout.gateway.admin.keystore import KeyStore
+from lookout.gateway.links.mqtt import MQTTLink, nodelay
+from lookout.gateway.links.opclient import OperatorClient
+from lookout.gateway.service.app import Gateway
+from lookout.protocols import messages, signing, topics
+from lookout.protocols.errors import AuthError, MessageError
 
 SITE = "bench"
 RELAY = "bench/relay"  # the baseline's namespace: RELAY/req/<dev>, RELAY/<dev>/cmd, RELAY/<dev>/res
@@ -202,7 +202,7 @@ def _op(dev: str) -> dict:
 
 def presigned(keys: dict[str, bytes], devs: list[str], ctr0: int) -> list[tuple[str, str, bytes]]:
     """Signed commands for the relay path (made before the clock starts: signing is gateway work)."""
-    from gateway.commands import canonical_fast, mac_hex
+    from lookout.gateway.core.commands import canonical_fast, mac_hex
     out = []
     now = now_ms()
     for i, d in enumerate(devs):

@@ -9,7 +9,7 @@ Neither CPython's nor MicroPython's ``json.dumps`` guarantees this form (MicroPy
 hence this encoder.
 """
 
-from protocols.errors import LocalProtocolError
+from .errors import LocalProtocolError
 
 MAX_DEPTH = 8
 _ESC = '"\\\b\f\n\r\t'  # characters with a two-character escape: backslash + the letter at the same index in

@@ -28,8 +28,8 @@ import hashlib
 import json
 import struct
 
-from protocols import canonical, defaults
-from protocols.errors import LocalProtocolError, TransferError
+from . import canonical, defaults
+from .errors import LocalProtocolError, TransferError
 
 VERSION = 1
 CHUNK_HEADER_LEN = 10

@@ -28,7 +28,7 @@ random fraction for the initial timeout is passed in. Runs unchanged on MicroPyt
 
 import struct
 
-from protocols.defaults import (
+from .defaults import (
     COAP_ACK_RANDOM_FACTOR,
     COAP_ACK_TIMEOUT_MS,
     COAP_DEDUP_CAPACITY,
@@ -37,7 +37,7 @@ from protocols.defaults import (
     COAP_MAX_RETRANSMIT,
     COAP_NON_LIFETIME_MS,
 )
-from protocols.errors import CoAPError, LocalProtocolError
+from .errors import CoAPError, LocalProtocolError
 
 VERSION = 1
 

@@ -12,7 +12,7 @@ every name stays where callers look for it, and a speaker does not keep ~1 KB of
 
 
 def __getattr__(name):
-    from protocols import defaults_codecs
+    from . import defaults_codecs
 
     return getattr(defaults_codecs, name)
 

@@ -15,8 +15,8 @@ about 2 KB of heap on MicroPython; one constant string per kind costs its bytes,
 
 import json
 
-from protocols import canonical
-from protocols.errors import LocalProtocolError, MessageError
+from . import canonical
+from .errors import LocalProtocolError, MessageError
 
 MAX_PAYLOAD = 4096  # bytes, any JSON message; a clip chunk travels on up/dl, not here
 MS_MAX = 2 ** 47  # Unix ms up to the year 6429: rejects seconds/µs mix-ups that overflow

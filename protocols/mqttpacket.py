@@ -22,7 +22,7 @@ to the OASIS MQTT Version 3.1.1 standard (29 October 2014). Errors take the fiel
 field)``): a keyword argument costs bytecode at every call site of a module every node keeps loaded.
 """
 
-from protocols.errors import LocalProtocolError, MQTTPacketError
+from .errors import LocalProtocolError, MQTTPacketError
 
 # The packet types a client receives (§2.2.1 Table 2.1); mqttserver has all fourteen.
 CONNACK = 2
@@ -337,7 +337,7 @@ class PacketReader:
 
     def __init__(self, max_packet_size=None, decode=decode_packet):
         if max_packet_size is None:
-            from protocols.defaults import MQTT_MAX_PACKET_SIZE as max_packet_size
+            from .defaults import MQTT_MAX_PACKET_SIZE as max_packet_size
         check_int(max_packet_size, 2, MAX_REMAINING_LENGTH + 5, "max_packet_size")
         self.max_packet_size = max_packet_size
         self.decode = decode

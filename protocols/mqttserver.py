@@ -15,8 +15,8 @@ and DISCONNECT nothing; PUBLISH and PUBACK as in mqttpacket. Bad bytes raise ``M
 value and rule; misuse of an encoder ``LocalProtocolError``. Section numbers: OASIS MQTT 3.1.1 (2014).
 """
 
-from protocols import mqttpacket as mp
-from protocols.errors import LocalProtocolError, MQTTPacketError
+from . import mqttpacket as mp
+from .errors import LocalProtocolError, MQTTPacketError
 
 # Control packet types, §2.2.1 Table 2.1
 (CONNECT, CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP, SUBSCRIBE, SUBACK, UNSUBSCRIBE, UNSUBACK,

@@ -23,8 +23,8 @@ An empty field (no fix yet) decodes to None. Only GGA, RMC and VTG are decoded (
 well-formed sentence, proprietary ones (``$P...``) included, becomes a ``Sentence`` with its raw fields.
 """
 
-from protocols import defaults
-from protocols.errors import LocalProtocolError, NMEAError
+from . import defaults
+from .errors import LocalProtocolError, NMEAError
 
 
 class _Sentinel:

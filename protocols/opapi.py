@@ -17,7 +17,7 @@ Sans-IO and MicroPython-compatible (a handheld console may run it): json only, n
 
 import json
 
-from protocols.errors import MessageError
+from .errors import MessageError
 
 MAX_REQUEST = 4096
 # clip_put carries one piece of an audio clip (base64) per request. 8 KiB of audio per request (10,924 base64

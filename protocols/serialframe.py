@@ -36,8 +36,8 @@ ACK/NACK payloads (``encode_ack``/``decode_ack``, ``encode_nack``/``decode_nack`
 
 import struct
 
-from protocols import defaults
-from protocols.errors import FrameError, LocalProtocolError
+from . import defaults
+from .errors import FrameError, LocalProtocolError
 
 DEFAULT_MAX_PAYLOAD = defaults.SERIAL_MAX_PAYLOAD
 DEFAULT_RX_CHUNK = defaults.SERIAL_RX_CHUNK

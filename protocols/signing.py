@@ -13,8 +13,8 @@ Theory of operation (docs/SECURITY.md has the threat model):
 
 import hashlib
 
-from protocols import canonical
-from protocols.errors import AuthError, LocalProtocolError
+from . import canonical
+from .errors import AuthError, LocalProtocolError
 
 DOMAIN = b"lookout/1|"
 KEY_LEN = 32

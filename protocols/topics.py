@@ -9,7 +9,7 @@ Channels and directions are listed in ``CHANNELS`` (a tuple of names; the commen
 ``retained()``/``qos()`` the publish flags); docs/PROTOCOL.md has the full table.
 """
 
-from protocols.errors import LocalProtocolError, TopicError
+from .errors import LocalProtocolError, TopicError
 
 PREFIX = "lookout"
 VERSION = "v1"

@@ -8,6 +8,8 @@ a signed ``accepted`` and a signed final result. ``behaviour`` picks the final r
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import threading
 import time
 from typing import Any
@@ -15,14 +17,19 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway.mqtt import nodelay
-from protocols import messages, signing, topics
-from protocols.errors import AuthError, MessageError
+from lookout.protocols import messages, signing, topics
+from lookout.protocols.errors import AuthError, MessageError
 
 
 def _now() -> int:
     return time.time_ns() // 1_000_000
 
+
+
+def _nodelay(client: Any, userdata: Any, sock: Any) -> None:
+    """paho ``on_socket_open``: no Nagle, as the gateway's link does (small, latency-bound messages)."""
+    with contextlib.suppress(OSError, AttributeError):
+        getattr(sock, "_sock", sock).setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 class FakeNode:
     def __init__(self, host: str, port: int, device_id: str, site: str, key: bytes, kind: str = "speaker",
@@ -49,7 +56,7 @@ class FakeNode:
         c.will_set(self._topic("state"), death, 1, True)
         c.on_connect = self._on_connect
         c.on_message = self._on_message
-        c.on_socket_open = nodelay
+        c.on_socket_open = _nodelay
         self._client = c
         self.connected.clear()
         c.connect(self.host, self.port, 30)

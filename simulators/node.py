@@ -20,9 +20,9 @@ import json
 import struct
 from pathlib import Path
 
-from simulators import firmware_path
+from lookout.tools import firmware_host
 
-firmware_path.add()
+firmware_host.install()  # this module hosts the firmware: the device names protocols and lookout_node
 
 from lookout_node import hal_host  # noqa: E402
 from lookout_node.node import Node  # noqa: E402

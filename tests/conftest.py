@@ -3,6 +3,12 @@ from __future__ import annotations
 import pytest
 from broker import Mosquitto
 
+from lookout.tools import firmware_host
+
+# The dual-runtime tests (tests/protocols, tests/firmware_unit) import ``protocols`` and ``lookout_node`` by the
+# names they have on a board, exactly as under MicroPython; on CPython those names are the installed package's.
+firmware_host.install()
+
 
 @pytest.fixture
 def mosquitto(tmp_path):
@@ -15,7 +21,7 @@ def mosquitto(tmp_path):
 @pytest.fixture(scope="session")
 def built(tmp_path_factory):
     """``lookout firmware build`` once per run: the .mpy tree and the ROMFS images (read-only for tests)."""
-    from gateway.cli import main as lookout
+    from lookout.gateway.cli.main import main as lookout
 
     out = tmp_path_factory.mktemp("fw")
     assert lookout(["firmware", "build", "--out", str(out)]) == 0

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.audit import default_operator
-from gateway.cli import main as cli_main
-from gateway.journal import GENESIS, Journal, entry_hash
-from gateway.keystore import KeyStore
+from lookout.gateway.admin.audit import default_operator
+from lookout.gateway.cli.main import main as cli_main
+from lookout.gateway.core.journal import GENESIS, Journal, entry_hash
+from lookout.gateway.admin.keystore import KeyStore
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -112,7 +112,7 @@ def test_pki_journaled(tmp_path):
 # -- two processes, one chain --------------------------------------------------------------------------------------
 _CLI_APPENDS = """
 import sys
-from gateway.journal import record
+from lookout.gateway.core.journal import record
 for i in range(int(sys.argv[2])):
     e = record(sys.argv[1], "admin", "cli %s %d" % (sys.argv[3], i), operator="admin:test", device="x")
     print(e.seq)
@@ -196,7 +196,7 @@ def test_writer_outside_the_lock_is_rechained_not_forked(tmp_path):
 # -- key rotation --------------------------------------------------------------------------------------------------
 @pytest.mark.mosquitto
 def test_rotate_key_journaled_with_operator_and_outcome(tmp_path, mosquitto):
-    from simulators.node import SimNode, make_config
+    from lookout.simulators.node import SimNode, make_config
 
     old = bytes(range(32))
     with KeyStore(tmp_path / "keystore.db") as ks:
@@ -243,10 +243,10 @@ def test_rotate_key_journaled_with_operator_and_outcome(tmp_path, mosquitto):
 def test_unknown_operator_refused_journaled_and_nothing_sent(tmp_path, mosquitto):
     from gwserve import serving
 
-    from gateway.config import from_dict
-    from gateway.opclient import OperatorClient
-    from gateway.service import Gateway
-    from simulators.fakenode import FakeNode
+    from lookout.gateway.core.config import from_dict
+    from lookout.gateway.links.opclient import OperatorClient
+    from lookout.gateway.service.app import Gateway
+    from lookout.simulators.fakenode import FakeNode
 
     cfg = from_dict({"gateway": {"id": "gw-1", "site": "dongshan", "data_dir": str(tmp_path / "data")},
                      "broker": {"url": mosquitto.url}, "registry": {"min_hb_s": 1},

@@ -14,10 +14,10 @@ import paho.mqtt.client as paho
 from gwserve import serving
 from test_gateway_commands import make_cfg, until
 
-from gateway.keystore import KeyStore
-from gateway.service import Gateway
-from protocols import canonical, cliptransfer, signing, topics
-from simulators.node import SimNode, make_config
+from lookout.gateway.admin.keystore import KeyStore
+from lookout.gateway.service.app import Gateway
+from lookout.protocols import canonical, cliptransfer, signing, topics
+from lookout.simulators.node import SimNode, make_config
 
 SITE = "dongshan"
 

@@ -16,9 +16,9 @@ import paho.mqtt.client as mqtt
 import pytest
 from aiocoap.numbers.codes import Code
 
-from gateway.coap_bridge import CoAPBridge, paho_publisher
-from gateway.keystore import KeyStore
-from protocols import canonical, coap, signing
+from lookout.gateway.links.coap_bridge import CoAPBridge, paho_publisher
+from lookout.gateway.admin.keystore import KeyStore
+from lookout.protocols import canonical, coap, signing
 
 TIMEOUT = 5.0
 SITE = "dongshan"

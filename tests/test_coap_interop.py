@@ -9,7 +9,7 @@ from aiocoap.optiontypes import OpaqueOption
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocols import coap
+from lookout.protocols import coap
 
 
 def aio_message(mtype, mid, token, **kwargs) -> aiocoap.Message:

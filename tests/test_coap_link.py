@@ -17,10 +17,10 @@ import paho.mqtt.client as paho
 import pytest
 from aiocoap.numbers.codes import Code
 
-from protocols import canonical, coap, messages, signing
-from simulators import firmware_path
+from lookout.protocols import canonical, coap, messages, signing
+from lookout.tools import firmware_host
 
-firmware_path.add()
+firmware_host.install()
 
 from lookout_node import coap_link, mqtt
 from lookout_node.uplink import make_uplink
@@ -189,7 +189,7 @@ def test_start_brings_link_up_with_birth_and_recovers_after_server_starts():
 
 def _bridge_available() -> bool:
     try:
-        import gateway.coap_bridge  # noqa: F401
+        import lookout.gateway.links.coap_bridge  # noqa: F401
     except ImportError:
         return False
     return True
@@ -197,8 +197,8 @@ def _bridge_available() -> bool:
 
 @pytest.mark.skipif(not _bridge_available(), reason="gateway/coap_bridge.py not present")
 def test_end_to_end_through_bridge_to_mosquitto(mosquitto, tmp_path):
-    from gateway.coap_bridge import CoAPBridge, paho_publisher
-    from gateway.keystore import KeyStore
+    from lookout.gateway.links.coap_bridge import CoAPBridge, paho_publisher
+    from lookout.gateway.admin.keystore import KeyStore
 
     ks = KeyStore(tmp_path / "keys.db")
     key = ks.ensure(DEV, SITE, "sensor").hmac_key
@@ -277,10 +277,10 @@ def _uplink_make_client(self):
 def test_sensor_node_app_reports_over_coap(tmp_path, monkeypatch):
     from lookout_node import node as node_mod
 
-    from gateway.coap_bridge import CoAPBridge
-    from simulators.node import SimNode, make_config
+    from lookout.gateway.links.coap_bridge import CoAPBridge
+    from lookout.simulators.node import SimNode, make_config
 
-    if "make_uplink" not in (firmware_path.FIRMWARE_LIB / "lookout_node" / "node.py").read_text():
+    if "make_uplink" not in (firmware_host.FIRMWARE_LIB / "lookout_node" / "node.py").read_text():
         monkeypatch.setattr(node_mod.Node, "_make_client", _uplink_make_client)  # until node.py is wired
     calls = []
 

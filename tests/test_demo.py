@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gateway.demo import SPOTS, haversine_m, rank_speakers
+from lookout.gateway.demo.script import SPOTS, haversine_m, rank_speakers
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,7 +40,7 @@ def test_demo_runs_the_script_and_exits_0(tmp_path):
         [
             sys.executable,
             "-m",
-            "gateway.cli",
+            "lookout",
             "demo",
             "--speed",
             "30",
@@ -74,7 +74,7 @@ def test_demo_runs_the_script_and_exits_0(tmp_path):
     assert re.search(r"journal\s+\d+ entries .*chain verified OK", summary), summary
     assert "result       OK" in summary
     # the journal is on disk, as `lookout journal verify` would read it
-    from gateway.journal import Journal
+    from lookout.gateway.core.journal import Journal
 
     j = Journal(tmp_path / "data" / "journal.db")
     try:

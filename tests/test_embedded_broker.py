@@ -9,7 +9,7 @@ import threading
 import paho.mqtt.client as mqtt
 import pytest
 
-from gateway.broker import EmbeddedBroker, broker_config
+from lookout.gateway.links.broker import EmbeddedBroker, broker_config
 
 TIMEOUT = 5.0
 

@@ -16,8 +16,8 @@ import pytest
 from fwdeploy import write_config
 from mpyrun import run_micropython
 
-from gateway import firmware_build as fb
-from gateway.cli import main as lookout
+from lookout.tools import firmware_build as fb
+from lookout.gateway.cli.main import main as lookout
 
 # ---- an independent reader of the ROMFS format (MicroPython docs, "Working with ROMFS") ---------------------
 
@@ -217,7 +217,7 @@ def test_speaker_boots_and_plays_from_its_romfs_image(built, tmp_path):
 
     host = tmp_path / "host"
     host.mkdir()
-    (host / "loopback_broker.py").write_text((fb.ROOT / "tests/support/loopback_broker.py").read_text())
+    (host / "loopback_broker.py").write_text((Path(__file__).parent / "support" / "loopback_broker.py").read_text())
     extra = (fb.FIRMWARE_LIB / "lookout_node/hal_host.py", fb.PROTOCOLS / "mqttserver.py")
     img = tmp_path / "speaker-host.romfs"
     img.write_bytes(fb.romfs_image("speaker", built, extra=extra))

@@ -13,8 +13,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from aiowait import aio, until
 
-from protocols import messages, signing
-from simulators.node import SimNode, make_config
+from lookout.protocols import messages, signing
+from lookout.simulators.node import SimNode, make_config
 
 pytestmark = pytest.mark.mosquitto
 

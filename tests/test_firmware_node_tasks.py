@@ -11,9 +11,9 @@ import pytest
 from aiowait import aio, until
 from test_firmware_node import KEY, SITE, Gateway
 
-from gateway.clipstore import ClipStore
-from protocols import cliptransfer, messages, nmea, signing, topics
-from simulators.node import SimNode, make_config
+from lookout.gateway.clips.store import ClipStore
+from lookout.protocols import cliptransfer, messages, nmea, signing, topics
+from lookout.simulators.node import SimNode, make_config
 
 pytestmark = pytest.mark.mosquitto
 

@@ -17,10 +17,10 @@ from gwserve import serving
 from test_embedded_broker import BrokerThread
 from test_gateway_commands import make_cfg, node, until
 
-from gateway.config import from_dict
-from gateway.keystore import KeyStore
-from gateway.service import Gateway
-from protocols import canonical
+from lookout.gateway.core.config import from_dict
+from lookout.gateway.admin.keystore import KeyStore
+from lookout.gateway.service.app import Gateway
+from lookout.protocols import canonical
 
 
 class _Embedded:

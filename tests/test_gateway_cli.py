@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.cli import main
-from simulators.fakenode import FakeNode
-from gateway.keystore import KeyStore
+from lookout.gateway.cli.main import main
+from lookout.simulators.fakenode import FakeNode
+from lookout.gateway.admin.keystore import KeyStore
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,7 +31,7 @@ def running(mosquitto, tmp_path):
     conf = tmp_path / "gw.toml"
     conf.write_text(f'[gateway]\nid = "gw-1"\nsite = "dongshan"\ndata_dir = "data"\n'
                     f'[broker]\nurl = "{mosquitto.url}"\n[commands]\nretry_s = 1\nwait_s = 5\n')
-    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "gateway", "--config", str(conf)], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "lookout", "gateway", "--config", str(conf)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     node = FakeNode(mosquitto.host, mosquitto.port, "spk-01", "dongshan", spk.hmac_key).start()
     env = {"LOOKOUT_BROKER": mosquitto.url, "LOOKOUT_SITE": "dongshan", "LOOKOUT_OPERATOR": "op-1",

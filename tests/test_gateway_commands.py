@@ -9,10 +9,10 @@ import sqlite3
 from aiowait import until
 from gwserve import serving
 
-from gateway.config import from_dict
-from gateway.keystore import KeyStore
-from gateway.service import Gateway
-from simulators.fakenode import FakeNode
+from lookout.gateway.core.config import from_dict
+from lookout.gateway.admin.keystore import KeyStore
+from lookout.gateway.service.app import Gateway
+from lookout.simulators.fakenode import FakeNode
 
 
 def make_cfg(tmp_path, url, **registry):
@@ -205,7 +205,7 @@ def test_serve_returns_after_stop_even_if_a_cancel_is_lost(mosquitto, tmp_path):
 
 
 def test_operator_requests_authenticated_over_mqtt(mosquitto, tmp_path):
-    from gateway.opclient import OperatorClient
+    from lookout.gateway.links.opclient import OperatorClient
 
     async def main():
         cfg = make_cfg(tmp_path, mosquitto.url)
@@ -238,8 +238,8 @@ def test_operator_requests_authenticated_over_mqtt(mosquitto, tmp_path):
 
 
 def test_fast_mac_equals_reference_signing():
-    from gateway.commands import canonical_fast, mac_hex
-    from protocols import canonical, messages, signing
+    from lookout.gateway.core.commands import canonical_fast, mac_hex
+    from lookout.protocols import canonical, messages, signing
 
     key = bytes(range(32))
     msgs = [
@@ -258,9 +258,9 @@ def test_fast_mac_equals_reference_signing():
 
 def test_counter_reservation_never_goes_backwards(tmp_path):
     """Spare counters reserved in the background race direct reservations: used counters still only grow."""
-    from gateway.commands import CommandService
-    from gateway.config import CommandsConfig, RegistryConfig
-    from gateway.registry import Registry
+    from lookout.gateway.core.commands import CommandService
+    from lookout.gateway.core.config import CommandsConfig, RegistryConfig
+    from lookout.gateway.core.registry import Registry
 
     async def main():
         ks = KeyStore(tmp_path / "ks.db")

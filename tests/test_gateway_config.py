@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.config import ConfigError, from_dict, load
+from lookout.gateway.core.config import ConfigError, from_dict, load
 
 
 def errors(d):
@@ -77,7 +77,7 @@ def test_log_format_key_and_json_lines():
     import json
     import logging
 
-    from gateway.logs import JsonFormatter
+    from lookout.gateway.core.logs import JsonFormatter
 
     cfg = from_dict({"gateway": {"id": "gw", "site": "s1", "data_dir": "/tmp/x", "log_format": "json"}})
     assert cfg.log_format == "json"

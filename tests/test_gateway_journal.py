@@ -8,7 +8,7 @@ import itertools
 import json
 import sqlite3
 
-from gateway.journal import GENESIS, Journal, entry_hash
+from lookout.gateway.core.journal import GENESIS, Journal, entry_hash
 
 T0 = 1_800_000_000_000
 
@@ -103,7 +103,7 @@ def test_entries_filters_combine(tmp_path):
 def test_entry_hash_fast_path_equals_reference():
     import random
 
-    from gateway.journal import _entry_hash_ref, _jsonable, detail_text, dumps
+    from lookout.gateway.core.journal import _entry_hash_ref, _jsonable, detail_text, dumps
     r = random.Random(7)
     alpha = 'ab"\\\n\t\x00\x1f\x7f é中\u2028{}:,.5e'
     for i in range(3000):

@@ -9,8 +9,8 @@ import urllib.request
 from gwserve import serving
 from test_gateway_commands import make_cfg, node, until
 
-from gateway.keystore import KeyStore
-from gateway.service import Gateway
+from lookout.gateway.admin.keystore import KeyStore
+from lookout.gateway.service.app import Gateway
 
 
 def test_metrics_endpoint(mosquitto, tmp_path):

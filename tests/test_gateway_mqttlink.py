@@ -18,8 +18,8 @@ import pytest
 from aiowait import aio
 from broker import Mosquitto, free_port
 
-from gateway.mqtt import Message, MQTTError, MQTTLink
-from gateway.pki import SiteCA
+from lookout.gateway.links.mqtt import Message, MQTTError, MQTTLink
+from lookout.gateway.admin.pki import SiteCA
 
 pytestmark = pytest.mark.mosquitto
 WAIT = 5.0

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from gateway.config import RegistryConfig
-from gateway.registry import Registry
+from lookout.gateway.core.config import RegistryConfig
+from lookout.gateway.core.registry import Registry
 
 CFG = RegistryConfig(offline_after_missed=3, stale_after_missed=1, grace_ms=1000, min_hb_s=5, max_hb_s=600)
 T0 = 1_800_000_000_000
@@ -91,9 +91,9 @@ def test_persistence_and_rebase(tmp_path):
 def test_last_will_marks_offline(mosquitto, tmp_path):
     from test_gateway_commands import make_cfg, until
 
-    from simulators.fakenode import FakeNode
-    from gateway.keystore import KeyStore
-    from gateway.service import Gateway
+    from lookout.simulators.fakenode import FakeNode
+    from lookout.gateway.admin.keystore import KeyStore
+    from lookout.gateway.service.app import Gateway
 
     async def main():
         ks = KeyStore(tmp_path / "ks.db")

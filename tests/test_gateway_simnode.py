@@ -8,9 +8,9 @@ import binascii
 from gwserve import serving
 from test_gateway_commands import make_cfg, until
 
-from gateway.keystore import KeyStore
-from gateway.service import Gateway
-from simulators.node import SimNode, make_config
+from lookout.gateway.admin.keystore import KeyStore
+from lookout.gateway.service.app import Gateway
+from lookout.simulators.node import SimNode, make_config
 
 
 def test_broadcast_to_firmware_node_and_offline_queue(mosquitto, tmp_path):

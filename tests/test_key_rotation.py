@@ -10,12 +10,12 @@ import time
 import pytest
 from aiowait import aio
 
-from gateway import rotation
-from gateway.cli import main as cli_main
-from gateway.keystore import KeyStore
-from gateway.mqtt import MQTTLink
-from protocols import messages, signing
-from simulators.node import SimNode, make_config
+from lookout.gateway.admin import rotation
+from lookout.gateway.cli.main import main as cli_main
+from lookout.gateway.admin.keystore import KeyStore
+from lookout.gateway.links.mqtt import MQTTLink
+from lookout.protocols import messages, signing
+from lookout.simulators.node import SimNode, make_config
 
 OLD = bytes(range(32))
 

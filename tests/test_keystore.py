@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from gateway.keystore import KeyStore, KeyStoreError, token_hash
+from lookout.gateway.admin.keystore import KeyStore, KeyStoreError, token_hash
 
 
 def test_file_created_0600(tmp_path):
@@ -152,7 +152,7 @@ def test_mqtt_users_and_remove(tmp_path):
 
 
 def test_rotation_pending_key(tmp_path):
-    from protocols import signing
+    from lookout.protocols import signing
 
     ks = KeyStore(tmp_path / "k.db")
     old = ks.ensure("spk-01", "dongshan", "speaker").hmac_key

@@ -21,11 +21,11 @@ from aiowait import aio
 from broker import Mosquitto, free_port
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway.brokerconfig import write_broker_config
-from gateway.keystore import KeyStore
-from gateway.pki import SiteCA
-from gateway.provision import provision_device, provision_gateway
-from simulators.node import SimNode
+from lookout.gateway.admin.brokerconfig import write_broker_config
+from lookout.gateway.admin.keystore import KeyStore
+from lookout.gateway.admin.pki import SiteCA
+from lookout.gateway.admin.provision import provision_device, provision_gateway
+from lookout.simulators.node import SimNode
 
 pytestmark = pytest.mark.mosquitto
 WAIT = 5.0

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from protocols import messages, signing
+from lookout.protocols import messages, signing
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "PROTOCOL.md"
 BLOCK = re.compile(r"^```(\w+) lookout:([\w-]+)\n(.*?)^```", re.S | re.M)
@@ -36,26 +36,26 @@ def _hex(text: str) -> bytes:
 
 def _decode_binary(kind: str, data: bytes):
     if kind == "coap":
-        from protocols import coap
+        from lookout.protocols import coap
         msg = coap.decode(data)
         assert coap.encode(msg) == data
         return msg
     if kind == "serialframe":
-        from protocols import serialframe
+        from lookout.protocols import serialframe
         dec = serialframe.FrameDecoder()
         dec.receive_data(data)
         ev = dec.next_event()
         assert isinstance(ev, serialframe.Frame), ev
         return ev
     if kind == "mqtt":
-        from protocols import mqttpacket
+        from lookout.protocols import mqttpacket
         r = mqttpacket.PacketReader()
         r.receive_data(data)
         ev = r.next_event()
         assert ev is not mqttpacket.NEED_DATA
         return ev
     if kind == "clipchunk":
-        from protocols import cliptransfer
+        from lookout.protocols import cliptransfer
         return cliptransfer.decode_chunk(data)
     raise AssertionError("no decoder for example kind %r" % kind)
 
@@ -73,17 +73,17 @@ def test_example_decodes(lang: str, kind: str, body: str):
         # examples are written in canonical form, exactly as a sender emits them
         assert messages.encode(kind, obj) == body.strip().encode()
     elif kind == "nmea":
-        from protocols import nmea
+        from lookout.protocols import nmea
         sentences = [ln.strip().replace("\u240d\u240a", "") for ln in body.splitlines() if ln.strip().startswith("$")]
         assert sentences
         for line in sentences:
             nmea.parse_sentence(line.encode())
     elif kind == "clipmanifest":
-        from protocols import cliptransfer
+        from lookout.protocols import cliptransfer
         m = cliptransfer.decode_manifest(body.strip().encode())
         assert m.encode() == body.strip().encode()
     elif kind == "clipstatus":
-        from protocols import cliptransfer
+        from lookout.protocols import cliptransfer
         cliptransfer.decode_status(body.strip().encode())
     elif kind.endswith("-each"):  # one message per line
         assert lang == "hex"

@@ -16,10 +16,10 @@ import pytest
 from broker import Mosquitto, free_port
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway.brokerconfig import write_broker_config
-from gateway.keystore import KeyStore
-from gateway.pki import SiteCA
-from gateway.provision import provision_device, provision_gateway, provision_operator
+from lookout.gateway.admin.brokerconfig import write_broker_config
+from lookout.gateway.admin.keystore import KeyStore
+from lookout.gateway.admin.pki import SiteCA
+from lookout.gateway.admin.provision import provision_device, provision_gateway, provision_operator
 
 pytestmark = pytest.mark.mosquitto
 WAIT = 5.0

@@ -16,12 +16,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from gateway.brokerconfig import acl_text, pw_check, pw_hash
-from gateway.cli import main as cli_main
-from gateway.keystore import KeyStore
-from gateway.pki import PKIError, SiteCA
-from gateway.provision import ProvisionError, provision_device, provision_drone, provision_operator, revoke
-from protocols import signing
+from lookout.gateway.admin.brokerconfig import acl_text, pw_check, pw_hash
+from lookout.gateway.cli.main import main as cli_main
+from lookout.gateway.admin.keystore import KeyStore
+from lookout.gateway.admin.pki import PKIError, SiteCA
+from lookout.gateway.admin.provision import ProvisionError, provision_device, provision_drone, provision_operator, revoke
+from lookout.protocols import signing
 
 # `mosquitto_passwd -b pwfile u1 secret` (Mosquitto 2.0.11) wrote this line
 GOLDEN_LINE = ("u1:$7$101$lm9S+sVnGUCR184v$f7nFiWixCjN0/OE8PHB3wcGTleJwrsHkBKZ67zqllaRx8g5hnqH6qaZiBkG9+aUaWG4S"
@@ -153,7 +153,7 @@ def test_drone_and_recorder_keys(tmp_path):
 
 
 def test_acl_text_roles():
-    from gateway.keystore import MQTTUser
+    from lookout.gateway.admin.keystore import MQTTUser
 
     text = acl_text([MQTTUser("gw-1", "gateway", "s", "x", 0), MQTTUser("op-li", "operator", None, "x", 0),
                      MQTTUser("spk-a", "device", "s", "x", 0)])
@@ -201,7 +201,7 @@ def test_cli_end_to_end(tmp_path, capsys):
 def test_security_wire_doc_vectors():
     import binascii
 
-    from protocols import canonical, messages
+    from lookout.protocols import canonical, messages
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "PROTOCOL.md").read_text()
     old, new = bytes(range(32)), bytes(range(32, 64))

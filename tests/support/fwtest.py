@@ -1,7 +1,7 @@
 """Helpers shared by the firmware unit tests, on CPython and MicroPython alike.
 
 Importing this module makes ``lookout_node`` importable: on a device and in the MicroPython runner it sits in
-/lib already; under CPython ``simulators.firmware_path`` puts firmware/lib on sys.path.
+/lib already; under CPython ``lookout.simulators.firmware_host.install()`` makes it (and ``protocols``) importable.
 """
 
 import sys
@@ -10,7 +10,9 @@ import time
 try:
     import lookout_node  # noqa: F401
 except ImportError:
-    from simulators import firmware_path  # noqa: F401
+    from lookout.tools import firmware_host
+
+    firmware_host.install()
 
 _n = [0]
 

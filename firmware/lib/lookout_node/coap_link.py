@@ -46,7 +46,7 @@ warning for a report the gateway rejected.
 """
 
 from lookout_node.hal import asyncio, sleep_ms, ticks_diff, ticks_ms
-from protocols import coap, topics
+from protocols import backoff, coap, topics
 from protocols import defaults as _D
 from protocols.errors import CoAPError, LocalProtocolError, ProtocolError
 
@@ -425,14 +425,7 @@ class CoAPLink:
             await sleep_ms(wait)
 
     def _backoff_ms(self, attempt):
-        cap = self.backoff_min_ms
-        for _ in range(attempt):
-            if cap >= self.backoff_max_ms:
-                break
-            cap *= 2
-        cap = min(cap, self.backoff_max_ms)
-        half = cap // 2
-        return max(self._hold_ms, half + int(self._rand() * (cap - half)))
+        return max(self._hold_ms, backoff.delay_ms(attempt, self.backoff_min_ms, self.backoff_max_ms, self._rand()))
 
     async def _run(self):
         """Bring the link up and keep probing while it is down (birth POST, else CoAP ping)."""

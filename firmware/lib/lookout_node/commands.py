@@ -56,6 +56,18 @@ def safe_id(s):
     return True
 
 
+def is_safe_clip_id(s):
+    """Same rule as protocols.cliptransfer.is_safe_clip_id: [A-Za-z0-9_.-]{1,48}, no leading dot."""
+    return safe_id(s) and s[0] != "."
+
+
+def int_arg(args, name, default, lo, hi):
+    v = args.get(name, default)
+    if type(v) is not int or not lo <= v <= hi:  # type(): a bool is not a volume
+        raise Rejected("bad_args", "%s: expected an integer %d..%d, got %r" % (name, lo, hi, v))
+    return v
+
+
 def load(name):
     """Import ``lookout_node.<name>`` (a module loaded on first use) and return it."""
     return getattr(__import__("lookout_node." + name), name)

@@ -9,7 +9,7 @@ Theory of operation:
   trial (a crash loop), ``rollback()`` restores the backup. Other keys apply live.
 - ``validate(cfg)`` (full check of every known key: types, ranges, intervals especially, since a bad heartbeat
   period is how a whole site goes falsely offline; unknown keys kept), ``merge``, ``needs_trial``,
-  ``check_identity`` (the cheap structural check ``validate`` starts with) and the defaults live in
+  ``check_identity`` (the cheap structural check ``validate`` starts with), ``ConfigError`` and the defaults live in
   ``config_check``; this module's ``__getattr__`` imports it on first use of one of those names (a node needs
   them only when a ``set_config`` command arrives).
 - At boot ``ConfigStore.boot()`` runs the full ``validate`` (a hand-copied file with ``hb_s: 2`` must not take a
@@ -23,15 +23,9 @@ import json
 MAX_TRIAL_BOOTS = 2
 
 
-class ConfigError(ValueError):
-    def __init__(self, field, msg):
-        super().__init__("%s: %s" % (field, msg))
-        self.field = field
-        self.msg = msg
-
-
 def __getattr__(name):
-    """``validate``, ``merge``, ``needs_trial``, ``check_identity``, ``DEFAULTS``...: from ``config_check``."""
+    """``validate``, ``merge``, ``needs_trial``, ``check_identity``, ``DEFAULTS``, ``ConfigError``...: from
+    ``config_check``."""
     if name[0] == "_":  # import machinery probes (__path__...): never load the checker for those
         raise AttributeError(name)
     from lookout_node import config_check
@@ -71,7 +65,7 @@ class ConfigStore:
         try:
             try:
                 return cc.validate(self._read("config.json"))
-            except ConfigError:
+            except cc.ConfigError:
                 bak = self._read("config.bak.json")
                 if bak is None:
                     raise

@@ -8,8 +8,16 @@ data on an older node. It returns a new dict with defaults filled in and raises 
 naming the first bad key, its value and the rule.
 """
 
-from lookout_node.config import ConfigError
 from protocols import topics
+
+
+class ConfigError(ValueError):
+    """A config key that a node cannot run with; ``field`` names it (``broker.port``), ``msg`` says why."""
+
+    def __init__(self, field, msg):
+        super().__init__("%s: %s" % (field, msg))
+        self.field = field
+        self.msg = msg
 
 ROLES = ("speaker", "sensor", "camera")
 DEFAULTS = {

@@ -39,6 +39,7 @@ import asyncio
 import random
 
 from lookout_node.hal import ticks_diff, ticks_ms
+from protocols import backoff
 from protocols import defaults as _D
 from protocols import mqttpacket as mp
 from protocols.errors import LocalProtocolError, MQTTPacketError
@@ -53,15 +54,9 @@ SubscribeRefused = type("SubscribeRefused", (Exception,), {})
 
 
 def backoff_ms(n, backoff_min_ms=_D.MQTT_BACKOFF_MIN_MS, backoff_max_ms=_D.MQTT_BACKOFF_MAX_MS, rand=None):
-    """Delay before reconnect attempt ``n`` (0-based): ``cap = min(backoff_max_ms, backoff_min_ms * 2**n)``,
-    then "equal jitter": half of ``cap`` fixed plus a random part of the other half, so it is never 0 and
-    nodes spread out. ``rand`` returns a float in [0, 1) (inject a fixed one in tests)."""
-    cap = backoff_min_ms
-    while n > 0 and cap < backoff_max_ms:  # no big shifts: stops at backoff_max_ms
-        cap *= 2
-        n -= 1
-    cap = min(cap, backoff_max_ms)
-    return cap // 2 + int((rand or random.random)() * (cap - cap // 2))
+    """Delay before reconnect attempt ``n`` (0-based): protocols/backoff.py's policy with the MQTT defaults.
+    ``rand`` returns a float in [0, 1) (inject a fixed one in tests)."""
+    return backoff.delay_ms(n, backoff_min_ms, backoff_max_ms, (rand or random.random)())
 
 
 def _publish_packet(spec, field):

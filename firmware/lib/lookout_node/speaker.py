@@ -23,24 +23,12 @@ Theory of operation:
 import json
 import struct
 
-from lookout_node.commands import Failed, Rejected, load, safe_id
+from lookout_node.commands import Failed, Rejected, int_arg, is_safe_clip_id, load
 from lookout_node.hal import asyncio, sleep_ms, ticks_diff, ticks_ms
 
 CHUNK_MS = 60  # audio per write: bounds stop latency (requirement: 200 ms)
 MAX_REPEAT = 100
 SCHEDULES = "schedules.json"
-
-
-def is_safe_clip_id(s):
-    """Same rule as protocols.cliptransfer.is_safe_clip_id: [A-Za-z0-9_.-]{1,48}, no leading dot."""
-    return safe_id(s) and s[0] != "."
-
-
-def int_arg(args, name, default, lo, hi):
-    v = args.get(name, default)
-    if type(v) is not int or not lo <= v <= hi:  # type(): a bool is not a volume
-        raise Rejected("bad_args", "%s: expected an integer %d..%d, got %r" % (name, lo, hi, v))
-    return v
 
 
 def in_quiet_hours(quiet, tz_min, now_ms):
@@ -96,6 +84,10 @@ class Broadcast:
 
 class Speaker:
     CAPS = ("play", "stop", "set_volume", "schedule", "cancel", "cancel_schedule", "fetch_clip")
+    # what the lazily loaded speaker_sched needs of this module, reached through the instance (no import back)
+    Broadcast = Broadcast
+    MAX_REPEAT = MAX_REPEAT
+    SCHEDULES = SCHEDULES
 
     def __init__(self, hal, cfg, emit_event=None, save_cfg=None, publish_up=None, on_error=None):
         self.hal = hal

@@ -13,12 +13,11 @@ that found schedules on flash. A node that never gets a schedule never holds thi
 
 import json
 
-from lookout_node.commands import Rejected
-from lookout_node.speaker import MAX_REPEAT, SCHEDULES, Broadcast, int_arg, is_safe_clip_id
+from lookout_node.commands import Rejected, int_arg, is_safe_clip_id
 
 
 def _save(sp):
-    sp.fs.write(SCHEDULES, json.dumps(sp.schedules).encode())
+    sp.fs.write(sp.SCHEDULES, json.dumps(sp.schedules).encode())
 
 
 def check_schedule(sp, args, cmd):
@@ -35,7 +34,7 @@ def check_schedule(sp, args, cmd):
     if now is None:
         raise Rejected("no_clock", "schedules need the wall clock (GPS or NTP) and it is not set")
     prio = cmd.get("prio", 1)  # an emergency schedule (3) plays through quiet hours, at volume 100 by default
-    return {"sid": sid, "clip": clip, "every_s": every, "repeat": int_arg(args, "repeat", 1, 1, MAX_REPEAT),
+    return {"sid": sid, "clip": clip, "every_s": every, "repeat": int_arg(args, "repeat", 1, 1, sp.MAX_REPEAT),
             "volume": int_arg(args, "volume", 100 if prio == 3 else sp.volume, 0, 100), "prio": prio,
             "count": int_arg(args, "count", 0, 0, 100000),
             "next_ms": int_arg(args, "start_ms", now, 0, 2 ** 47)}
@@ -78,7 +77,7 @@ def tick(sp):
             sp.policy(s["prio"])
             if not sp.has_clip(s["clip"]):
                 raise Rejected("no_clip")
-            sp.submit(Broadcast(s["clip"], s["repeat"], s["volume"], s["prio"], sid=sid))
+            sp.submit(sp.Broadcast(s["clip"], s["repeat"], s["volume"], s["prio"], sid=sid))
         except Rejected as e:  # quiet hours are expected, not news: no event every period all night
             if sp.emit_event is not None and e.code != "quiet_hours":
                 sp.emit_event("broadcast", "info", "schedule %s skipped: %s" % (sid, e.code))

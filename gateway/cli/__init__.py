@@ -1,0 +1,1 @@
+"""The ``lookout`` command line: one module per command group, assembled by ``main``."""

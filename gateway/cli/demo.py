@@ -1,0 +1,69 @@
+"""`lookout demo`: registers the subcommand (gateway/demo.py does the work)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _positive(v: str) -> float:
+    try:
+        f = float(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {v!r}") from None
+    if f <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {v!r}")
+    return f
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    from lookout.gateway.demo import script as demo
+
+    try:
+        return demo.run(
+            speed=args.speed,
+            duration=args.duration,
+            nodes=args.nodes,
+            broker=args.broker,
+            data_dir=args.data_dir,
+            refresh=args.refresh,
+            verbose=args.verbose,
+        )
+    except ValueError as e:
+        print(f"lookout demo: {e}")
+        return 2
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "demo",
+        help="run the whole system on this machine with a scripted incident (start here)",
+        description="Embedded broker, the gateway and simulated nodes running the real firmware at spots on "
+        "a reservoir map; a detection, a broadcast from the nearest loudspeaker, a node going silent; "
+        "then a summary. Exit code 0 when every scripted step happened.",
+    )
+    p.add_argument(
+        "--speed",
+        type=_positive,
+        default=10.0,
+        help="time compression: heartbeat 30 s / SPEED (min 5 s), clip playback / SPEED (default 10)",
+    )
+    p.add_argument(
+        "--duration",
+        type=_positive,
+        default=None,
+        help="upper bound on the run in seconds (default max(90, 5 x heartbeat + 60)); the script "
+        "normally ends well before it",
+    )
+    p.add_argument("--nodes", type=int, default=5, help="number of nodes on the map, 3..8 (default 5)")
+    p.add_argument(
+        "--broker",
+        metavar="URL",
+        default=None,
+        help="mqtt://host:port of an existing broker (default: embedded amqtt on 127.0.0.1)",
+    )
+    p.add_argument(
+        "--data-dir", default=None, help="keep key store, registry and journal here (default: temp)"
+    )
+    p.add_argument("--refresh", type=_positive, default=None, help="device table redraw period in seconds")
+    p.add_argument("-v", "--verbose", action="store_true", help="also show the gateway's and nodes' logs")
+    p.set_defaults(func=_cmd)

@@ -1,0 +1,422 @@
+"""Evidence store: node uploads on ``lookout/v1/<site>/<dev>/up/<tid>`` reassembled, verified and filed.
+
+Theory of operation
+-------------------
+A camera/sensor node (or a recorder bridge) sends one *manifest* (canonical JSON, protocols/cliptransfer.py, with
+``mac`` = HMAC of the device key, purpose ``up``) and then binary *chunks* on ``up/<tid>``. For each ``(device,
+tid)`` the store keeps one ``ClipReceiver`` whose sink is a temp file under ``evidence/.part/`` with a name the
+gateway chose (random hex): nothing from the wire ever becomes a path. When the last chunk arrives the receiver
+checks the SHA-256 from the manifest (hashed at the source, FIELD.md); only then is the temp file fsynced, made
+read-only and hard-linked to ``evidence/<sha256>.<ext>`` (``ext`` from a fixed MIME table) — ``link`` never
+overwrites, so an original is never replaced or edited; a second upload of the same bytes is recorded as a
+duplicate. A hash mismatch, a forged MAC, an unknown device, a manifest over ``max_size`` or a bad tid never
+leaves a file behind, and no input raises out of ``on_message``.
+
+Custody (FIELD.md: custody chain starting at upload, each custody event hashed with the previous one): every
+stored file, duplicate, abandoned upload and link to an event is a ``custody`` entry in the duty journal, whose
+SHA-256 chain provides the ordering and tamper evidence. The entry names the device, the clip and transfer ids,
+the SHA-256, size, MIME type, the node's creation time and the authenticity (``signed``: manifest MAC verified
+with the device key; ``unsigned``: the node sent no MAC). A small SQLite index (``clips/evidence.db``) answers
+listings and remembers event references (``evidence: ["sha256:<hex>"]``) that arrive before their file.
+
+Delivery policy: chunks come QoS 1 and may repeat or arrive out of order (the receiver is idempotent). If no chunk
+arrived for ``stall_ms`` the store publishes the receiver's status (missing ranges) on the node's ``dl/<tid>`` —
+the only topic the node may read besides ``cmd`` — at most ``max_asks`` times; a transfer silent for
+``expire_ms`` is abandoned and its temp file removed. Status messages a loudspeaker sends on ``up/<tid>`` while
+*downloading* a clip are handed to ``on_status`` (gateway/clipdist.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import shutil
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from lookout.gateway.core.commands import check_signature
+from lookout.protocols import cliptransfer
+from lookout.protocols.errors import LocalProtocolError, TransferError
+from lookout.gateway.core.clock import now_ms
+
+log = logging.getLogger("lookout.clipstore")
+
+MAX_SIZE = 64 * 1024 * 1024  # one evidence file over MQTT: a 1-minute 720p clip at ~8 Mbit/s; 16,384 4-KiB chunks
+MAX_OPEN_PER_DEVICE = 4  # concurrent uploads one device may hold open (a camera sends one snapshot at a time)
+MAX_OPEN = 64  # concurrent uploads in all: bounds open files and temp-file disk use
+STALL_MS = 5000  # no chunk for this long: ask for the missing ranges
+MAX_ASKS = 3  # status requests before waiting out the expiry
+EXPIRE_MS = 120000  # abandoned after this long without a chunk
+FREE_MARGIN = 64 * 1024 * 1024  # keep this much disk free beyond an upload's size
+RECENT = 256  # finished (device, tid) pairs remembered so redelivered chunks are ignored quietly
+
+EXT = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp", "video/mp4": "mp4", "video/h264": "h264",
+       "audio/wav": "wav", "audio/x-wav": "wav", "audio/mpeg": "mp3", "audio/g711a": "g711a",
+       "application/json": "json"}
+HEX = frozenset("0123456789abcdef")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS evidence (
+    sha256 TEXT PRIMARY KEY, file TEXT NOT NULL, size INTEGER NOT NULL, mime TEXT NOT NULL, kind TEXT NOT NULL,
+    device TEXT NOT NULL, site TEXT NOT NULL, clip TEXT NOT NULL, tid INTEGER NOT NULL, auth TEXT NOT NULL,
+    created_ms INTEGER NOT NULL, received_ms INTEGER NOT NULL, journal_seq INTEGER
+);
+CREATE TABLE IF NOT EXISTS links (
+    sha256 TEXT NOT NULL, device TEXT NOT NULL, event_seq INTEGER NOT NULL, event_kind TEXT, ts INTEGER NOT NULL,
+    linked INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS links_sha ON links (sha256);
+"""
+
+
+
+def is_sha256(s: Any) -> bool:
+    return isinstance(s, str) and len(s) == 64 and all(c in HEX for c in s)
+
+
+def ext_for(mime: str) -> str:
+    return EXT.get(mime, "bin")
+
+
+class TempSink:
+    """cliptransfer sink on a gateway-named temp file; ``on_commit(sink)`` files it after the hash matched."""
+
+    def __init__(self, path: Path, size: int, on_commit: Callable[[TempSink], None]):
+        self.path = path
+        self.size = size
+        self.on_commit = on_commit
+        self.fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        self.committed = False
+
+    def write_at(self, offset: int, data: Any) -> None:
+        if self.fd is None or offset < 0 or offset + len(data) > self.size:
+            raise LocalProtocolError(f"write of {len(data)} bytes at {offset} outside the {self.size}-byte file")
+        os.pwrite(self.fd, data, offset)
+
+    def read_all(self, callback: Callable[[Any], Any], block: int = 65536) -> None:
+        assert self.fd is not None
+        off = 0
+        while off < self.size:
+            piece = os.pread(self.fd, min(block, self.size - off), off)
+            if not piece:
+                break
+            callback(piece)
+            off += len(piece)
+
+    def commit(self) -> None:
+        assert self.fd is not None
+        os.fsync(self.fd)
+        os.close(self.fd)
+        self.fd = None
+        self.committed = True
+        self.on_commit(self)
+
+    def discard(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+class Upload:
+    def __init__(self, site: str, device: str, tid: int, manifest: cliptransfer.Manifest, auth: str,
+                 rx: cliptransfer.ClipReceiver, sink: TempSink, now: int):
+        self.site, self.device, self.tid, self.manifest, self.auth = site, device, tid, manifest, auth
+        self.rx, self.sink = rx, sink
+        self.started_ms = self.last_ms = self.last_ask_ms = now
+        self.asks = 0
+        self.rejected_chunks = 0
+
+
+class ClipStore:
+    """``on_message(site, dev, sub, payload, now)`` for every ``up/<tid>`` message; ``tick(now)`` periodically."""
+
+    def __init__(self, root: str | Path, journal: Any, keystore: Any, *,
+                 send: Callable[[str, str, int, bytes], None] | None = None,
+                 on_status: Callable[[str, str, int, dict[str, Any], int], None] | None = None,
+                 clock: Callable[[], int] = now_ms, max_size: int = MAX_SIZE, stall_ms: int = STALL_MS,
+                 expire_ms: int = EXPIRE_MS, max_asks: int = MAX_ASKS):
+        self.root = Path(root)
+        self.dir = self.root / "evidence"
+        self.tmp = self.dir / ".part"
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        for stale in self.tmp.iterdir():  # temp files of a previous run can never complete: not evidence
+            stale.unlink(missing_ok=True)
+        self.journal = journal
+        self.keystore = keystore
+        self.send = send  # (site, device, tid, status payload) -> publish on the node's dl/<tid>
+        self.on_status = on_status  # a loudspeaker's download status (clipdist)
+        self.clock = clock
+        self.max_size, self.stall_ms, self.expire_ms, self.max_asks = max_size, stall_ms, expire_ms, max_asks
+        self.uploads: dict[tuple[str, int], Upload] = {}
+        self._recent: dict[tuple[str, int], str] = {}
+        self._refusals: dict[str, int] = {}
+        self.stats = {"stored": 0, "duplicates": 0, "refused": 0, "failed": 0, "abandoned": 0,
+                      "stray_chunks": 0, "bad_chunks": 0, "errors": 0}
+        self._db = sqlite3.connect(str(self.root / "evidence.db"), isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        for u in list(self.uploads.values()):
+            u.sink.discard()
+        self.uploads.clear()
+        self._db.close()
+
+    # -- input -----------------------------------------------------------------------------------------------
+    def on_message(self, site: str, device: str, sub: str | None, payload: bytes, now: int | None = None) -> None:
+        """One message from ``up/<sub>``; never raises (a bad upload must not take the gateway down)."""
+        now = self.clock() if now is None else now
+        try:
+            if sub is None or not sub.isdigit() or len(sub) > 10 or int(sub) > cliptransfer.UINT32:
+                self._refuse(device, None, "bad_tid", f"up/{sub!r}: transfer id must be decimal 0..2^32-1")
+                return
+            tid = int(sub)
+            if payload[:1] == b"{":
+                self._on_json(site, device, tid, payload, now)
+            else:
+                self._on_chunk(device, tid, payload, now)
+        except Exception:  # last line of defence; the input is untrusted
+            self.stats["errors"] += 1
+            log.exception("upload message from %s on up/%s failed", device, sub)
+
+    def _on_json(self, site: str, device: str, tid: int, payload: bytes, now: int) -> None:
+        if len(payload) <= 1024:
+            try:
+                d = json.loads(payload)
+            except ValueError:
+                d = None
+            if isinstance(d, dict) and "state" in d:  # a loudspeaker's download status, not an upload
+                try:
+                    st = cliptransfer.decode_status(payload)
+                except TransferError as e:
+                    log.warning("bad clip status from %s: %s", device, e)
+                    return
+                if st["tid"] != tid:
+                    log.warning("clip status from %s for tid %d on up/%d ignored", device, st["tid"], tid)
+                elif self.on_status is not None:
+                    self.on_status(site, device, tid, st, now)
+                return
+        self._on_manifest(site, device, tid, payload, now)
+
+    def _on_manifest(self, site: str, device: str, tid: int, payload: bytes, now: int) -> None:
+        key = (device, tid)
+        try:
+            m = cliptransfer.decode_manifest(payload)
+        except TransferError as e:
+            self._refuse(device, tid, e.code or "bad_manifest", str(e))
+            return
+        d = json.loads(payload)  # decode_manifest accepted it: valid, bounded JSON
+        if m.tid != tid:
+            self._refuse(device, tid, "bad_manifest", f"manifest tid {m.tid} sent on up/{tid}")
+            return
+        old = self.uploads.get(key)
+        if old is not None:
+            if old.manifest == m:
+                return  # QoS 1 redelivery of the same manifest
+            self._refuse(device, tid, "busy", f"transfer {tid} already open with another manifest")
+            return
+        if self._recent.get(key) == m.sha256:
+            return  # redelivered manifest of a finished transfer
+        p = check_signature(self.keystore, device, "up", d)
+        if p is not None and p.code != "unsigned":
+            self._refuse(device, tid, p.code, p.detail)
+            return
+        auth = "signed" if p is None else "unsigned"
+        if m.size > self.max_size:
+            self._refuse(device, tid, "too_large", f"{m.size} bytes, gateway limit {self.max_size}")
+            return
+        if sum(1 for u in self.uploads.values() if u.device == device) >= MAX_OPEN_PER_DEVICE \
+                or len(self.uploads) >= MAX_OPEN:
+            self._refuse(device, tid, "busy", "too many open uploads")
+            return
+        if shutil.disk_usage(self.dir).free < m.size + FREE_MARGIN:
+            self._refuse(device, tid, "no_space", f"{m.size} bytes would leave less than {FREE_MARGIN} free")
+            return
+        sink = TempSink(self.tmp / (secrets.token_hex(8) + ".part"), m.size, self._file)
+        try:
+            rx = cliptransfer.ClipReceiver(m, self.max_size, sink)
+        except TransferError as e:
+            sink.discard()
+            self._refuse(device, tid, e.code or "bad_manifest", str(e))
+            return
+        u = Upload(site, device, tid, m, auth, rx, sink, now)
+        sink.upload = u  # type: ignore[attr-defined]  # _file needs to know whose file it is
+        self.uploads[key] = u
+        log.debug("upload %s/%d from %s: %d bytes in %d chunks (%s)", m.clip_id, tid, device, m.size, m.chunks, auth)
+
+    def _on_chunk(self, device: str, tid: int, payload: bytes, now: int) -> None:
+        key = (device, tid)
+        u = self.uploads.get(key)
+        if u is None:
+            if key not in self._recent:
+                self.stats["stray_chunks"] += 1
+            return
+        u.last_ms = now
+        try:
+            u.rx.receive_payload(payload)
+        except TransferError as e:
+            if u.rx.state == cliptransfer.FAILED:  # hash mismatch: the sink was discarded, nothing filed
+                self.uploads.pop(key, None)
+                self._remember(key, "failed")
+                self.stats["failed"] += 1
+                self._security(device, f"upload {u.manifest.clip_id}/{tid} from {device} failed: {e.code}",
+                               {"code": e.code, "tid": tid, "clip": u.manifest.clip_id, "why": str(e)[:200],
+                                "sha256": u.manifest.sha256})
+                return
+            u.rejected_chunks += 1
+            self.stats["bad_chunks"] += 1
+            log.warning("chunk from %s on up/%d rejected: %s", device, tid, e)
+        except OSError as e:  # disk full / filing failed: drop the transfer, never a half file
+            self.uploads.pop(key, None)
+            u.sink.discard()
+            self.stats["errors"] += 1
+            log.error("upload %s/%d from %s: %s", u.manifest.clip_id, tid, device, e)
+
+    # -- filing ----------------------------------------------------------------------------------------------
+    def path_for(self, sha256: str, ext: str) -> Path:
+        if not is_sha256(sha256) or ext not in EXT.values() and ext != "bin":
+            raise ValueError("not a sha256/extension")
+        return self.dir / f"{sha256}.{ext}"
+
+    def _file(self, sink: TempSink) -> None:
+        """Called by the receiver after the SHA-256 matched: link the temp file to its content address."""
+        u: Upload = sink.upload  # type: ignore[attr-defined]
+        m = u.manifest
+        ext = ext_for(m.mime)
+        final = self.path_for(m.sha256, ext)
+        os.chmod(sink.path, 0o444)
+        dup = False
+        try:
+            os.link(sink.path, final)  # never overwrites: an original is never replaced
+        except FileExistsError:
+            dup = True
+        sink.path.unlink()
+        dfd = os.open(self.dir, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+        now = self.clock()
+        self.uploads.pop((u.device, u.tid), None)
+        self._remember((u.device, u.tid), m.sha256)
+        detail = {"action": "duplicate" if dup else "stored", "sha256": m.sha256, "size": m.size, "mime": m.mime,
+                  "kind": m.kind, "clip": m.clip_id, "tid": u.tid, "auth": u.auth,
+                  "file": final.name, "created_ms": m.created_ms, "received_ms": now,
+                  "transfer_ms": now - u.started_ms, "chunks": m.chunks, "duplicate_chunks": u.rx.duplicates}
+        e = self.journal.append("custody", f"evidence {m.sha256[:16]} ({m.kind}, {m.size} B) from {u.device} "
+                                + ("received again (same content)" if dup else "stored"),
+                                device=u.device, detail=detail, ts=now)
+        if dup:
+            self.stats["duplicates"] += 1
+        else:
+            self.stats["stored"] += 1
+            self._db.execute("INSERT OR IGNORE INTO evidence VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                             (m.sha256, final.name, m.size, m.mime, m.kind, u.device, u.site, m.clip_id, u.tid,
+                              u.auth, m.created_ms, now, e.seq))
+        self._link_pending(m.sha256, now)
+        log.info("evidence %s from %s %s (%s)", m.sha256[:16], u.device, "duplicate" if dup else "stored", u.auth)
+
+    def _remember(self, key: tuple[str, int], what: str) -> None:
+        self._recent[key] = what
+        if len(self._recent) > RECENT:
+            self._recent.pop(next(iter(self._recent)))
+
+    # -- refusals --------------------------------------------------------------------------------------------
+    def _refuse(self, device: str, tid: int | None, code: str, why: str) -> None:
+        self.stats["refused"] += 1
+        n = self._refusals[device] = self._refusals.get(device, 0) + 1
+        log.warning("upload from %s (tid %s) refused: %s: %s", device, tid, code, why[:200])
+        if n <= 10 or n & (n - 1) == 0:  # a misbehaving node cannot flood the journal: 1..10, then powers of 2
+            self._security(device, f"upload from {device} refused: {code}",
+                           {"code": code, "tid": tid, "why": why[:200], "refusals": n})
+
+    def _security(self, device: str, summary: str, detail: dict[str, Any]) -> None:
+        self.journal.append("security", summary, device=device, detail=detail)
+
+    # -- housekeeping ----------------------------------------------------------------------------------------
+    def tick(self, now: int | None = None) -> None:
+        now = self.clock() if now is None else now
+        for key, u in list(self.uploads.items()):
+            idle = now - u.last_ms
+            if idle >= self.expire_ms:
+                self.uploads.pop(key, None)
+                u.sink.discard()
+                self._remember(key, "abandoned")
+                self.stats["abandoned"] += 1
+                self.journal.append("custody", f"upload {u.manifest.clip_id}/{u.tid} from {u.device} abandoned "
+                                    f"({u.rx.received}/{u.manifest.chunks} chunks); nothing stored",
+                                    device=u.device, ts=now,
+                                    detail={"action": "abandoned", "sha256": u.manifest.sha256, "tid": u.tid,
+                                            "clip": u.manifest.clip_id, "have": u.rx.received,
+                                            "n": u.manifest.chunks, "asks": u.asks})
+            elif idle >= self.stall_ms and now - u.last_ask_ms >= self.stall_ms and u.asks < self.max_asks:
+                u.asks += 1
+                u.last_ask_ms = now
+                if self.send is not None:
+                    try:
+                        self.send(u.site, u.device, u.tid, cliptransfer.encode_status(u.rx))
+                    except Exception as e:  # noqa: BLE001 - link down: the next stall period asks again
+                        log.info("status request to %s failed: %s", u.device, e)
+
+    # -- events and queries ----------------------------------------------------------------------------------
+    def link_event(self, device: str, msg: dict[str, Any], event_seq: int, now: int | None = None) -> list[str]:
+        """Record the ``sha256:<hex>`` refs of an event (journal seq ``event_seq``); returns the refs linked now."""
+        now = self.clock() if now is None else now
+        linked = []
+        for ref in msg.get("evidence") or ():
+            if not isinstance(ref, str) or not ref.startswith("sha256:") or not is_sha256(ref[7:]):
+                continue
+            sha = ref[7:]
+            self._db.execute("INSERT INTO links (sha256, device, event_seq, event_kind, ts) VALUES (?,?,?,?,?)",
+                             (sha, device, event_seq, str(msg.get("kind")), now))
+            if self.get(sha) is not None:
+                self._link_pending(sha, now)
+                linked.append(sha)
+        return linked
+
+    def _link_pending(self, sha: str, now: int) -> None:
+        rows = self._db.execute("SELECT rowid, device, event_seq, event_kind FROM links WHERE sha256 = ? AND "
+                                "linked = 0", (sha,)).fetchall()
+        ev = self.get(sha)
+        for rowid, device, seq, kind in rows:
+            self.journal.append("custody", f"evidence {sha[:16]} linked to {kind} event #{seq} from {device}",
+                                device=device, ts=now,
+                                detail={"action": "linked", "sha256": sha, "event_seq": seq,
+                                        "file": ev["file"] if ev else None,
+                                        "same_device": bool(ev and ev["device"] == device)})
+            self._db.execute("UPDATE links SET linked = 1 WHERE rowid = ?", (rowid,))
+
+    def get(self, sha: str) -> dict[str, Any] | None:
+        if not is_sha256(sha):
+            return None
+        cur = self._db.execute("SELECT * FROM evidence WHERE sha256 = ?", (sha,))
+        row = cur.fetchone()
+        if row is None:
+            return None
+        d = dict(zip([c[0] for c in cur.description], row))
+        d["events"] = [r[0] for r in self._db.execute("SELECT event_seq FROM links WHERE sha256 = ? ORDER BY "
+                                                      "event_seq", (sha,))]
+        return d
+
+    def path(self, sha: str) -> Path | None:
+        ev = self.get(sha)
+        return None if ev is None else self.dir / ev["file"]
+
+    def list(self, limit: int = 100, sha: str | None = None) -> list[dict[str, Any]]:
+        if sha is not None:
+            ev = self.get(sha)
+            return [ev] if ev else []
+        shas = [r[0] for r in self._db.execute("SELECT sha256 FROM evidence ORDER BY received_ms DESC LIMIT ?",
+                                                (limit,))]
+        return [e for e in (self.get(s) for s in shas) if e]
+
+
+__all__ = ["ClipStore", "TempSink", "ext_for", "is_sha256"]

@@ -1,0 +1,1 @@
+"""The running gateway: ``app`` wires core, links and clips into one asyncio service (``lookout gateway``)."""

@@ -1,0 +1,213 @@
+"""The operator API: what an authenticated operator may ask of the gateway, and what it answers.
+
+Theory of operation
+-------------------
+``OperatorAPI.handle(op_id, op, args, rid)`` takes one request that ``protocols/opapi.py`` has already decoded and
+validated and whose operator the gateway has authenticated; it journals the request under the operator's name,
+runs it against the registry, the command path or the journal, and returns the response object. Transport (MQTT
+``opreq``/``opres``) stays in ``app.py``; the CLI, the demo and tests call the same ``handle``.
+
+Commands fan out through ``command()``: a device id, a zone (``[zones]``) or a site resolves to device ids, each
+gets a signed command from ``CommandService``, and the response aggregates their results (``ok``, ``queued``,
+``partial``, ``failed``, ``offline``, ``timeout``, ``expired``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from lookout.gateway.core.commands import Command, CommandError, CommandService
+from lookout.gateway.core.config import Config
+from lookout.gateway.core.journal import Journal
+from lookout.gateway.core.registry import Device, Registry
+from lookout.protocols import opapi
+
+NODE_KINDS = ("speaker", "sensor", "camera")
+
+
+class ClipOps(Protocol):
+    async def handle_op(self, op_id: str, op: str, a: dict[str, Any], rid: str | None) -> dict[str, Any]: ...
+
+
+def device_view(d: Device) -> dict[str, Any]:
+    """What operators see of a device (registry snapshot, ``devices`` op)."""
+    v: dict[str, Any] = {"id": d.id, "site": d.site, "kind": d.kind, "state": d.state, "fw": d.fw,
+                         "hb_s": d.hb_s, "last_seen_ms": d.last_seen_ms, "since_ms": d.since_ms,
+                         "reason": d.reason, "gaps": d.gaps, "transport": d.transport}
+    if d.last_loc:
+        v["loc"] = {k: d.last_loc[k] for k in ("lat", "lon", "alt_mm", "ts", "src") if k in d.last_loc}
+    if d.info:
+        v["info"] = d.info
+    return v
+
+
+class OperatorAPI:
+    def __init__(self, cfg: Config, registry: Registry, commands: CommandService, journal: Journal, keystore: Any,
+                 clock: Callable[[], int], bdseq: Callable[[], int]) -> None:
+        self.cfg = cfg
+        self.registry = registry
+        self.commands = commands
+        self.journal = journal
+        self.keystore = keystore
+        self.clock = clock
+        self.bdseq = bdseq
+        self.clips: ClipOps | None = None  # set by the service once the clip distributor exists
+
+    def resolve(self, to: str, op: str) -> list[str]:
+        """A device id, a zone ([zones] in the config) or a site id -> device ids. Group ops address speakers."""
+        if self.keystore.get(to) is not None or to in self.registry.devices:
+            return [to]
+        kinds = ("speaker",) if op in ("broadcast", "stop", "clips") else NODE_KINDS
+        if to in self.cfg.zones:
+            return list(self.cfg.zones[to])
+        if to == self.cfg.site or any(d.site == to for d in self.registry.devices.values()):
+            ids = {d.id for d in self.registry.devices.values() if d.site == to and d.kind in kinds}
+            if hasattr(self.keystore, "list"):
+                ids |= {i.device_id for i in self.keystore.list(site=to) if i.kind in kinds}
+            return sorted(ids)
+        raise CommandError(f"unknown device, zone or site {to!r}", "unknown_device")
+
+    async def handle(self, op_id: str, op: str, a: dict[str, Any], rid: str | None = None,
+                     drain: bool = True) -> dict[str, Any]:
+        """Run one validated request of an authenticated operator; journal it; return the response object.
+
+        ``drain=False`` leaves the journal entries deferred on the way (``Journal.append_soon``) for the caller to
+        chain after it has sent the response (the MQTT path does, to answer sooner)."""
+        try:
+            return await self._handle(op_id, op, a, rid)
+        finally:
+            if drain:
+                self.journal.drain()
+
+    async def _handle(self, op_id: str, op: str, a: dict[str, Any], rid: str | None = None) -> dict[str, Any]:
+        if op == "devices":
+            devs = self.registry.select(a.get("kind"), a.get("site"), a.get("state"))
+            self.journal.append("operator", f"{op_id} listed devices", operator=op_id, detail=a)
+            return opapi.response(rid, "ok", {"devices": [device_view(d) for d in devs]})
+        if op == "locate":
+            d = self.registry.get(a["device"])
+            self.journal.append("operator", f"{op_id} located {a['device']}", operator=op_id,
+                                device=a["device"])
+            if d is None:
+                return opapi.response(rid, "unknown_device", error=f"unknown device {a['device']!r}")
+            return opapi.response(rid, "ok", {"device": device_view(d), "loc": d.last_loc,
+                                              "loc_age_ms": None if d.last_loc_ms is None
+                                              else self.clock() - d.last_loc_ms})
+        if op == "journal":
+            return self._journal(op_id, a, rid)
+        if op == "status":
+            seq, head = self.journal.head()
+            return opapi.response(rid, "ok", {"gateway": self.cfg.gateway_id, "site": self.cfg.site,
+                                              "bdseq": self.bdseq(), "devices": self.registry.counts(),
+                                              "commands": self.commands.depths(), "journal_seq": seq,
+                                              "journal_head": head})
+        if op in ("clips", "clip_put"):
+            if self.clips is None:
+                return opapi.response(rid, "internal", error="clip handling is not running")
+            return await self.clips.handle_op(op_id, op, a, rid)
+        if op == "broadcast":
+            name, args = "play", {"clip": a["clip"], "repeat": a["repeat"]}
+            if a.get("volume") is not None:
+                args["volume"] = a["volume"]
+        elif op == "stop":
+            name, args = "stop", {"all": True}
+        else:
+            name, args = a["name"], a["args"]
+        return await self.command(op_id, op, a, name, args, rid)
+
+    async def command(self, op_id: str, op: str, a: dict[str, Any], name: str, args: dict[str, Any],
+                      rid: str | None) -> dict[str, Any]:
+        """Issue ``name(args)`` to what ``a[\"to\"]`` names, on behalf of ``op_id``; journaled; aggregated result."""
+        to = a["to"]
+        try:
+            targets = self.resolve(to, op)
+            if not targets:
+                raise CommandError(f"{to!r} has no {'speakers' if op != 'command' else 'devices'}",
+                                   "unknown_device")
+            kw = {"prio": a["priority"], "ttl_s": a.get("ttl_s"), "op": op_id, "queue": a["queue"]}
+            if len(targets) == 1 and targets[0] == to:
+                group = None
+                cmds = [await self.commands.issue(to, name, args, **kw)]
+            else:
+                group, cmds = await self.commands.issue_group(targets, name, args, **kw)
+        except CommandError as e:
+            self.journal.append("operator", f"{op_id} {op} to {to} refused: {e}", operator=op_id, device=to,
+                                detail={"op": op, "args": a, "code": e.code})
+            return opapi.response(rid, e.code, error=str(e))
+        self.journal.append_soon("operator", f"{op_id} {op} {name} to {to} ({len(cmds)} device(s))",
+                                 operator=op_id, device=to, detail={"op": op, "args": a, "group": group,
+                                                                    "commands": [c.id for c in cmds]})
+        wait = a["wait"]
+        if wait != "none":
+            wait_s = a.get("wait_s")
+            wait_s = self.cfg.commands.wait_s if wait_s is None else wait_s
+            sent = [c.id for c in cmds if c.status != "queued"]  # queued ones wait for their device's birth
+            if sent:
+                await self.commands.wait(sent, wait, wait_s)
+        cmds = [self.commands.get(c.id) or c for c in cmds]
+        results = [_result_view(c) for c in cmds]
+        return opapi.response(rid, _aggregate(cmds, wait), {"group": group, "to": to, "results": results},
+                              error=_first_error(cmds))
+
+    def _journal(self, op_id: str, a: dict[str, Any], rid: str | None) -> dict[str, Any]:
+        if a["verify"]:
+            v = self.journal.verify()
+            self.journal.append("operator", f"{op_id} verified the journal: {'ok' if v.ok else 'BROKEN'}",
+                                operator=op_id, detail={"ok": v.ok, "entries": v.entries, "bad_seq": v.bad_seq})
+            data = {"ok": v.ok, "entries": v.entries, "bad_seq": v.bad_seq, "reason": v.reason, "head": v.head}
+            return opapi.response(rid, "ok" if v.ok else "failed", data,
+                                  error=None if v.ok else f"chain broken at seq {v.bad_seq}: {v.reason}")
+        rows = [e for e in self.journal.entries(a.get("from"), a.get("to"), device=a.get("device"))
+                if e.seq > a["after"]]
+        more = len(rows) > a["limit"]
+        rows = rows[:a["limit"]]
+        if a["after"] == 0:
+            self.journal.append("operator", f"{op_id} read the journal", operator=op_id,
+                                detail={k: a.get(k) for k in ("from", "to", "device")})
+        seq, head = self.journal.head()
+        return opapi.response(rid, "ok", {"entries": [e.to_dict() for e in rows], "more": more,
+                                          "head_seq": seq, "head_hash": head})
+
+
+def _result_view(c: Command) -> dict[str, Any]:
+    v = {"device": c.device, "id": c.id, "status": c.status}
+    for k in ("code", "detail", "data", "attempts", "latency_ms"):
+        val = getattr(c, k)
+        if val:
+            v[k] = val
+    return v
+
+
+def _aggregate(cmds: list[Command], wait: str) -> str:
+    st = [c.status for c in cmds]
+    if all(s == "queued" for s in st):
+        return "queued"
+    if len(cmds) == 1:
+        s = st[0]
+        if s == "refused":
+            return "offline"
+        if s in ("failed", "rejected"):
+            return "failed"
+        if s in ("expired", "timeout"):
+            return s
+        if wait == "final" and s not in ("done",):
+            return "timeout"
+        return "ok"
+    good = ("done",) if wait == "final" else ("done", "accepted", "sent") if wait == "accepted" else \
+        ("done", "accepted", "sent", "queued")
+    if all(s in good for s in st):
+        return "ok"
+    if all(s == "refused" for s in st):
+        return "offline"
+    return "partial"
+
+
+def _first_error(cmds: list[Command]) -> str | None:
+    for c in cmds:
+        if c.status in ("failed", "rejected", "refused", "expired", "timeout"):
+            return f"{c.device}: {c.status}" + (f" ({c.code}: {c.detail})" if c.detail else "")
+    return None
+
+
+__all__ = ["NODE_KINDS", "OperatorAPI", "device_view"]
