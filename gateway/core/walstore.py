@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -30,11 +31,28 @@ def connect(path: str | Path, *, check_same_thread: bool = True,
     """An autocommit connection in WAL mode with ``synchronous=NORMAL`` (every store of the gateway uses one)."""
     db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=check_same_thread)
     db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-    db.execute("PRAGMA journal_mode=WAL")
+    _switch_to_wal(db, busy_timeout_ms / 1000)
     db.execute("PRAGMA synchronous=NORMAL")
     if checkpoint_in_background:
         db.execute("PRAGMA wal_autocheckpoint=0")
     return db
+
+
+def _switch_to_wal(db: sqlite3.Connection, timeout_s: float) -> None:
+    """``PRAGMA journal_mode=WAL``, waiting like any write would. SQLite skips the busy handler for this pragma
+    while another connection holds a write lock on a file still in rollback mode (a second process creating the
+    same store at the same moment) and raises "database is locked" at once; retry within the busy timeout."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.005
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
 
 
 def where(*conditions: tuple[str, object]) -> tuple[str, list[object]]:
