@@ -52,8 +52,8 @@ import paho.mqtt.client as paho
 from broker import Mosquitto
 from paho.mqtt.enums import CallbackAPIVersion
 
-from lookout.gateway.core.config import from_dict
 from lookout.gateway.admin.keystore import KeyStore
+from lookout.gateway.core.config import from_dict
 from lookout.gateway.links.mqtt import MQTTLink, nodelay
 from lookout.gateway.links.opclient import OperatorClient
 from lookout.gateway.service.app import Gateway

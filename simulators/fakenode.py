@@ -25,7 +25,6 @@ def _now() -> int:
     return time.time_ns() // 1_000_000
 
 
-
 def _nodelay(client: Any, userdata: Any, sock: Any) -> None:
     """paho ``on_socket_open``: no Nagle, as the gateway's link does (small, latency-bound messages)."""
     with contextlib.suppress(OSError, AttributeError):

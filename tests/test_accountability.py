@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from lookout.gateway.admin.audit import default_operator
+from lookout.gateway.admin.keystore import KeyStore
 from lookout.gateway.cli.main import main as cli_main
 from lookout.gateway.core.journal import GENESIS, Journal, entry_hash
-from lookout.gateway.admin.keystore import KeyStore
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,9 +11,9 @@ import paho.mqtt.client as paho
 from gwserve import serving
 from test_gateway_commands import make_cfg, until
 
+from lookout.gateway.admin.keystore import KeyStore
 from lookout.gateway.cli.main import main
 from lookout.gateway.clips.distribution import ClipError, check_wav
-from lookout.gateway.admin.keystore import KeyStore
 from lookout.gateway.service.app import Gateway
 from lookout.protocols import cliptransfer, topics
 from lookout.simulators.node import SimNode, make_config, wav_bytes

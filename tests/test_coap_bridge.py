@@ -16,8 +16,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from aiocoap.numbers.codes import Code
 
-from lookout.gateway.links.coap_bridge import CoAPBridge, paho_publisher
 from lookout.gateway.admin.keystore import KeyStore
+from lookout.gateway.links.coap_bridge import CoAPBridge, paho_publisher
 from lookout.protocols import canonical, coap, signing
 
 TIMEOUT = 5.0

@@ -197,8 +197,8 @@ def _bridge_available() -> bool:
 
 @pytest.mark.skipif(not _bridge_available(), reason="gateway/coap_bridge.py not present")
 def test_end_to_end_through_bridge_to_mosquitto(mosquitto, tmp_path):
-    from lookout.gateway.links.coap_bridge import CoAPBridge, paho_publisher
     from lookout.gateway.admin.keystore import KeyStore
+    from lookout.gateway.links.coap_bridge import CoAPBridge, paho_publisher
 
     ks = KeyStore(tmp_path / "keys.db")
     key = ks.ensure(DEV, SITE, "sensor").hmac_key

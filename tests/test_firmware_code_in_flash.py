@@ -16,8 +16,8 @@ import pytest
 from fwdeploy import write_config
 from mpyrun import run_micropython
 
-from lookout.tools import firmware_build as fb
 from lookout.gateway.cli.main import main as lookout
+from lookout.tools import firmware_build as fb
 
 # ---- an independent reader of the ROMFS format (MicroPython docs, "Working with ROMFS") ---------------------
 

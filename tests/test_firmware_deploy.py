@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from fwdeploy import node_config, write_config
 
-from lookout.tools import firmware_build as fb
 from lookout.gateway.cli.main import main as lookout
+from lookout.tools import firmware_build as fb
 
 
 def test_build_compiles_every_source_with_mpy_magic(built, capsys):

@@ -17,8 +17,8 @@ from gwserve import serving
 from test_embedded_broker import BrokerThread
 from test_gateway_commands import make_cfg, node, until
 
-from lookout.gateway.core.config import from_dict
 from lookout.gateway.admin.keystore import KeyStore
+from lookout.gateway.core.config import from_dict
 from lookout.gateway.service.app import Gateway
 from lookout.protocols import canonical
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from lookout.gateway.admin.keystore import KeyStore
 from lookout.gateway.cli.main import main
 from lookout.simulators.fakenode import FakeNode
-from lookout.gateway.admin.keystore import KeyStore
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,8 +9,8 @@ import sqlite3
 from aiowait import until
 from gwserve import serving
 
-from lookout.gateway.core.config import from_dict
 from lookout.gateway.admin.keystore import KeyStore
+from lookout.gateway.core.config import from_dict
 from lookout.gateway.service.app import Gateway
 from lookout.simulators.fakenode import FakeNode
 

@@ -18,8 +18,8 @@ import pytest
 from aiowait import aio
 from broker import Mosquitto, free_port
 
-from lookout.gateway.links.mqtt import Message, MQTTError, MQTTLink
 from lookout.gateway.admin.pki import SiteCA
+from lookout.gateway.links.mqtt import Message, MQTTError, MQTTLink
 
 pytestmark = pytest.mark.mosquitto
 WAIT = 5.0

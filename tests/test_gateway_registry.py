@@ -91,9 +91,9 @@ def test_persistence_and_rebase(tmp_path):
 def test_last_will_marks_offline(mosquitto, tmp_path):
     from test_gateway_commands import make_cfg, until
 
-    from lookout.simulators.fakenode import FakeNode
     from lookout.gateway.admin.keystore import KeyStore
     from lookout.gateway.service.app import Gateway
+    from lookout.simulators.fakenode import FakeNode
 
     async def main():
         ks = KeyStore(tmp_path / "ks.db")

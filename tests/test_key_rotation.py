@@ -11,8 +11,8 @@ import pytest
 from aiowait import aio
 
 from lookout.gateway.admin import rotation
-from lookout.gateway.cli.main import main as cli_main
 from lookout.gateway.admin.keystore import KeyStore
+from lookout.gateway.cli.main import main as cli_main
 from lookout.gateway.links.mqtt import MQTTLink
 from lookout.protocols import messages, signing
 from lookout.simulators.node import SimNode, make_config

@@ -10,7 +10,6 @@ import ast
 from pathlib import Path
 
 import pytest
-
 from mpyrun import ROOT, run_micropython
 
 DUAL_DIRS = ["tests/protocols", "tests/firmware_unit"]

@@ -17,10 +17,16 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from lookout.gateway.admin.brokerconfig import acl_text, pw_check, pw_hash
-from lookout.gateway.cli.main import main as cli_main
 from lookout.gateway.admin.keystore import KeyStore
 from lookout.gateway.admin.pki import PKIError, SiteCA
-from lookout.gateway.admin.provision import ProvisionError, provision_device, provision_drone, provision_operator, revoke
+from lookout.gateway.admin.provision import (
+    ProvisionError,
+    provision_device,
+    provision_drone,
+    provision_operator,
+    revoke,
+)
+from lookout.gateway.cli.main import main as cli_main
 from lookout.protocols import signing
 
 # `mosquitto_passwd -b pwfile u1 secret` (Mosquitto 2.0.11) wrote this line

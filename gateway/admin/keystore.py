@@ -40,8 +40,8 @@ from pathlib import Path
 from typing import Self
 
 from lookout.gateway.core import walstore
-from lookout.protocols.topics import is_valid_id
 from lookout.gateway.core.clock import now_ms as _now_ms
+from lookout.protocols.topics import is_valid_id
 
 KEY_LEN = 32
 DEVICE_KINDS = ("speaker", "sensor", "camera")

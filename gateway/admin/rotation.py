@@ -30,9 +30,9 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
+from lookout.gateway.core.clock import now_ms as _now_ms
 from lookout.protocols import messages, signing, topics
 from lookout.protocols.errors import AuthError, MessageError
-from lookout.gateway.core.clock import now_ms as _now_ms
 
 log = logging.getLogger(__name__)
 

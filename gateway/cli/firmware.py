@@ -17,9 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from lookout.tools import firmware_build as fb
 from lookout.gateway.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE
-
+from lookout.tools import firmware_build as fb
 
 
 def _err(msg: str, code: int) -> int:

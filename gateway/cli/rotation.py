@@ -21,9 +21,8 @@ import json
 import secrets
 import sys
 
-from lookout.protocols import topics
 from lookout.gateway.cli.common import EXIT_FAILED, EXIT_OFFLINE, EXIT_OK, EXIT_USAGE
-
+from lookout.protocols import topics
 
 
 def _err(msg: str, code: int) -> int:
@@ -47,11 +46,11 @@ async def _state(link, site: str, device: str, wait: float = 1.0) -> bool | None
 
 
 async def _run(args: argparse.Namespace) -> int:
-    from lookout.gateway.core import config as gwconfig
     from lookout.gateway.admin.audit import AdminJournal, AuditError
     from lookout.gateway.admin.keystore import KeyStore
-    from lookout.gateway.links.mqtt import MQTTError, MQTTLink
     from lookout.gateway.admin.rotation import RotationError, outcome_json, rotate_over_mqtt
+    from lookout.gateway.core import config as gwconfig
+    from lookout.gateway.links.mqtt import MQTTError, MQTTLink
 
     try:
         cfg = gwconfig.load(args.config)

@@ -17,8 +17,8 @@ import json
 import os
 import sys
 from pathlib import Path
-from lookout.gateway.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
+from lookout.gateway.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
 
 def _data_dir(args) -> Path:

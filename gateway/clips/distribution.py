@@ -33,7 +33,7 @@ import logging
 import os
 import secrets
 import struct
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 

@@ -38,10 +38,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from lookout.gateway.core.clock import now_ms
 from lookout.gateway.core.commands import check_signature
 from lookout.protocols import cliptransfer
 from lookout.protocols.errors import LocalProtocolError, TransferError
-from lookout.gateway.core.clock import now_ms
 
 log = logging.getLogger("lookout.clipstore")
 

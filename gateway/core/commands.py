@@ -38,18 +38,17 @@ import json
 import logging
 import secrets
 import sqlite3
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from lookout.gateway.core import walstore
+from lookout.gateway.core.clock import now_ms
 from lookout.gateway.core.config import CommandsConfig
 from lookout.gateway.core.registry import Device, Registry
 from lookout.protocols import canonical, messages, signing
 from lookout.protocols.errors import LocalProtocolError
-from lookout.gateway.core.clock import now_ms
 
 log = logging.getLogger(__name__)
 

@@ -474,8 +474,8 @@ class Demo:
 
     # -- orchestration ---------------------------------------------------------------------------------------
     async def run(self) -> int:
-        from lookout.gateway.links.broker import EmbeddedBroker
         from lookout.gateway.admin.keystore import KeyStore
+        from lookout.gateway.links.broker import EmbeddedBroker
         from lookout.gateway.links.mqtt import MQTTLink
         from lookout.gateway.links.opclient import OperatorClient
         from lookout.gateway.service.app import Gateway

@@ -47,6 +47,7 @@ from urllib.parse import urlsplit
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
+
 from lookout.protocols import backoff
 
 log = logging.getLogger(__name__)

@@ -25,16 +25,16 @@ import signal
 import sys
 from typing import Any, Self
 
+from lookout.gateway.core.clock import now_ms
 from lookout.gateway.core.commands import FLUSH_SLICE, Command, CommandService, check_signature
 from lookout.gateway.core.config import Config
 from lookout.gateway.core.journal import Journal
 from lookout.gateway.core.metrics import Metrics
-from lookout.gateway.links.mqtt import Message, MQTTLink
 from lookout.gateway.core.registry import Change, Device, Registry
+from lookout.gateway.links.mqtt import Message, MQTTLink
 from lookout.gateway.service.operator_api import OperatorAPI, device_view
 from lookout.protocols import messages, opapi, topics
 from lookout.protocols.errors import MessageError, TopicError
-from lookout.gateway.core.clock import now_ms
 
 log = logging.getLogger("lookout.gateway")
 
