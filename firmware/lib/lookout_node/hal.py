@@ -14,7 +14,7 @@ simulators. A board provides:
 - ``pir``: ``await wait()`` -> ticks of the next rising edge (or None: no presence sensor);
 - ``camera``: ``snapshot()`` -> JPEG bytes or None;
 - ``wdt_start(timeout_ms)``, ``wdt_feed()``; ``reboot()``;
-- ``fs``: a ``FileStore`` rooted on flash (config.json, cmdstate.json, outbox.json, clips/...);
+- ``fs``: a ``FileStore`` rooted on flash (config.json, cmdstate.json, outbox.0/.1, clips/...);
 - figures for the heartbeat: ``rssi()``, ``battery_mv()``, ``temperature_dc()``, ``free_heap()`` (each may
   return None when the board cannot tell);
 - ``open_connection(host, port, ssl=None, server_hostname=None)`` -> (reader, writer) asyncio streams to the
@@ -95,6 +95,11 @@ class FileStore:
         with open(self.path(name + ".tmp"), "wb") as f:
             f.write(data)
         self.rename(name + ".tmp", name)
+
+    def append(self, name, data):
+        """Add ``data`` at the end of ``name`` (created if missing); closing the file commits it to flash."""
+        with open(self.path(name), "ab") as f:
+            f.write(data)
 
     def rename(self, src, dst):
         a, b = self.path(src), self.path(dst)
