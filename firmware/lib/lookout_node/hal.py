@@ -19,9 +19,10 @@ simulators. A board provides:
   return None when the board cannot tell);
 - ``open_connection(host, port, ssl=None, server_hostname=None)`` -> (reader, writer) asyncio streams to the
   broker (the MQTT client's transport); ``ssl`` is a context from ``tls_context``;
-- ``tls_context(ca_path, cert_path=None, key_path=None)`` -> an SSL context that trusts ONLY the site CA at
-  ``ca_path`` (CA pinning: no system store), requires the server's certificate, and optionally presents a client
-  certificate; raises ``HalError`` when the board has no TLS;
+- ``tls_context(cadata, cert_path=None, key_path=None)`` -> an SSL context that trusts ONLY the site CA whose
+  DER is ``cadata`` (the bytes node_tls checked against the pin: a board reads no CA file itself; no system
+  store), requires the server's certificate, and optionally presents a client certificate; raises ``HalError``
+  when the board has no TLS;
 - ``network_up()`` -> bool and ``await connect_network(cfg)`` (WiFi/4G bring-up; no-op on the host).
 
 Everything here runs on MicroPython and CPython alike.
