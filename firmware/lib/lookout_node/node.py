@@ -177,7 +177,10 @@ class Node:
                      ("temp_dc", h.temperature_dc()), ("heap", h.free_heap()), ("err", self.last_error)):
             if v is not None:
                 m[k] = v
-        if self.store.trial is not None:
+        if self.proc.lost is not None:  # commands refused until the gateway's resync echoes the nonce
+            m["state"] = "state_lost"
+            m["nonce"] = self.proc.lost
+        elif self.store.trial is not None:
             m["state"] = "trial"
         elif self.speaker is not None and self.speaker.current is not None:
             m["state"] = "playing"
@@ -350,7 +353,7 @@ class Node:
                 raise
         opts.update(self.mqtt_opts)
         opts.update(cfg.get("mqtt") or {})
-        caps = ["ping", "reboot", "set_config", "rotate_key"]
+        caps = ["ping", "reboot", "set_config", "rotate_key", "resync"]
         for r in (self.speaker if self.role == "speaker" else None, self.sensor):
             if r is not None:
                 caps += list(r.CAPS)

@@ -22,29 +22,26 @@ Theory of operation (ThingsBoard users lose data in offline storage; FIELD.md):
 Heartbeats never go here (a stale one is worth nothing); ``loc`` has the lowest rank should a caller queue one.
 """
 
-from hashlib import sha256
-
-from lookout_node.hal import asyncio
+from lookout_node.hal import asyncio, seal, unseal
 
 RANKS = {"loc": 0, "evt": 2}  # any other channel (res): 1
 
 
 def _line(body):
-    """One record as stored: checksum, body, newline (bytes)."""
-    b = body.encode()
-    return sha256(b).digest()[:4].hex().encode() + b + b"\n"
+    """One record as stored: check, body, newline (bytes)."""
+    return seal(body.encode()) + b"\n"
 
 
 def _body(line):
     """The record body of a stored line, or None if the line is torn or damaged."""
-    if len(line) < 10 or line[-1:] != b"\n":
+    if line[-1:] != b"\n":
         return None
-    b = line[8:-1]
+    b = unseal(line[:-1])
+    if not b:
+        return None
     try:
-        if sha256(b).digest()[:4].hex() != line[:8].decode():
-            return None
         return b.decode()
-    except (UnicodeError, ValueError):
+    except UnicodeError:
         return None
 
 
