@@ -512,7 +512,7 @@ class CommandService:
         if not nonce or dev is None or dev.transport not in self.transports or self.active_for(device_id, "resync"):
             return
         try:
-            c = self.prepare(device_id, "resync", {"nonce": nonce}, prio=3)  # now: active before the next hb
+            c = self.prepare(device_id, "resync", {"nonce": nonce})  # now: active before the next heartbeat
         except CommandError as e:
             log.warning("resync for %s not sent: %s", device_id, e)
             return
