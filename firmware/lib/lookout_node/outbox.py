@@ -117,9 +117,10 @@ class Outbox:
         a = self._scan(self._file(0))
         b = self._scan(self._file(1))
         cur, other = (a, 1) if a[0] >= b[0] else (b, 0)
-        if cur[0] < 0:
-            for i in (0, 1):
-                self.fs.remove(self._file(i))
+        if cur[0] < 0:  # a fresh node, or nothing usable
+            if a[4] or b[4]:
+                for i in (0, 1):
+                    self.fs.remove(self._file(i))
             return a[4] or b[4]
         self.fs.remove(self._file(other))
         self.gen, head, recs, self.size, damaged = cur
