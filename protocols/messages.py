@@ -38,7 +38,7 @@ SCHEMAS = {
              " hb_s,I,1,86400 caps,l,16,n site,s,32,i",
     "death": "online,B bdseq,I ts,t reason,s,200,t",
     "hb": "seq,I ts,t up_s,I hb_s,I,1,86400 fw,s,32,t rssi,i,-150,0 bat_mv,i,0,60000 bat_pct,i,0,100"
-          " temp_dc,i,-600,1500 heap,i errs,i err,s,200,t outbox,i dropped,i state,s,24,n",
+          " temp_dc,i,-600,1500 heap,i errs,i err,s,200,t outbox,i dropped,i state,s,24,n nonce,s,16,h",
     "loc": "seq,I ts,T lat,I,-900000000,900000000 lon,I,-1800000000,1800000000 alt_mm,i,-1000000,100000000"
            " spd_cms,i,0,100000 hdg_cd,i,0,35999 fix,I,1,8 sats,i,0,99 hdop,i,0,9999"
            " src,E,gps/fixed/mavlink/recorder/manual",

@@ -139,3 +139,26 @@ async def test_ca_file_not_matching_pin_refused_before_connecting(site):
         await asyncio.wait_for(node._task, 5)
     assert node.node.client is None  # no connection was even attempted
     assert "ca_sha256" in (node.node.last_error or "")
+
+
+def test_host_layer_trusts_exactly_the_pinned_ca_bytes(site):
+    """The pin covers what the TLS context trusts on the host layer too: with the site's ca.crt (matching the
+    pin) and another site's CA in ca.der beside it, the context holds exactly the pinned certificate."""
+    import hashlib
+    import ssl
+
+    from lookout.tools import firmware_host
+
+    firmware_host.install()
+    from lookout_node import hal_host, node_tls
+
+    d = flash_copy(site, "der-twin")
+    shutil.copyfile(site.other.ca_der, d / "ca.der")  # a CA the pin never saw
+    cfg = json.loads((d / "config.json").read_text())
+    h = hal_host.HostHal(str(d))
+    opts = node_tls.tls_opts(cfg, h.fs, h)
+    ctx: ssl.SSLContext = opts["ssl"]
+    trusted = ctx.get_ca_certs(binary_form=True)
+    assert [hashlib.sha256(c).hexdigest() for c in trusted] == [cfg["broker"]["ca_sha256"]]
+    assert cfg["broker"]["ca_sha256"] == site.ca.fingerprint()
+    assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname

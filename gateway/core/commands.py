@@ -503,6 +503,22 @@ class CommandService:
             self._set(c, status, now, msg.get("code") or status, msg.get("detail"))
         return c
 
+    def resync(self, device_id: str, nonce: str | None) -> None:
+        """A node's heartbeat says ``state_lost``: its replay counter is unknown and it refuses every command.
+        Send it a signed ``resync`` echoing its challenge ``nonce``; the command's own counter becomes the node's
+        (docs/SECURITY.md). One at a time per device; a heartbeat is unauthenticated, but the nonce makes the
+        command useless anywhere else, so a forged one costs a command, nothing more."""
+        dev = self.registry.get(device_id)
+        if not nonce or dev is None or dev.transport not in self.transports or self.active_for(device_id, "resync"):
+            return
+        try:
+            c = self.prepare(device_id, "resync", {"nonce": nonce})  # now: active before the next heartbeat
+        except CommandError as e:
+            log.warning("resync for %s not sent: %s", device_id, e)
+            return
+        if c.status == "queued" and dev.live:
+            self._spawn(self._send(c))
+
     async def on_birth(self, device_id: str) -> None:
         """Send what waited for this device (queued, or sent in a session that has just ended)."""
         self.reserve_counter(device_id)

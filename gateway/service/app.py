@@ -316,7 +316,10 @@ class Gateway:
                 else:
                     self.registry.death(dev, site, messages.decode("death", payload), now)
             elif ch == "hb":
-                self.registry.heartbeat(dev, site, messages.decode("hb", payload), now)
+                hb = messages.decode("hb", payload)
+                self.registry.heartbeat(dev, site, hb, now)
+                if hb.get("state") == "state_lost":  # the node's replay counter is unknown: re-synchronise it
+                    self.commands.resync(dev, hb.get("nonce"))
             elif ch == "loc":
                 self.registry.location(dev, site, messages.decode("loc", payload), now)
             elif ch == "evt":

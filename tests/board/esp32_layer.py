@@ -201,30 +201,89 @@ def test_wifi_bring_up_and_rssi():
     _with_board(check)
 
 
-def test_tls_context_pins_the_site_ca_and_refuses_a_missing_one():
+def test_tls_context_trusts_only_the_given_ca_and_refuses_none():
     def check(m):
         import os
 
         d = tmpdir()
         os.mkdir(d)
-        with open(d + "/ca.der", "wb") as f:
-            f.write(b"\x30\x03DER")
-        with open(d + "/ca.crt", "wb") as f:
-            f.write(b"-----BEGIN CERTIFICATE-----\n")
         h = m.Esp32Hal({"role": "speaker", "hw": {"gps": False}})
         real = sys.modules.get("ssl")
         sys.modules["ssl"] = _Ssl()
         try:
-            ctx = h.tls_context(d + "/ca.crt")
+            ctx = h.tls_context(b"\x30\x03DER")
             assert ctx.verify_mode == _Ssl.CERT_REQUIRED
-            assert ("_Ctx.load_verify_locations", (), {"cadata": b"\x30\x03DER"}) in CALLS  # DER twin wins
-            with raises(m.hal.HalError, match="missing"):
-                h.tls_context(d + "/nope.crt")
+            assert _calls("_Ctx.load_verify_locations") == [("_Ctx.load_verify_locations", (),
+                                                             {"cadata": b"\x30\x03DER"})]
+            with raises(m.hal.HalError, match="no CA"):
+                h.tls_context(b"")
             with raises(m.hal.HalError, match="client certificate"):
-                h.tls_context(d + "/ca.crt", d + "/client.crt", d + "/client.key")
+                h.tls_context(b"\x30\x03DER", d + "/client.crt", d + "/client.key")
         finally:
             if real is None:
                 sys.modules.pop("ssl", None)
             else:
                 sys.modules["ssl"] = real
+    _with_board(check)
+
+
+def _with_ssl(fn):
+    real = sys.modules.get("ssl")
+    sys.modules["ssl"] = _Ssl()
+    try:
+        return fn()
+    finally:
+        if real is None:
+            sys.modules.pop("ssl", None)
+        else:
+            sys.modules["ssl"] = real
+
+
+def test_ca_pin_covers_exactly_the_bytes_handed_to_the_tls_context():
+    """The pin (broker.ca_sha256) was checked on ca.crt while this layer loaded ca.der when it existed: another
+    CA in ca.der passed the pin. Now node_tls reads the CA once, checks the pin on those bytes and hands exactly
+    them to the context; a ca.der beside it is never read, and a swapped ca.crt is refused before any context."""
+    import binascii
+    import hashlib
+    import os
+
+    from lookout_node import node_tls
+
+    def check(m):
+        d = tmpdir()
+        os.mkdir(d)
+        site = b"\x30\x0aSITE-CA-DER"
+        evil = b"\x30\x0aEVIL-CA-DER"
+
+        def pem(der):
+            return b"-----BEGIN CERTIFICATE-----\n" + binascii.b2a_base64(der) + b"-----END CERTIFICATE-----\n"
+
+        with open(d + "/ca.crt", "wb") as f:
+            f.write(pem(site))
+        with open(d + "/ca.der", "wb") as f:
+            f.write(evil)
+        pin = hashlib.sha256(site).digest().hex()
+        cfg = {"broker": {"host": "gw.local", "tls": True, "ca": "ca.crt", "ca_sha256": pin}}
+        h = m.Esp32Hal({"role": "speaker", "hw": {"gps": False}})
+        fs = m.hal.FileStore(d)
+        opts = _with_ssl(lambda: node_tls.tls_opts(cfg, fs, h))
+        loaded = [c[2].get("cadata") for c in _calls("_Ctx.load_verify_locations")]
+        assert loaded == [site], loaded
+        assert hashlib.sha256(loaded[0]).digest().hex() == pin
+        assert opts["server_hostname"] == "gw.local" and opts["ssl"].verify_mode == _Ssl.CERT_REQUIRED
+        # a DER file named as the CA is pinned and loaded as it is
+        cfg["broker"]["ca"] = "ca.der"
+        cfg["broker"]["ca_sha256"] = hashlib.sha256(evil).digest().hex()
+        del CALLS[:]
+        _with_ssl(lambda: node_tls.tls_opts(cfg, fs, h))
+        assert [c[2].get("cadata") for c in _calls("_Ctx.load_verify_locations")] == [evil]
+        # another CA in the pinned file: refused before a context exists
+        cfg["broker"]["ca"] = "ca.crt"
+        cfg["broker"]["ca_sha256"] = pin
+        with open(d + "/ca.crt", "wb") as f:
+            f.write(pem(evil))
+        del CALLS[:]
+        with raises(node_tls.TLSConfigError, match="ca_sha256"):
+            _with_ssl(lambda: node_tls.tls_opts(cfg, fs, h))
+        assert not _calls("_Ctx")
     _with_board(check)

@@ -26,9 +26,11 @@ def test_outbox_fifo_and_ack():
     assert len(ob) == 2
     assert ob.peek() == ("a/res", b'{"n":1}')
     assert ob.peek() == ("a/res", b'{"n":1}')  # peek does not remove: only an ack does
-    assert ob.pop() == ("a/res", b'{"n":1}')
-    assert ob.pop() == ("a/res", b'{"n":2}')
-    assert ob.pop() is None and ob.peek() is None
+    iid, topic, payload = ob.take()
+    assert (topic, payload) == ("a/res", b'{"n":1}') and ob.ack(iid)
+    iid, topic, payload = ob.take()
+    assert payload == b'{"n":2}' and ob.ack(iid) and not ob.ack(iid)
+    assert ob.take() is None and ob.peek() is None
 
 
 def test_outbox_drops_oldest_and_counts():
@@ -53,7 +55,7 @@ def test_outbox_survives_reboot():
     ob = Outbox(fs, max_items=3)
     for i in range(4):
         ob.put("t", '{"n":%d}' % i)
-    ob.pop()
+    ob.ack(ob.take()[0])
     ob2 = Outbox(fs, max_items=3)
     assert len(ob2) == 2 and ob2.dropped == 1
     assert ob2.peek() == ("t", b'{"n":2}')
@@ -61,7 +63,7 @@ def test_outbox_survives_reboot():
 
 def test_outbox_corrupt_file_starts_empty():
     fs = MemFS()
-    fs.write("outbox.json", b"{not json")
+    fs.write("outbox.0", b"{not json")
     assert len(Outbox(fs)) == 0
 
 

@@ -35,16 +35,33 @@ def tmpdir(prefix="lkfw"):
 
 
 class MemFS:
-    """The flash-storage interface of lookout_node.hal, in memory."""
+    """The flash-storage interface of lookout_node.hal, in memory; ``written`` counts the bytes written."""
 
     def __init__(self):
         self.files = {}
+        self.written = 0
 
     def read(self, name):
         return self.files.get(name)
 
     def write(self, name, data):
         self.files[name] = bytes(data)
+        self.written += len(data)
+
+    def append(self, name, data):
+        self.files[name] = self.files.get(name, b"") + bytes(data)
+        self.written += len(data)
+
+    def size(self, name):
+        d = self.files.get(name)
+        return None if d is None else len(d)
+
+    def open(self, name, mode="rb"):
+        import io
+
+        if name not in self.files:
+            raise OSError(2, "no such file")
+        return io.BytesIO(self.files[name])
 
     def remove(self, name):
         return self.files.pop(name, None) is not None

@@ -22,12 +22,22 @@ a node that never gets one (the import happens after verification: nothing unaut
 Results are signed with the device key (purpose ``res``) and handed to ``publish(msg)``, which puts them in the
 outbox, so they survive an outage. Handlers raise ``Rejected`` or ``Failed``; anything else becomes ``failed``
 (``rejected`` when it escapes a check) with code ``error`` and is counted by the supervisor's error figure.
+
+The counter fails closed. ``cmdstate.json`` is sealed (hal.seal: a SHA-256 check in front of the JSON) and
+written through FileStore (old or new at every step, FAT included). A missing file is a fresh node (counter 0);
+a file that is there but does not check is a *lost* state: the counter is unknown, so every command is refused
+with ``state_lost`` after its MAC, target and expiry checks, and the heartbeat reports ``state_lost`` with
+``nonce``, a random challenge drawn at this boot. Only a signed ``resync`` whose ``args.nonce`` is that challenge
+is accepted: its own ``ctr`` becomes the last accepted counter (the gateway's counters only grow), and the state
+is written again. A captured ``resync`` cannot be replayed later: the next loss draws another challenge. Nothing
+is written while lost, so a reboot stays lost.
 """
 
 import json
 
 from protocols import messages, signing
 from protocols.errors import AuthError, MessageError
+from lookout_node.hal import seal, unseal
 
 # The last 24 command ids are remembered (persisted in cmdstate.json): covers any plausible redelivery window.
 
@@ -44,6 +54,20 @@ class Rejected(Exception):
 
 class Failed(Rejected):
     """A command that was accepted but could not be completed; ``data`` says how far it got."""
+
+
+def _nonce():
+    """16 hex chars from the board's random source (os.urandom; MicroPython's ``random`` is seeded from the
+    hardware RNG on ESP32)."""
+    try:
+        from os import urandom
+
+        b = urandom(8)
+    except ImportError:
+        import random
+
+        b = bytes([random.getrandbits(8) for _ in range(8)])
+    return b.hex()
 
 
 def safe_id(s):
@@ -93,14 +117,18 @@ class CommandProcessor:
         self.seq = 0
         self.dropped = 0  # payloads with no readable id
         self.running = {}  # id -> task
+        self.lost = None  # while the state file is unreadable: this boot's challenge (16 hex) for ``resync``
         raw = fs.read("cmdstate.json")
-        if raw:
+        if raw is not None:  # missing: a fresh node, counter 0
             try:
-                d = json.loads(raw)
-                self.last_ctr = int(d.get("ctr", 0))
-                self.recent = [list(e) for e in d.get("recent", [])][-24:]
-            except (ValueError, TypeError, AttributeError):
-                pass  # corrupt: keep 0 -> the gateway's counter is far above; only replays of old ids pass MAC
+                d = json.loads(unseal(raw))
+                self.last_ctr = int(d["ctr"])
+                self.recent = [list(e) for e in d["recent"]][-24:]
+            except (ValueError, TypeError, KeyError, AttributeError):  # fail closed: refuse until a resync
+                self.last_ctr = 0
+                self.recent = []
+                self.lost = _nonce()
+        self.register("resync", self._resync)
 
     def register(self, name, run, check=None, progress=False, after=None):
         """``check(args, cmd)`` (sync) returns normalised args or raises Rejected; ``await run(args, cmd)``
@@ -135,9 +163,28 @@ class CommandProcessor:
 
     def _answer(self, cid, ctr, *res):
         """Remember (on flash) and send ``res`` = (status[, code, detail, data]) for command ``cid``."""
-        self.recent = [e for e in self.recent if e[0] != cid][-23:] + [[cid, ctr] + list(res)]
-        self.fs.write("cmdstate.json", json.dumps({"ctr": self.last_ctr, "recent": self.recent}).encode())
+        if self.lost is None:  # while lost nothing is written: a reboot must find the state lost again
+            self.recent = [e for e in self.recent if e[0] != cid][-23:] + [[cid, ctr] + list(res)]
+            self.fs.write("cmdstate.json", seal(json.dumps({"ctr": self.last_ctr, "recent": self.recent}).encode()))
         self._result(cid, *res)
+
+    async def _resync(self, args, cmd):
+        """On a healthy node an ordinary command (it passed the counter check); see ``_take_resync``."""
+        return {"ctr": self.last_ctr}
+
+    def _take_resync(self, cmd, ctr):
+        """A lost state: accept nothing but a ``resync`` echoing this boot's challenge; it sets the counter."""
+        if cmd["name"] != "resync":
+            raise AuthError("command state lost: commands are refused until the gateway sends resync",
+                            field="ctr", code="state_lost")
+        if cmd["args"].get("nonce") != self.lost:
+            raise AuthError("resync nonce is not this boot's challenge (stale or replayed)", field="args.nonce",
+                            code="bad_nonce")
+        self.lost = None
+        self.last_ctr = ctr
+        self.recent = []
+        self._answer(cmd["id"], ctr, "done", None, None, {"ctr": ctr})
+        return "done"
 
     def _why(self, e, name):
         """(code, detail, data) of a handler's exception; an unexpected one is also counted as an error."""
@@ -159,6 +206,8 @@ class CommandProcessor:
                 self._result(cid, *seen[2:])
                 return seen[2]
             ctr = signing.check_command(self.key, cmd, self.device_id, self.last_ctr, self.clock())
+            if self.lost is not None:
+                return self._take_resync(cmd, ctr)
         except (MessageError, AuthError) as e:  # answered, not remembered: nothing was accepted
             if cid is None:
                 try:  # best effort, so the sender learns why its command was refused

@@ -208,24 +208,20 @@ class Esp32Hal(hal.Hal):
                 pass
         return self.wlan.isconnected()
 
-    def tls_context(self, ca_path, cert_path=None, key_path=None):
-        """MicroPython ``ssl``: trust only the site CA (pinned), require the broker's certificate.
+    def tls_context(self, cadata, cert_path=None, key_path=None):
+        """MicroPython ``ssl``: trust only the site CA, require the broker's certificate.
 
-        mbedtls verifies only with ``CERT_REQUIRED`` (CERT_NONE/OPTIONAL check nothing). The CA is loaded as
-        DER (``ca.der`` next to ``ca.crt``, written by ``lookout provision``) when present, else the file as is
-        (MicroPython >= 1.23 also takes PEM). Client certificate and key are passed as bytes.
+        mbedtls verifies only with ``CERT_REQUIRED`` (CERT_NONE/OPTIONAL check nothing). ``cadata`` is the CA's
+        DER exactly as node_tls checked it against the pin; this layer reads no CA file of its own. Client
+        certificate and key are passed as bytes.
         """
         import ssl
 
+        if not cadata:
+            raise hal.HalError("no CA certificate given")
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.verify_mode = ssl.CERT_REQUIRED
-        der = None
-        if ca_path.endswith(".crt") or ca_path.endswith(".pem"):
-            der = _read(ca_path[:-4] + ".der")
-        ca = der if der is not None else _read(ca_path)
-        if ca is None:
-            raise hal.HalError("CA file %s missing" % ca_path)
-        ctx.load_verify_locations(cadata=ca)
+        ctx.load_verify_locations(cadata=cadata)
         if cert_path:
             cert, key = _read(cert_path), _read(key_path)
             if cert is None or key is None:

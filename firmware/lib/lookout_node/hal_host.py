@@ -135,11 +135,14 @@ class HostHal(hal.Hal):
     def network_up(self):
         return True
 
-    def tls_context(self, ca_path, cert_path=None, key_path=None):
-        """CPython: a client context trusting only ``ca_path`` (not the system store), hostname checked."""
+    def tls_context(self, cadata, cert_path=None, key_path=None):
+        """CPython: a client context trusting only the CA ``cadata`` (its DER, as node_tls pinned it; not the
+        system store), hostname checked."""
         import ssl
 
-        ctx = ssl.create_default_context(cafile=ca_path)  # CERT_REQUIRED + check_hostname
+        if not cadata:
+            raise hal.HalError("no CA certificate given")
+        ctx = ssl.create_default_context(cadata=bytes(cadata))  # CERT_REQUIRED + check_hostname
         if cert_path:
             ctx.load_cert_chain(cert_path, key_path)
         return ctx

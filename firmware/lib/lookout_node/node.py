@@ -12,8 +12,8 @@ Theory of operation:
   heartbeat), logged, and the task restarted with a growing delay. The watchdog is fed only by the watchdog
   task, and only while the loop is healthy: no task in a crash loop, and the broker reachable within
   ``offline_reboot_s`` (default 1800; a node that cannot get back online for half an hour is better off rebooting).
-- Events and results go through the persistent ``Outbox``; one sender task publishes its head with QoS 1 and
-  removes it only after PUBACK. Heartbeats and locations are QoS 0 and only sent while connected.
+- Events and results go through the persistent ``Outbox``; one sender task publishes its oldest item with QoS 1
+  and removes exactly that item (by its number) only after PUBACK. Heartbeats and locations are QoS 0 and only sent while connected.
 - Commands arrive on ``cmd`` and go to ``CommandProcessor`` (verification in front of every handler); clip
   chunks arrive on ``dl/<tid>``.
 - Code a node may never run is loaded on first use, never at boot: ``node_admin`` (reboot, set_config,
@@ -177,7 +177,10 @@ class Node:
                      ("temp_dc", h.temperature_dc()), ("heap", h.free_heap()), ("err", self.last_error)):
             if v is not None:
                 m[k] = v
-        if self.store.trial is not None:
+        if self.proc.lost is not None:  # commands refused until the gateway's resync echoes the nonce
+            m["state"] = "state_lost"
+            m["nonce"] = self.proc.lost
+        elif self.store.trial is not None:
             m["state"] = "trial"
         elif self.speaker is not None and self.speaker.current is not None:
             m["state"] = "playing"
@@ -244,18 +247,20 @@ class Node:
     async def sender(self):
         from lookout_node.mqtt import NotConnected
 
+        ob = self.outbox
         while True:
-            await self.outbox.wait()
+            await ob.wait()
             await self.client.connected.wait()
-            item = self.outbox.peek()
+            item = ob.take()  # (iid, topic, payload): in flight until acked, never dropped meanwhile
             if item is None:
                 continue
             try:
-                await self.client.publish(item[0], item[1], 1)
+                await self.client.publish(item[1], item[2], 1)
             except NotConnected:
+                ob.release()
                 await sleep_ms(100)
                 continue
-            self.outbox.pop()
+            ob.ack(item[0])  # exactly the item the broker acknowledged
 
     async def hb(self):
         while True:
@@ -348,7 +353,7 @@ class Node:
                 raise
         opts.update(self.mqtt_opts)
         opts.update(cfg.get("mqtt") or {})
-        caps = ["ping", "reboot", "set_config", "rotate_key"]
+        caps = ["ping", "reboot", "set_config", "rotate_key", "resync"]
         for r in (self.speaker if self.role == "speaker" else None, self.sensor):
             if r is not None:
                 caps += list(r.CAPS)

@@ -1,10 +1,12 @@
 """TLS settings of the broker connection (loaded by node.py only when ``broker.tls`` is on).
 
-Theory of operation: ``broker.ca`` (a file on flash, default ``ca.crt``) is the only CA the node trusts (no
-system store); an optional ``broker.ca_sha256`` pins the SHA-256 of that CA's DER and is checked before use,
-so a swapped CA file keeps the node off the broker instead of trusting it; ``cert``/``cert_key`` add a client
-certificate; ``sni`` overrides the server name (default ``broker.host``). Any failure raises: the node never
-falls back to plaintext.
+Theory of operation: ``broker.ca`` (a file on flash, default ``ca.crt``; PEM with one certificate, or DER) is
+the only CA the node trusts (no system store). It is read here, once, and turned into DER; an optional
+``broker.ca_sha256`` pins the SHA-256 of exactly those DER bytes, and exactly those bytes are handed to the
+board's ``tls_context`` as ``cadata``: no board layer reads a CA file of its own (the ESP32 layer used to load a
+``ca.der`` twin the pin never saw), so a swapped CA file keeps the node off the broker instead of trusting it.
+``cert``/``cert_key`` add a client certificate; ``sni`` overrides the server name (default ``broker.host``). Any
+failure raises: the node never falls back to plaintext.
 """
 
 import binascii
@@ -41,12 +43,15 @@ def tls_opts(cfg, fs, hal):
     raw = fs.read(ca)
     if not raw:
         raise TLSConfigError("broker.ca: %r is not on flash" % ca)
+    der = pem_to_der(raw)
+    if not der:
+        raise TLSConfigError("broker.ca: %r holds no certificate" % ca)
     pin = b.get("ca_sha256")
     if pin:
-        got = hashlib.sha256(pem_to_der(raw)).digest().hex()
+        got = hashlib.sha256(der).digest().hex()
         if got != str(pin).lower():
             raise TLSConfigError("broker.ca_sha256: %s is %s..., the pinned CA is %s..." % (ca, got[:16],
                                                                                          str(pin)[:16]))
     cert, key = b.get("cert"), b.get("cert_key")
-    ctx = hal.tls_context(fs.path(ca), fs.path(cert) if cert else None, fs.path(key) if key else None)
+    ctx = hal.tls_context(der, fs.path(cert) if cert else None, fs.path(key) if key else None)  # the pinned bytes
     return {"ssl": ctx, "server_hostname": b.get("sni") or b["host"]}
