@@ -29,8 +29,8 @@ CLIP_PUT_MAX_DATA = 8192  # raw bytes per clip_put piece
 CLIP_PUT_MAX_SIZE = 2 * 1024 * 1024  # = defaults.CLIP_MAX_SIZE_NODE: a clip no loudspeaker could store is refused
 MAX_RESPONSE = 262144
 
-OPS = ("devices", "broadcast", "stop", "command", "locate", "journal", "clips", "status", "clip_put")
-OPS = OPS + ("incidents", "incident", "coverage")  # linkage (docs/PROTOCOL.md §9, gateway/linkage/)
+OPS = ("devices", "broadcast", "stop", "command", "locate", "journal", "clips", "status", "clip_put",
+       "incidents", "incident", "coverage")  # the last three: linkage (gateway/linkage/)
 INCIDENT_STATES = ("open", "warned", "dispatched", "on_scene", "closed")
 INCIDENT_ACTIONS = ("show", "ack", "dispatch", "close")
 WAITS = ("none", "accepted", "final")

@@ -212,8 +212,9 @@ class Linkage:
         best: tuple[float, Incident] | None = None
         for inc in self.store.active.values():
             if absorbs(inc, site, lat, lon, zones, now, self.cfg.absorb_m, self.cfg.absorb_s):
-                d = (haversine_m(inc.lat, inc.lon, lat, lon)
-                     if None not in (lat, lon, inc.lat, inc.lon) else 0.0)  # type: ignore[arg-type]
+                d = 0.0
+                if lat is not None and lon is not None and inc.lat is not None and inc.lon is not None:
+                    d = haversine_m(inc.lat, inc.lon, lat, lon)
                 if best is None or d < best[0]:
                     best = (d, inc)
         return best[1] if best else None
@@ -254,10 +255,10 @@ class Linkage:
             if old == "new":
                 ctx = _ISSUING.get()
                 if ctx is not None and ctx[0] in self.store.active:
-                    inc = self.store.active[ctx[0]]
-                    inc.commands[c.id] = ctx[1]
-                    self._cmd[c.id] = inc.id
-                    self.store.save(inc)
+                    mine = self.store.active[ctx[0]]
+                    mine.commands[c.id] = ctx[1]
+                    self._cmd[c.id] = mine.id
+                    self.store.save(mine)
                 if ctx is None:
                     return
             inc_id = self._cmd.get(c.id)

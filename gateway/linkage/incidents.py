@@ -125,9 +125,9 @@ def absorbs(inc: Incident, site: str, lat: int | None, lon: int | None, zones: t
         return False
     if inc.zone is not None and inc.zone in zones:
         return True
-    if None in (lat, lon, inc.lat, inc.lon):
+    if lat is None or lon is None or inc.lat is None or inc.lon is None:
         return False
-    return haversine_m(inc.lat, inc.lon, lat, lon) <= absorb_m  # type: ignore[arg-type]
+    return haversine_m(inc.lat, inc.lon, lat, lon) <= absorb_m
 
 
 class IncidentStore:
@@ -185,10 +185,11 @@ class IncidentStore:
         if state is None or self._db is None:
             out = [i for i in self.active.values() if state in (None, "all", i.state)]
             return sorted(out, key=lambda i: -i.opened_ms)[:limit]
-        q, args = "SELECT doc FROM incidents", ()
+        q = "SELECT doc FROM incidents"
+        args: tuple[object, ...] = (limit,)
         if state != "all":
-            q, args = q + " WHERE state = ?", (state,)  # type: ignore[assignment]
-        rows = self._db.execute(q + " ORDER BY n DESC LIMIT ?", (*args, limit)).fetchall()
+            q, args = q + " WHERE state = ?", (state, limit)
+        rows = self._db.execute(q + " ORDER BY n DESC LIMIT ?", args).fetchall()
         return [Incident.from_dict(json.loads(r[0])) for r in rows]
 
 

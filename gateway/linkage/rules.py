@@ -200,7 +200,7 @@ class _T:
         self.used.add(key)
         return self.t.get(key)
 
-    def int(self, key: str, default: int | None, lo: int, hi: int) -> int | None:
+    def integer(self, key: str, default: int | None, lo: int, hi: int) -> int | None:
         self.used.add(key)
         v = self.t.get(key, default)
         if v is None:
@@ -218,7 +218,7 @@ class _T:
             return default
         return float(v)
 
-    def bool(self, key: str, default: bool) -> bool:
+    def flag(self, key: str, default: bool) -> bool:
         self.used.add(key)
         v = self.t.get(key, default)
         if not isinstance(v, bool):
@@ -226,7 +226,7 @@ class _T:
             return default
         return v
 
-    def str(self, key: str, default: str | None, check=None, rule: str = "a string") -> str | None:
+    def text(self, key: str, default: str | None, check=None, rule: str = "a string") -> str | None:
         self.used.add(key)
         v = self.t.get(key, default)
         if v is None:
@@ -299,20 +299,20 @@ def _actions(t: _T, zones: dict[str, Any], contacts: dict[str, Contact], escalat
     bc = None
     if t.has("broadcast"):
         b = t.sub("broadcast")
-        clip = b.str("clip", None, lambda s: _is_name(s.replace(".", "-"), 48), "a clip id ([a-z0-9_.-])")
-        within = b.int("within_m", None, 1, 20000)
-        zone = b.str("zone", None, _is_name, "a zone id")
+        clip = b.text("clip", None, lambda s: _is_name(s.replace(".", "-"), 48), "a clip id ([a-z0-9_.-])")
+        within = b.integer("within_m", None, 1, 20000)
+        zone = b.text("zone", None, _is_name, "a zone id")
         if clip is None and "clip" not in b.t:
             b.err("clip", "required (the warning clip to play)")
         if (within is None) == (zone is None) and ("within_m" in b.t) == ("zone" in b.t):
             b.err("", "give exactly one of within_m (speakers in range) or zone (a [zones] entry)")
         if zone is not None and zone not in zones:
             b.err("zone", f"{zone!r} is not in [zones] of gateway.toml")
-        bc = Broadcast(clip or "-", within, zone, _priority(b, "priority", 2), b.int("repeat", 1, 1, 20) or 1,
-                       b.int("volume", None, 0, 100), b.int("max_speakers", 3, 1, 50) or 3)
+        bc = Broadcast(clip or "-", within, zone, _priority(b, "priority", 2), b.integer("repeat", 1, 1, 20) or 1,
+                       b.integer("volume", None, 0, 100), b.integer("max_speakers", 3, 1, 50) or 3)
         b.finish()
-    officer = t.bool("officer", False)
-    record = t.bool("record", True)
+    officer = t.flag("officer", False)
+    record = t.flag("record", True)
     drone = None
     if t.has("drone"):
         v = t.t["drone"]
@@ -323,8 +323,8 @@ def _actions(t: _T, zones: dict[str, Any], contacts: dict[str, Contact], escalat
                 drone = DroneAction(v)
         else:
             d = t.sub("drone")
-            action = d.str("action", "orbit", lambda s: s in DRONE_ACTIONS, "one of goto, orbit") or "orbit"
-            drone = DroneAction(action, d.int("radius_m", 50, 5, 2000) or 50, d.int("alt_m", 60, 10, 500) or 60)
+            action = d.text("action", "orbit", lambda s: s in DRONE_ACTIONS, "one of goto, orbit") or "orbit"
+            drone = DroneAction(action, d.integer("radius_m", 50, 5, 2000) or 50, d.integer("alt_m", 60, 10, 500) or 60)
             d.finish()
     notify = None
     if t.has("notify"):
@@ -333,7 +333,7 @@ def _actions(t: _T, zones: dict[str, Any], contacts: dict[str, Contact], escalat
         for c in ids:
             if c not in contacts:
                 n.err("contacts", f"{c!r} is not a [[contact]] id")
-        within = n.int("within_m", None, 1, 50000)
+        within = n.integer("within_m", None, 1, 50000)
         if not ids and within is None and not [e for e in n.errors if "notify." in e]:
             n.err("", "give contacts (a list of [[contact]] ids) or within_m (contacts near the event)")
         notify = Notify(ids, within)
@@ -346,14 +346,14 @@ def _rule(i: int, r: Any, errors: list[str], zones: dict[str, Any], contacts: di
     where = f"rule {name!r}" if isinstance(name, str) else f"rule #{i + 1}"
     t = _T(errors, where, r)
     before = len(errors)
-    nm = t.str("name", None, lambda s: _is_name(s, 32 - len(RULE_ID_PREFIX)),
+    nm = t.text("name", None, lambda s: _is_name(s, 32 - len(RULE_ID_PREFIX)),
                f"a name of 1-{32 - len(RULE_ID_PREFIX)} chars [a-z0-9_-]")
     if nm is None and "name" not in t.t:
         t.err("name", "required")
-    cooldown = t.int("cooldown_s", 300, 0, 86400) or 0
+    cooldown = t.integer("cooldown_s", 300, 0, 86400) or 0
     m = t.sub("match")
     hours = None
-    hv = m.str("hours", None)
+    hv = m.text("hours", None)
     if hv is not None:
         hours = parse_hours(hv)
         if hours is None:
@@ -362,8 +362,8 @@ def _rule(i: int, r: Any, errors: list[str], zones: dict[str, Any], contacts: di
     count, within_s = 1, 0
     if m.has("persist"):
         p = m.sub("persist")
-        count = p.int("count", 1, 1, 100) or 1
-        within_s = p.int("within_s", 60, 1, 86400) or 60
+        count = p.integer("count", 1, 1, 100) or 1
+        within_s = p.integer("within_s", 60, 1, 86400) or 60
         p.finish()
     match = Match(m.names("kind", rule="event kinds of [a-z0-9_]"), m.names("site"), m.names("zone"),
                   m.names("severity", SEVERITIES), hours, count, within_s)
@@ -373,7 +373,7 @@ def _rule(i: int, r: Any, errors: list[str], zones: dict[str, Any], contacts: di
     after = None
     if t.has("escalate"):
         e = t.sub("escalate")
-        after = e.int("after_s", None, 1, 86400)
+        after = e.integer("after_s", None, 1, 86400)
         if after is None and "after_s" not in e.t:
             e.err("after_s", "required (seconds the incident may stay open or warned before escalating)")
         esc = _actions(e, zones, contacts, True)
@@ -401,22 +401,22 @@ def from_table(d: dict[str, Any], zones: dict[str, Any] | None = None, origin: s
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
             return False
 
-    tzname = top.str("timezone", "Asia/Shanghai", tz_ok, "an IANA time zone such as Asia/Shanghai") \
+    tzname = top.text("timezone", "Asia/Shanghai", tz_ok, "an IANA time zone such as Asia/Shanghai") \
         or "Asia/Shanghai"
-    cutoff = top.int("cutoff_s", 900, 60, 4 * 3600) or 900
-    absorb_m = top.int("absorb_m", 300, 1, 20000) or 300
-    absorb_s = top.int("absorb_s", 600, 1, 86400) or 600
-    auto_close = top.int("auto_close_s", 1800, 60, 7 * 86400) or 1800
-    on_scene = top.int("on_scene_m", 50, 5, 2000) or 50
+    cutoff = top.integer("cutoff_s", 900, 60, 4 * 3600) or 900
+    absorb_m = top.integer("absorb_m", 300, 1, 20000) or 300
+    absorb_s = top.integer("absorb_s", 600, 1, 86400) or 600
+    auto_close = top.integer("auto_close_s", 1800, 60, 7 * 86400) or 1800
+    on_scene = top.integer("on_scene_m", 50, 5, 2000) or 50
     sp = top.sub("speed")
     officer_mps = sp.num("officer_mps", 8.3, 0.5, 60.0)
     drone_mps = sp.num("drone_mps", 12.0, 1.0, 60.0)
     sp.finish()
     dr = top.sub("drone")
-    min_bat = dr.int("min_battery_pct", 40, 0, 100) or 0
-    launch_s = dr.int("launch_s", 30, 0, 600) or 0
+    min_bat = dr.integer("min_battery_pct", 40, 0, 100) or 0
+    launch_s = dr.integer("launch_s", 30, 0, 600) or 0
     dr.finish()
-    max_fix_age = top.int("max_fix_age_s", 300, 5, 86400) or 300
+    max_fix_age = top.integer("max_fix_age_s", 300, 5, 86400) or 300
     road_default = top.num("road_factor", 1.2, 1.0, 10.0)
     site_tz: dict[str, str] = {}
     road: dict[str, float] = {}
@@ -426,7 +426,7 @@ def from_table(d: dict[str, Any], zones: dict[str, Any] | None = None, origin: s
         st.used.add(sname)
         if not _is_name(sname):
             s.err("", "site id must be 1-32 chars [a-z0-9_-]")
-        stz = s.str("timezone", None, tz_ok, "an IANA time zone")
+        stz = s.text("timezone", None, tz_ok, "an IANA time zone")
         if stz:
             site_tz[sname] = stz
         if s.has("road_factor"):
@@ -441,11 +441,11 @@ def from_table(d: dict[str, Any], zones: dict[str, Any] | None = None, origin: s
         cid = c.get("id") if isinstance(c, dict) else None
         ct = _T(errors, f"contact {cid!r}" if isinstance(cid, str) else f"contact #{i + 1}", c)
         n0 = len(errors)
-        cid = ct.str("id", None, _is_name, "an id of 1-32 chars [a-z0-9_-] (their broker login)")
-        name = ct.str("name", None, lambda s: len(s) <= 60, "a name of 1-60 chars")
+        cid = ct.text("id", None, _is_name, "an id of 1-32 chars [a-z0-9_-] (their broker login)")
+        name = ct.text("name", None, lambda s: len(s) <= 60, "a name of 1-60 chars")
         lat = ct.num("lat", 0.0, -90.0, 90.0)
         lon = ct.num("lon", 0.0, -180.0, 180.0)
-        phone = ct.str("phone", None, lambda s: len(s) <= 24, "a phone number")
+        phone = ct.text("phone", None, lambda s: len(s) <= 24, "a phone number")
         for k in ("id", "name", "lat", "lon"):
             if k not in ct.t:
                 ct.err(k, "required")
