@@ -27,6 +27,7 @@ from lookout.gateway.linkage.geo import LocalProjection
 
 NODE_KINDS = ("speaker", "sensor", "camera")
 W, H, MARGIN = 960, 720, 48
+MAP_W = W - 250  # the legend has the strip to the right of the map
 COLORS = {"speaker": "#1f77b4", "sensor": "#2ca02c", "camera": "#9467bd", "officer": "#ff7f0e",
           "drone": "#d62728", "uncovered": "#d62728"}
 LABELS = {
@@ -124,8 +125,8 @@ def _scene(rep: dict[str, Any], lang: str) -> list[dict[str, Any]]:
     proj = LocalProjection(lat0, lon0)
     xy = [proj.xy(a, b) for a, b in placed]
     span = max(500.0, max(abs(x) for x, _ in xy) * 2, max(abs(y) for _, y in xy) * 2) * 1.3
-    scale = min(W - 2 * MARGIN, H - 2 * MARGIN - 80) / span  # px per metre
-    cx, cy = W / 2, (H - 40) / 2 + 20
+    scale = min(MAP_W - 2 * MARGIN, H - 2 * MARGIN - 80) / span  # px per metre
+    cx, cy = MAP_W / 2, (H - 40) / 2 + 20
 
     def px(lat: int, lon: int) -> tuple[float, float]:
         x, y = proj.xy(lat, lon)
@@ -135,19 +136,26 @@ def _scene(rep: dict[str, Any], lang: str) -> list[dict[str, Any]]:
         if u.get("radius_m"):
             x, y = px(u["lat"], u["lon"])
             out.append({"t": "circle", "x": x, "y": y, "r": u["radius_m"] * scale, "color": COLORS[u["unit"]]})
+    marks: list[tuple[float, float, str, str]] = []
     for pt in rep["points"]:
         x, y = px(pt["lat"], pt["lon"])
         if not pt["covered"]:
             out.append({"t": "ring", "x": x, "y": y, "r": 11, "color": COLORS["uncovered"]})
-        out.append({"t": "marker", "x": x, "y": y, "kind": pt["kind"], "color": COLORS[pt["kind"]],
-                    "label": pt["id"]})
+        marks.append((x, y, pt["kind"], pt["id"]))
     for u in rep["units"]:
         if "lat" in u:
             x, y = px(u["lat"], u["lon"])
             label = u["id"] + (f" ({u['officer']})" if u.get("officer") else "") + ("" if u["available"]
                                                                                     else f" - {u['why']}")
-            out.append({"t": "marker", "x": x, "y": y, "kind": u["unit"], "color": COLORS[u["unit"]],
-                        "label": label})
+            marks.append((x, y, u["unit"], label))
+    taken = [(x - 8, y - 8, x + 8, y + 8) for x, y, _, _ in marks]
+    for x, y, kind, label in marks:
+        lx, ly = _place(label, x, y, taken)
+        m = {"t": "marker", "x": x, "y": y, "kind": kind, "color": COLORS[kind], "label": label, "lx": lx, "ly": ly}
+        if abs(ly + 8 - y) > 22:  # moved away to stay readable: a leader line says whose label it is
+            ex = lx if lx > x else lx + _text_w(label)
+            m["leader"] = (ex, ly + 8)
+        out.append(m)
     bar = _nice(span / 5)
     y0 = H - 30
     out.append({"t": "scale", "x": MARGIN, "y": y0, "w": bar * scale,
@@ -157,11 +165,32 @@ def _scene(rep: dict[str, Any], lang: str) -> list[dict[str, Any]]:
                 "text": L["summary"].format(cov=n - unc, n=n, unc=unc)})
     ly = 72
     for key in ("speaker", "sensor", "camera", "officer", "drone", "uncovered"):
-        out.append({"t": "legend", "x": W - 250, "y": ly, "kind": key, "color": COLORS[key], "text": L[key]})
+        out.append({"t": "legend", "x": MAP_W + 20, "y": ly, "kind": key, "color": COLORS[key], "text": L[key]})
         ly += 20
-    out.append({"t": "legend", "x": W - 250, "y": ly, "kind": "circle", "color": COLORS["officer"],
+    out.append({"t": "legend", "x": MAP_W + 20, "y": ly, "kind": "circle", "color": COLORS["officer"],
                 "text": L["circle"].format(min=mins)})
     return out
+
+
+def _text_w(s: str) -> float:
+    return sum(13 if ord(c) >= 0x1100 else 7.5 for c in s)
+
+
+def _place(label: str, x: float, y: float, taken: list[tuple[float, float, float, float]]) -> tuple[float, float]:
+    """Top-left corner of a label next to (x, y) that overlaps no label or marker placed so far (greedy: the
+    first free spot of a few around the marker, else the first one)."""
+    w, h = _text_w(label), 16
+    spots = [(10, -20), (10, 4), (-10 - w, -20), (-10 - w, 4), (-w / 2, -30), (-w / 2, 12)]
+    spots += [(dx, dy + k * sign) for k in (18, 36, 54, 72) for sign in (-1, 1) for dx, dy in spots[:4]]
+    for dx, dy in spots:
+        box = (x + dx, y + dy, x + dx + w, y + dy + h)
+        if box[0] < 2 or box[2] > MAP_W + 10 or box[1] < 60 or box[3] > H - 40:
+            continue
+        if all(box[2] <= t[0] or box[0] >= t[2] or box[3] <= t[1] or box[1] >= t[3] for t in taken):
+            taken.append(box)
+            return box[0], box[1]
+    taken.append((x + 10, y - 20, x + 10 + w, y - 6))
+    return x + 10, y - 20
 
 
 def _svg_marker(kind: str, x: float, y: float, color: str) -> str:
@@ -199,8 +228,11 @@ def render_svg(rep: dict[str, Any], lang: str = "en") -> str:
             parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{s["r"]}" fill="none" stroke="{s["color"]}" '
                          'stroke-width="2.5"/>')
         elif t == "marker":
+            if "leader" in s:
+                parts.append(f'<line x1="{x:.1f}" y1="{y:.1f}" x2="{s["leader"][0]:.1f}" y2="{s["leader"][1]:.1f}" '
+                             'stroke="#888888" stroke-width="0.8"/>')
             parts.append(_svg_marker(s["kind"], x, y, s["color"]))
-            parts.append(f'<text x="{x + 10:.1f}" y="{y - 8:.1f}" fill="#222222">{escape(s["label"])}</text>')
+            parts.append(f'<text x="{s["lx"]:.1f}" y="{s["ly"] + 11:.1f}" fill="#222222">{escape(s["label"])}</text>')
         elif t == "scale":
             parts.append(f'<line x1="{x}" y1="{y}" x2="{x + s["w"]:.1f}" y2="{y}" stroke="#222222" '
                          'stroke-width="3"/>')
@@ -233,15 +265,15 @@ def render_png(rep: dict[str, Any], path: str | Path, lang: str = "en") -> str:
         lang = "en"
     big = _font(18, lang)[0]
     img = Image.new("RGBA", (W, H), "#f7f9fb")
-    shade = Image.new("RGBA", (W, H), (0, 0, 0, 0))
-    sd = ImageDraw.Draw(shade)
     scene = _scene(rep, lang)
     for s in scene:
-        if s["t"] == "circle":
+        if s["t"] == "circle":  # each on its own layer: drawing replaces pixels, compositing blends them
+            shade = Image.new("RGBA", (W, H), (0, 0, 0, 0))
             r, g, b = ImageColor.getrgb(s["color"])[:3]
             x, y, rad = s["x"], s["y"], s["r"]
-            sd.ellipse((x - rad, y - rad, x + rad, y + rad), fill=(r, g, b, 26), outline=(r, g, b, 170), width=2)
-    img = Image.alpha_composite(img, shade)
+            ImageDraw.Draw(shade).ellipse((x - rad, y - rad, x + rad, y + rad), fill=(r, g, b, 26),
+                                          outline=(r, g, b, 170), width=2)
+            img = Image.alpha_composite(img, shade)
     d = ImageDraw.Draw(img)
 
     def marker(kind: str, x: float, y: float, color: str) -> None:
@@ -268,8 +300,10 @@ def render_png(rep: dict[str, Any], path: str | Path, lang: str = "en") -> str:
             r = s["r"]
             d.ellipse((x - r, y - r, x + r, y + r), outline=s["color"], width=3)
         elif t == "marker":
+            if "leader" in s:
+                d.line((x, y, *s["leader"]), fill="#888888", width=1)
             marker(s["kind"], x, y, s["color"])
-            d.text((x + 10, y - 20), s["label"], fill="#222222", font=font)
+            d.text((s["lx"], s["ly"] - 1), s["label"], fill="#222222", font=font)
         elif t == "scale":
             d.line((x, y, x + s["w"], y), fill="#222222", width=3)
             d.text((x, y - 20), s["text"], fill="#222222", font=font)
