@@ -23,6 +23,7 @@ from lookout.protocols import notify
 NIGHT = int(datetime(2025, 6, 1, 15, 30, tzinfo=UTC).timestamp() * 1000)
 NOON = int(datetime(2025, 6, 1, 4, 0, tzinfo=UTC).timestamp() * 1000)
 FERRY = (299050000, 1196100000)
+ZONES = {"ferry": ("sen-ferry",)}
 
 
 def view(dev, kind, lat, lon, state="online", ts=None, **info):
@@ -61,12 +62,12 @@ class World:
         self.published: list[tuple[str, bytes, int, bool]] = []
         self.cmds: dict[str, Command] = {}
         self.journal = Journal(tmp_path / "journal.db")
-        self.cfg = rules.from_table(t or table())
+        self.cfg = rules.from_table(t or table(), ZONES)
         self.tmp = tmp_path
         self.link = self.make(db)
 
     def make(self, db):
-        return Linkage(self.cfg, site="dongshan", zones={"ferry": ("sen-ferry",)}, journal=self.journal,
+        return Linkage(self.cfg, site="dongshan", zones=ZONES, journal=self.journal,
                        views=lambda: self.views, view=lambda i: next((v for v in self.views if v["id"] == i), None),
                        issue=self.issue, publish=lambda *a: self.published.append(a),
                        spawn=lambda coro, name=None: asyncio.get_running_loop().create_task(coro, name=name),
@@ -361,3 +362,25 @@ async def test_bad_or_odd_events_never_raise(tmp_path):
     assert w.link.errors == 1
     r = await w.link.handle_op("op-1", "incident", {"action": "ack", "incident": "inc-999"}, None)
     assert r["code"] == "bad_request"
+
+
+@aio
+async def test_zone_broadcast_and_a_bound_on_open_incidents(tmp_path, monkeypatch):
+    from lookout.gateway.linkage import engine
+
+    t = table(rule=[{"name": "ferry-zone", "match": {"zone": "ferry"},
+                     "act": {"broadcast": {"zone": "ferry", "clip": "nofish", "priority": "emergency"}}},
+                    {"name": "elsewhere", "match": {"zone": ["z0", "z1", "z2", "z3", "z4", "z5"]},
+                     "act": {"notify": {"contacts": ["cadre-wang"]}}}])
+    w = World(tmp_path, t)
+    inc = w.event()  # the device is in [zones].ferry: the zone matches though the event names none
+    await settle()
+    assert inc is not None and inc.zone == "ferry"
+    assert [(c["to"], c["name"], c["args"]) for c in w.calls] == [("ferry", "play", {"clip": "nofish", "repeat": 1})]
+    # a flood of detections from everywhere opens at most MAX_ACTIVE incidents
+    monkeypatch.setattr(engine, "MAX_ACTIVE", 3)
+    for i in range(6):
+        w.now += 1000
+        w.event(dev=f"sen-{i}", latlon=(290000000 + i * 1000000, 1190000000), zone=f"z{i}")
+    assert len(w.link.store.active) == 3 and w.link.refused == 4
+    assert any("opens no new one" in e.summary for e in w.entries())

@@ -76,6 +76,7 @@ FAILED = ("failed", "rejected", "expired", "timeout", "refused")
 CMD_WAIT_S = 15  # how long an action's task waits for the device's acceptance before journaling the outcome
 CMD_TTL_S = 120  # a warning or a dispatch order older than this is useless: never queue them for later
 MAX_PLACES = 10_000  # persistence windows and cool-downs remembered (oldest dropped)
+MAX_ACTIVE = 500  # open incidents; past this a detection that would open another is journaled, not opened
 SEV_ZH = {"info": "提示", "general": "一般", "serious": "严重", "critical": "紧急"}
 
 _ISSUING: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar("linkage_issuing", default=None)
@@ -105,6 +106,7 @@ class Linkage:
         self._seen: dict[tuple[str, str], list[int]] = {}  # (rule, place) -> detection times (persistence)
         self._acted: dict[tuple[str, str], int] = {}  # (rule, place) -> when its act last ran (cool-down)
         self.errors = 0
+        self.refused = 0  # detections that found MAX_ACTIVE incidents open
 
     def close(self) -> None:
         self.store.close()
@@ -172,6 +174,13 @@ class Linkage:
             if not self._persisted(rule, place, now):
                 continue
             if inc is None:
+                if len(self.store.active) >= MAX_ACTIVE:
+                    self.refused += 1
+                    if self.refused == 1 or self.refused % 100 == 0:
+                        self.journal.append("incident", f"{len(self.store.active)} incidents open: event "
+                                            f"{msg['id']} from {dev} opens no new one ({self.refused} so far)",
+                                            device=dev, ts=now, detail={"event": msg["id"], "rule": rule.name})
+                    return None
                 inc = self._open(site, dev, msg, lat, lon, zones, rule, now)
             if rule.name in inc.rules:
                 continue  # this rule already acted on this incident: the detection was absorbed
