@@ -166,3 +166,24 @@ def test_incident_commands_coverage_and_sighup(running, mosquitto, capsys):
     assert main(["incident", "ack", inc["id"]]) == 1  # closed: refused
     capsys.readouterr()
     assert main(["journal", "--verify"]) == 0
+
+
+def test_gateway_refuses_to_start_on_bad_rules_and_names_them(tmp_path, capsys):
+    (tmp_path / "linkage.toml").write_text(BAD_RULES + '\n[[contact]]\nid = "Cadre Wang"\n')
+    conf = tmp_path / "gw.toml"
+    conf.write_text('[gateway]\nid = "gw-1"\nsite = "dongshan"\ndata_dir = "data"\n'
+                    '[linkage]\nrules = "linkage.toml"\n')
+    assert main(["gateway", "--config", str(conf)]) == 2
+    err = capsys.readouterr().err
+    assert "linkage: rule 'presence': act.broadcast.within_m: expected integer 1..20000, got 'far'" in err
+    assert "contact 'Cadre Wang': id: expected an id" in err and "contact 'Cadre Wang': name: required" in err
+    assert not (tmp_path / "data").exists()  # nothing started
+    conf.write_text('[gateway]\nid = "gw-1"\nsite = "dongshan"\n[linkage]\nrules = "missing.toml"\n')
+    assert main(["gateway", "--config", str(conf)]) == 2
+    assert "missing.toml: cannot read" in capsys.readouterr().err
+    conf.write_text('[gateway]\nid = "gw-1"\nsite = "dongshan"\n[linkage]\nrules = "linkage.toml"\ncutoff_s = 60\n')
+    assert main(["gateway", "--config", str(conf)]) == 2
+    assert "[linkage].cutoff_s: with rules = FILE every other key belongs in that file" in capsys.readouterr().err
+    conf.write_text('linkage = 5\n[gateway]\nid = "gw-1"\nsite = "dongshan"\n')
+    assert main(["gateway", "--config", str(conf)]) == 2
+    assert "[linkage]: expected a table, got 5" in capsys.readouterr().err
