@@ -35,6 +35,7 @@ import asyncio
 import contextvars
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -525,7 +526,6 @@ class Linkage:
             cut = a.get("cutoff_s")
             params = self.cfg.dispatch
             if cut is not None:
-                from dataclasses import replace
                 params = replace(params, cutoff_s=cut)
             rep = coverage.compute(self.views(), params, self.clock(), self.site)
             self.journal.append("operator", f"{op_id} asked for coverage: {len(rep['uncovered'])} point(s) "
