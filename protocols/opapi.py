@@ -29,7 +29,10 @@ CLIP_PUT_MAX_DATA = 8192  # raw bytes per clip_put piece
 CLIP_PUT_MAX_SIZE = 2 * 1024 * 1024  # = defaults.CLIP_MAX_SIZE_NODE: a clip no loudspeaker could store is refused
 MAX_RESPONSE = 262144
 
-OPS = ("devices", "broadcast", "stop", "command", "locate", "journal", "clips", "status", "clip_put")
+OPS = ("devices", "broadcast", "stop", "command", "locate", "journal", "clips", "status", "clip_put",
+       "incidents", "incident", "coverage")  # the last three: linkage (gateway/linkage/)
+INCIDENT_STATES = ("open", "warned", "dispatched", "on_scene", "closed")
+INCIDENT_ACTIONS = ("show", "ack", "dispatch", "close")
 WAITS = ("none", "accepted", "final")
 CODES = ("ok", "queued", "partial", "bad_request", "unauthorized", "unknown_device", "offline", "failed",
          "timeout", "expired", "internal")
@@ -199,9 +202,30 @@ def validate_args(op, a):
             raise OpAPIError("expected base64 of 1..%d bytes" % CLIP_PUT_MAX_DATA, field="args.data")
     elif op == "status":
         pass
+    elif op in ("incidents", "incident", "coverage"):
+        _linkage_args(op, a)
     else:
         raise OpAPIError("unknown op %r (expected one of %s)" % (op, ", ".join(OPS)), field="op")
     return a
+
+
+def _linkage_args(op, a):
+    if op == "incidents":
+        _enum(a, "state", INCIDENT_STATES + ("active", "all"), "active")
+        _int(a, "limit", 1, 500, 50)
+    elif op == "coverage":
+        _int(a, "cutoff_s", 60, 4 * 3600)
+    else:
+        _enum(a, "action", INCIDENT_ACTIONS)
+        if a.get("action") is None:
+            raise OpAPIError("required: one of " + ", ".join(INCIDENT_ACTIONS), field="args.action")
+        _id(a, "incident")
+        if a["action"] == "dispatch":
+            _id(a, "to")
+            _enum(a, "drone", ("goto", "orbit"))
+        w = a.get("why")
+        if w is not None and (not isinstance(w, str) or not 0 < len(w) <= 200):
+            raise OpAPIError("expected 1-200 characters", field="args.why")
 
 
 def request(req_id, op, token, args=None):

@@ -28,6 +28,7 @@ CHANNELS = (
     "opreq",  # up: operator -> gateway requests (device level = operator id)
     "opres",  # down: gateway -> operator responses
     "registry",  # down: gateway's retained device table (device level = gateway id), retained
+    "notify",  # down: incident notification for a person (device level = contact id), retained (protocols/notify)
 )  # all QoS 1 but hb and loc; retained: state and registry
 
 MAX_ID_LEN = 32
@@ -104,7 +105,7 @@ def device_filter(site="+", device="+", channel="#"):
 
 
 def retained(channel):
-    return channel in ("state", "registry")
+    return channel in ("state", "registry", "notify")
 
 
 def qos(channel):

@@ -35,11 +35,12 @@ GATEWAY_LAYERS = {
     "core": set(),
     "links": {"core"},
     "clips": {"core"},
+    "linkage": {"core"},
     "admin": {"core", "links"},
-    "service": {"core", "links", "clips", "admin"},
-    "web": {"core", "links", "clips", "admin", "service"},
-    "demo": {"core", "links", "clips", "admin", "service"},
-    "cli": {"core", "links", "clips", "admin", "service", "demo", "web"},
+    "service": {"core", "links", "clips", "admin", "linkage"},
+    "web": {"core", "links", "clips", "admin", "service", "linkage"},
+    "demo": {"core", "links", "clips", "admin", "service", "linkage"},
+    "cli": {"core", "links", "clips", "admin", "service", "demo", "web", "linkage"},
 }
 
 

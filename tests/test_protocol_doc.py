@@ -82,6 +82,9 @@ def test_example_decodes(lang: str, kind: str, body: str):
         from lookout.protocols import cliptransfer
         m = cliptransfer.decode_manifest(body.strip().encode())
         assert m.encode() == body.strip().encode()
+    elif kind == "notify":
+        from lookout.protocols import notify
+        assert notify.encode(notify.decode(body.strip().encode())) == body.strip().encode()
     elif kind == "clipstatus":
         from lookout.protocols import cliptransfer
         cliptransfer.decode_status(body.strip().encode())

@@ -23,6 +23,7 @@ AREAS = (
     "lookout.gateway.cli.firmware",  # firmware build / flash
     "lookout.gateway.cli.demo",  # demo
     "lookout.gateway.cli.rotation",  # rotate-key
+    "lookout.gateway.cli.incidents",  # incidents, incident show/ack/dispatch/close, coverage
 )
 
 

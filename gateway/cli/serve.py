@@ -20,6 +20,14 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         for line in e.errors:
             print(f"lookout gateway: {line}", file=sys.stderr)
         return EXIT_USAGE
+    from lookout.gateway.linkage import rules
+
+    try:
+        rules.from_config(cfg)  # checked before anything starts, like the rest of the file
+    except rules.RulesError as e:
+        for line in e.errors:
+            print(f"lookout gateway: linkage: {line}", file=sys.stderr)
+        return EXIT_USAGE
     configure_logging(args.log_level or cfg.log_level, args.log_format or cfg.log_format)
     try:
         return asyncio.run(run(cfg, broker_url=args.broker))

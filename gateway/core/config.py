@@ -12,7 +12,7 @@ to a default. The result is a tree of small frozen dataclasses; nothing else in 
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -90,6 +90,8 @@ class Config:
     metrics_listen: str | None = None  # "host:port"
     coap_listen: str | None = None  # "host:port"
     zones: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    linkage: dict[str, Any] = field(default_factory=dict)  # [linkage] as written: gateway/linkage/rules.py checks it
+    source: Path | None = None  # the gateway.toml this came from (SIGHUP re-reads its [linkage])
 
     @property
     def keystore_path(self) -> Path:
@@ -150,7 +152,7 @@ def _broker_url(v: str) -> bool:
         return False
 
 
-SECTIONS = ("gateway", "broker", "registry", "commands", "metrics", "coap", "zones")
+SECTIONS = ("gateway", "broker", "registry", "commands", "metrics", "coap", "zones", "linkage")
 
 
 def from_dict(d: dict[str, Any], base: Path | None = None) -> Config:
@@ -232,6 +234,11 @@ def from_dict(d: dict[str, Any], base: Path | None = None) -> Config:
         else:
             zones[z] = tuple(members)
 
+    linkage = d.get("linkage") or {}
+    if not isinstance(linkage, dict):
+        errors.append(f"[linkage]: expected a table, got {linkage!r}")
+        linkage = {}
+
     if errors:
         raise ConfigError(errors)
     ddir = Path(data_dir or "/var/lib/lookout")
@@ -242,7 +249,8 @@ def from_dict(d: dict[str, Any], base: Path | None = None) -> Config:
         ks = base / ks
     return Config(gateway_id=gid or "gw-1", site=site or "site", data_dir=ddir, keystore=ks,
                   log_level=level or "info", log_format=log_format or "text", broker=broker, registry=reg,
-                  commands=cmds, metrics_listen=metrics_listen, coap_listen=coap_listen, zones=zones)
+                  commands=cmds, metrics_listen=metrics_listen, coap_listen=coap_listen, zones=zones,
+                  linkage=linkage)
 
 
 def load(path: str | Path) -> Config:
@@ -258,4 +266,5 @@ def load(path: str | Path) -> Config:
         d = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError([f"{p}: TOML syntax error: {e}"]) from None
-    return from_dict(d, base=p.resolve().parent)
+    cfg = from_dict(d, base=p.resolve().parent)
+    return replace(cfg, source=p.resolve())

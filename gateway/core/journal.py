@@ -38,7 +38,8 @@ also re-reads the stored head: if some writer outside this protocol appended (an
 Kinds: ``alert`` (events from nodes), ``command``, ``result``, ``state`` (registry transitions), ``operator``
 (operator requests, accepted or refused), ``security`` (forged/unsigned messages, refused operators), ``system``
 (start/stop), ``custody`` (evidence files stored, duplicated or linked to events: gateway/clipstore.py),
-``admin`` (key store, PKI, broker files and key rotations done with the admin tools on the gateway host).
+``admin`` (key store, PKI, broker files and key rotations done with the admin tools on the gateway host),
+``incident`` (the linkage: incidents and every step taken on them, with the rule or operator that took it).
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ LINGER_S = 0.05  # the writer gathers appends this long before committing them i
 INBOX_POLL_S = 1.0  # an idle owner chains rows queued by other processes at most this late
 LOCK_WAIT_S = 2.0  # how long a new Journal waits to become the owner (a CLI holds the lock for milliseconds)
 BUSY_TIMEOUT_MS = 10_000  # SQLite waits this long for the other process's write transaction
-KINDS = ("alert", "command", "result", "state", "operator", "security", "system", "custody", "admin")
+KINDS = ("alert", "command", "result", "state", "operator", "security", "system", "custody", "admin",
+         "incident")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS journal (

@@ -121,6 +121,18 @@ class Gateway:
         self.clipstore.on_status = self.clipdist.on_status
         self.commands.add_listener(self.clipdist.on_command)
         self.metrics.bind(self._device_counts, self.commands.depths)
+        # linkage (gateway/linkage/): rules -> incidents -> warnings and dispatch, through self.ops.command
+        from lookout.gateway.linkage import rules as linkage_rules
+        from lookout.gateway.linkage.engine import Linkage
+        self.linkage = Linkage(linkage_rules.from_config(cfg), site=cfg.site, zones=cfg.zones, journal=self.journal,
+                               views=lambda: [device_view(d) for d in self.registry.devices.values()],
+                               view=lambda i: device_view(d) if (d := self.registry.get(i)) else None,
+                               issue=self.ops.command, publish=self._coap_publish, spawn=self.spawn,
+                               clock=self.clock, db_path=cfg.data_dir / "incidents.db",
+                               reload_from=linkage_rules.reloader(cfg))
+        self._stack.callback(self.linkage.close)
+        self.ops.linkage = self.linkage
+        self.commands.add_listener(self.linkage.on_command)
 
         url = self._broker_url
         if url is None:
@@ -219,6 +231,7 @@ class Gateway:
             if self.link is not None and self.link.connected.is_set():
                 self.registry.tick(self.clock())
             await self.commands.tick()
+            self.linkage.tick(self.clock())
             await asyncio.sleep(0.25)
 
     async def _flush_loop(self) -> None:
@@ -322,6 +335,7 @@ class Gateway:
                     self.commands.resync(dev, hb.get("nonce"))
             elif ch == "loc":
                 self.registry.location(dev, site, messages.decode("loc", payload), now)
+                self.linkage.on_location(dev)
             elif ch == "evt":
                 self._on_event(site, dev, messages.decode("evt", payload), now)
             elif ch == "res":
@@ -355,6 +369,8 @@ class Gateway:
                                 detail={k: v for k, v in msg.items() if k != "mac"})
         if msg.get("evidence"):
             self.clipstore.link_event(dev, msg, e.seq, now)
+        # verified; the event de-duplication (hardening issue) will sit in front of this hand-over
+        self.linkage.on_event(site, dev, msg, now)
 
     def _on_result(self, site: str, dev: str, msg: dict[str, Any], now: int) -> None:
         if not self._signed(dev, "res", msg):
@@ -441,6 +457,8 @@ async def run(cfg: Config, broker_url: str | None = None) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, gw.stop)
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(signal.SIGHUP, gw.linkage.reload)  # rules again; a bad file keeps the old
         await gw.serve()
     return 0
 

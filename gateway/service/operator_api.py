@@ -53,6 +53,7 @@ class OperatorAPI:
         self.clock = clock
         self.bdseq = bdseq
         self.clips: ClipOps | None = None  # set by the service once the clip distributor exists
+        self.linkage: ClipOps | None = None  # the same shape: incidents, incident, coverage (gateway/linkage)
 
     def resolve(self, to: str, op: str) -> list[str]:
         """A device id, a zone ([zones] in the config) or a site id -> device ids. Group ops address speakers."""
@@ -102,6 +103,10 @@ class OperatorAPI:
                                               "bdseq": self.bdseq(), "devices": self.registry.counts(),
                                               "commands": self.commands.depths(), "journal_seq": seq,
                                               "journal_head": head})
+        if op in ("incidents", "incident", "coverage"):
+            if self.linkage is None:
+                return opapi.response(rid, "internal", error="linkage is not running")
+            return await self.linkage.handle_op(op_id, op, a, rid)
         if op in ("clips", "clip_put"):
             if self.clips is None:
                 return opapi.response(rid, "internal", error="clip handling is not running")

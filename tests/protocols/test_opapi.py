@@ -118,3 +118,27 @@ def test_response_size_checked_before_parsing():
     with raises(opapi.OpAPIError, match="limit") as r:
         opapi.decode_response(b" " * (opapi.MAX_RESPONSE + 1))
     assert r.value.field == "payload"
+
+
+def test_incident_ops_validate():
+    v = opapi.validate_request
+    a = v(opapi.request("x", "incidents", "t"))["args"]
+    assert a == {"state": "active", "limit": 50}
+    assert v(opapi.request("x", "incidents", "t", {"state": "on_scene", "limit": 5}))["args"]["state"] == "on_scene"
+    a = v(opapi.request("x", "incident", "t", {"action": "dispatch", "incident": "inc-3", "to": "zhang",
+                                               "drone": "goto"}))["args"]
+    assert a["to"] == "zhang" and a["drone"] == "goto"
+    assert v(opapi.request("x", "coverage", "t", {"cutoff_s": 600}))["args"]["cutoff_s"] == 600
+    for op, args, field in (("incidents", {"state": "pending"}, "args.state"),
+                            ("incidents", {"limit": 0}, "args.limit"),
+                            ("incident", {"incident": "inc-3"}, "args.action"),
+                            ("incident", {"action": "shout", "incident": "inc-3"}, "args.action"),
+                            ("incident", {"action": "show"}, "args.incident"),
+                            ("incident", {"action": "show", "incident": "INC 3"}, "args.incident"),
+                            ("incident", {"action": "dispatch", "incident": "inc-3"}, "args.to"),
+                            ("incident", {"action": "dispatch", "incident": "inc-3", "to": "x", "drone": "loop"},
+                             "args.drone"),
+                            ("incident", {"action": "close", "incident": "inc-3", "why": ""}, "args.why"),
+                            ("coverage", {"cutoff_s": 5}, "args.cutoff_s")):
+        with raises(OpAPIError, match=field):
+            v(opapi.request("x", op, "t", args))
