@@ -287,3 +287,32 @@ def test_counter_reservation_never_goes_backwards(tmp_path):
         ks.close()
 
     asyncio.run(main())
+
+
+def test_group_refused_means_nothing_was_sent(mosquitto, tmp_path):
+    """Issue 10 item 4: a zone with one member the gateway has no key for is refused as a whole, before any
+    command is stored or sent; the response and the journal name each target's problem, and agree."""
+    async def main():
+        cfg = make_cfg(tmp_path, mosquitto.url)  # zone north = spk-01 (keyed, online), spk-02 (no key)
+        ks = KeyStore(tmp_path / "ks.db")
+        n = node(mosquitto, ks, "spk-01")
+        async with serving(Gateway(cfg, keystore=ks)) as gw:
+            await asyncio.to_thread(n.start)
+            await until(lambda: gw.registry.get("spk-01") and gw.registry.get("spk-01").live)
+            resp = await gw.handle_op("op-1", "broadcast", {"to": "north", "clip": "nofish", "repeat": 1,
+                                                            "priority": 1, "queue": True, "wait": "final"}, "r1")
+            assert resp["code"] == "unknown_device" and "spk-02" in resp["error"]
+            assert resp["data"]["refused"] == [{"device": "spk-02", "code": "unknown_device",
+                                                "error": "unknown device 'spk-02': no key in the key store"}]
+            assert gw.commands.active == {} and gw.commands.depths() == {"queued": 0, "sent": 0, "accepted": 0}
+            fence = await gw.commands.issue("spk-01", "ping", {})  # after anything the refusal could have sent
+            await until(lambda: n.received, what="the fence command")
+            assert [m["id"] for m in n.received] == [fence.id]
+            entries = gw.journal.entries()
+            assert not [e for e in entries if e.kind in ("command", "result") and "play" in e.summary]
+            [refusal] = [e for e in entries if e.kind == "operator" and "refused" in e.summary]
+            assert json.loads(refusal.detail)["refused"] == resp["data"]["refused"]
+        n.stop()
+        ks.close()
+
+    asyncio.run(main())

@@ -70,6 +70,17 @@ class CommandError(Exception):
         self.code = code
 
 
+class GroupRefused(CommandError):
+    """A group command refused as a whole because some targets would be; ``refused`` names each of them."""
+
+    def __init__(self, refused: list[dict[str, str]], of: int):
+        first = refused[0]
+        super().__init__(f"{len(refused)} of {of} target(s) refused, nothing sent: "
+                         + "; ".join(f"{r['device']}: {r['error']}" for r in refused),
+                         first["code"])
+        self.refused = refused
+
+
 class Transport(Protocol):
     """Moves one signed command to one device. ``send`` returns when the bytes left (MQTT: after PUBACK)."""
 
@@ -330,14 +341,31 @@ class CommandService:
     def new_id(self) -> str:
         return "c" + secrets.token_hex(6)
 
+    def check(self, device_id: str, name: str, args: dict[str, Any] | None = None, *, prio: int = 1,
+              queue: bool = True, op: str | None = None) -> None:
+        """Raise ``CommandError`` if ``prepare`` would refuse this command; stores and sends nothing."""
+        self._check_target(device_id, queue)
+        now = self.clock()
+        try:
+            messages.validate("cmd", messages.command("c0", device_id, name, dict(args or {}), now, now, prio, 1, op)
+                              | {"mac": "0" * 64}, err=LocalProtocolError)
+        except LocalProtocolError as e:
+            raise CommandError(f"invalid command: {e}", "bad_request") from None
+
+    def _check_target(self, device_id: str, queue: bool) -> None:
+        if self.keystore.get(device_id) is None:
+            raise CommandError(f"unknown device {device_id!r}: no key in the key store", "unknown_device")
+        dev = self.registry.get(device_id)
+        if queue and (dev is None or not dev.live) and len(self.queued(device_id)) >= self.cfg.queue_limit:
+            raise CommandError(f"queue for {device_id} is full ({self.cfg.queue_limit})", "offline")
+
     def prepare(self, device_id: str, name: str, args: dict[str, Any] | None = None, *, prio: int = 1,
                 ttl_s: int | None = None, op: str | None = None, queue: bool = True, group: str | None = None,
                 cmd_id: str | None = None) -> Command:
         """Validate and store a command (status ``queued`` or ``refused``); ``dispatch`` sends it."""
+        self._check_target(device_id, queue)
         ident = self.keystore.get(device_id)
         dev = self.registry.get(device_id)
-        if ident is None:
-            raise CommandError(f"unknown device {device_id!r}: no key in the key store", "unknown_device")
         if dev is None:
             dev = self.registry.ensure(device_id, ident.site, ident.kind)
         now = self.clock()
@@ -350,19 +378,16 @@ class CommandService:
                               | {"mac": "0" * 64}, err=LocalProtocolError)
         except LocalProtocolError as e:
             raise CommandError(f"invalid command: {e}", "bad_request") from None
-        if not dev.live:
-            if not queue:
-                c.status = "refused"
-                c.code = "offline"
-                c.detail = f"{device_id} is {dev.state}; not queued"
-                c.final_ms = now
-                self._save(c, sync=False)
-                self._recent[c.id] = c
-                for fn in self._listeners:
-                    fn(c, "new")
-                return c
-            if len(self.queued(device_id)) >= self.cfg.queue_limit:
-                raise CommandError(f"queue for {device_id} is full ({self.cfg.queue_limit})", "offline")
+        if not dev.live and not queue:
+            c.status = "refused"
+            c.code = "offline"
+            c.detail = f"{device_id} is {dev.state}; not queued"
+            c.final_ms = now
+            self._save(c, sync=False)
+            self._recent[c.id] = c
+            for fn in self._listeners:
+                fn(c, "new")
+            return c
         self.active[c.id] = c
         self._save(c, sync=not dev.live)  # live: sent at once; _transmit stores it with its bytes
         for fn in self._listeners:
@@ -380,8 +405,17 @@ class CommandService:
     async def issue_group(self, device_ids: Iterable[str], name: str, args: dict[str, Any] | None = None,
                           **kw: Any) -> tuple[str, list[Command]]:
         """The same command to many devices; each gets its own id, counter, MAC and result."""
+        ids = list(device_ids)
+        problems = []
+        for d in ids:  # every target first: a refusal must mean that nothing was stored or sent
+            try:
+                self.check(d, name, args, prio=kw.get("prio", 1), queue=kw.get("queue", True), op=kw.get("op"))
+            except CommandError as e:
+                problems.append({"device": d, "code": e.code, "error": str(e)})
+        if problems:
+            raise GroupRefused(problems, len(ids))
         gid = "g" + secrets.token_hex(6)
-        cmds = [self.prepare(d, name, args, group=gid, **kw) for d in device_ids]
+        cmds = [self.prepare(d, name, args, group=gid, **kw) for d in ids]
         await asyncio.gather(*(self._send(c) for c in cmds
                                if c.status == "queued" and (d := self.registry.get(c.device)) and d.live))
         return gid, cmds

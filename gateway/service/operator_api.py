@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from lookout.gateway.core.commands import Command, CommandError, CommandService
+from lookout.gateway.core.commands import Command, CommandError, CommandService, GroupRefused
 from lookout.gateway.core.config import Config
 from lookout.gateway.core.journal import Journal
 from lookout.gateway.core.registry import Device, Registry
@@ -132,9 +132,14 @@ class OperatorAPI:
             else:
                 group, cmds = await self.commands.issue_group(targets, name, args, **kw)
         except CommandError as e:
+            detail: dict[str, Any] = {"op": op, "args": a, "code": e.code}
+            data = None
+            if isinstance(e, GroupRefused):  # nothing was stored or sent; each target's problem, as the CLI shows
+                detail["refused"] = data = e.refused
             self.journal.append("operator", f"{op_id} {op} to {to} refused: {e}", operator=op_id, device=to,
-                                detail={"op": op, "args": a, "code": e.code})
-            return opapi.response(rid, e.code, error=str(e))
+                                detail=detail)
+            return opapi.response(rid, e.code, None if data is None else {"to": to, "refused": data},
+                                  error=str(e))
         self.journal.append_soon("operator", f"{op_id} {op} {name} to {to} ({len(cmds)} device(s))",
                                  operator=op_id, device=to, detail={"op": op, "args": a, "group": group,
                                                                     "commands": [c.id for c in cmds]})
