@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from lookout.gateway.core import walstore
+from lookout.gateway.core import redact, walstore
 from lookout.gateway.core.clock import now_ms
 from lookout.gateway.core.config import CommandsConfig
 from lookout.gateway.core.registry import Device, Registry
@@ -122,7 +122,24 @@ class Command:
         return self.final_ms - self.first_sent_ms
 
     def summary(self) -> dict[str, Any]:
-        return {k: v for k, v in vars(self).items() if k != "wire" and v is not None}
+        """What the journal keeps of a command: everything but its signed bytes, with secrets redacted."""
+        d = {k: v for k, v in vars(self).items() if k != "wire" and v is not None}
+        if self.name in redact.COMMAND_SECRETS:
+            found = redact.secret_values(self.name, self.args)
+            d["args"] = redact.command_args(self.name, self.args)
+            for k in ("detail", "data"):
+                if k in d:
+                    d[k] = redact.scrub(d[k], found)
+        return d
+
+    def seal(self) -> None:
+        """Once final: drop the signed bytes (no retry needs them) and the secrets from what is stored."""
+        self.wire = None
+        if self.name in redact.COMMAND_SECRETS:
+            found = redact.secret_values(self.name, self.args)
+            self.args = redact.command_args(self.name, self.args)
+            self.detail = redact.scrub(self.detail, found)
+            self.data = redact.scrub(self.data, found)
 
 
 @dataclass(frozen=True)
@@ -279,6 +296,7 @@ class CommandService:
             c.accepted_ms = now
         if status in FINAL:
             c.final_ms = now
+            c.seal()
             self.active.pop(c.id, None)
             self._recent[c.id] = c
             if len(self._recent) > 10000:
@@ -383,6 +401,7 @@ class CommandService:
             c.code = "offline"
             c.detail = f"{device_id} is {dev.state}; not queued"
             c.final_ms = now
+            c.seal()
             self._save(c, sync=False)
             self._recent[c.id] = c
             for fn in self._listeners:

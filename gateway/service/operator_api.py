@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from lookout.gateway.core.commands import Command, CommandError, CommandService, GroupRefused
+from lookout.gateway.core import redact
 from lookout.gateway.core.config import Config
 from lookout.gateway.core.journal import Journal
 from lookout.gateway.core.registry import Device, Registry
@@ -132,7 +133,7 @@ class OperatorAPI:
             else:
                 group, cmds = await self.commands.issue_group(targets, name, args, **kw)
         except CommandError as e:
-            detail: dict[str, Any] = {"op": op, "args": a, "code": e.code}
+            detail: dict[str, Any] = {"op": op, "args": _journal_args(a, name), "code": e.code}
             data = None
             if isinstance(e, GroupRefused):  # nothing was stored or sent; each target's problem, as the CLI shows
                 detail["refused"] = data = e.refused
@@ -141,7 +142,8 @@ class OperatorAPI:
             return opapi.response(rid, e.code, None if data is None else {"to": to, "refused": data},
                                   error=str(e))
         self.journal.append_soon("operator", f"{op_id} {op} {name} to {to} ({len(cmds)} device(s))",
-                                 operator=op_id, device=to, detail={"op": op, "args": a, "group": group,
+                                 operator=op_id, device=to, detail={"op": op, "args": _journal_args(a, name),
+                                                                    "group": group,
                                                                     "commands": [c.id for c in cmds]})
         wait = a["wait"]
         if wait != "none":
@@ -173,6 +175,13 @@ class OperatorAPI:
         seq, head = self.journal.head()
         return opapi.response(rid, "ok", {"entries": [e.to_dict() for e in rows], "more": more,
                                           "head_seq": seq, "head_hash": head})
+
+
+def _journal_args(a: dict[str, Any], name: str) -> dict[str, Any]:
+    """The request's arguments as journaled: the command's secret arguments redacted (gateway/core/redact.py)."""
+    if isinstance(a.get("args"), dict) and name in redact.COMMAND_SECRETS:
+        return {**a, "args": redact.command_args(name, a["args"])}
+    return a
 
 
 def _result_view(c: Command) -> dict[str, Any]:
