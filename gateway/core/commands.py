@@ -52,6 +52,7 @@ from lookout.protocols.errors import LocalProtocolError
 
 log = logging.getLogger(__name__)
 
+MAX_SENDING = 500  # sends waiting for their transport (PUBACK) at once; bounded like paho's queue (mqtt.py)
 FLUSH_SLICE = 25  # status rows written per event-loop step by tick() (~0.3 ms of JSON + one WAL commit)
 FINAL = ("done", "failed", "rejected", "expired", "timeout", "refused")
 STATUS_NEXT = {
@@ -524,8 +525,9 @@ class CommandService:
             self._save(c, sync=False)
         try:
             await transport.send(dev, c.wire.encode(), msg if msg is not None else json.loads(c.wire))
-        except Exception as e:  # noqa: BLE001 - link dropped: stays queued; tick() or the next birth re-sends
-            log.info("sending %s to %s failed (%s); queued", c.id, c.device, e)
+        except Exception as e:  # noqa: BLE001 - link down or no PUBACK: tick() or the next birth re-sends
+            c.attempts -= 1  # an attempt is a copy the broker took; an outage must not use them up
+            log.info("sending %s to %s failed (%s); re-sent after retry_s", c.id, c.device, e)
             return
         if c.status == "queued" and dev.live:  # (a device that died meanwhile keeps it queued for its birth)
             self._set(c, "sent", self.clock())
@@ -581,15 +583,31 @@ class CommandService:
                     self._set(c, "timeout", now, "timeout", "accepted, but no final result before the deadline")
                 else:
                     self._set(c, "expired", now, "expired", "deadline passed without a result")
-            elif c.status == "queued" and c.id not in self._sending \
-                    and (d := self.registry.get(c.device)) is not None and d.live \
+            elif c.id in self._sending:
+                continue  # its send is still waiting for the transport
+            elif c.status == "queued" and (d := self.registry.get(c.device)) is not None and d.live \
                     and (c.sent_ms is None or now - c.sent_ms >= self.cfg.retry_s * 1000):
-                await self._send(c)  # live again without a birth we saw (e.g. after our own reconnect)
+                self._send_soon(c)  # live again without a birth we saw (e.g. after our own reconnect)
             elif c.status == "sent" and c.sent_ms is not None and now - c.sent_ms >= self.cfg.retry_s * 1000:
                 if c.attempts >= self.cfg.max_attempts:
                     self._set(c, "timeout", now, "no_response", f"no answer after {c.attempts} attempts")
                 else:
-                    await self._send(c)
+                    self._send_soon(c)
+
+    def _send_soon(self, c: Command) -> None:
+        """Start a (re-)send in its own task: a broker that does not answer must not hold up the tick, whose
+        deadlines and whose caller's offline scan keep their schedule. At most ``MAX_SENDING`` at a time; the
+        rest wait for a later tick."""
+        if len(self._sending) < MAX_SENDING:
+            self._sending.add(c.id)  # claimed now, so the next tick does not start it twice
+            self._spawn(self._send_claimed(c))
+
+    async def _send_claimed(self, c: Command) -> None:
+        try:
+            if not c.final:
+                await self._send_locked(c)
+        finally:
+            self._sending.discard(c.id)
 
     async def wait(self, cmd_ids: Iterable[str], until: str = "final", timeout: float | None = None
                    ) -> list[Command]:

@@ -47,6 +47,9 @@ class Metrics:
         self.latency = Histogram("lookout_command_latency_seconds", "First send to final result",
                                  buckets=LATENCY_BUCKETS, registry=r)
         self.transitions = Counter("lookout_state_changes", "Device state transitions", ["to"], registry=r)
+        self.send_failures = Counter("lookout_command_sends_failed", "Command sends the broker did not take "
+                                     "(link_down: not sent; no_puback: no PUBACK in time); re-sent later",
+                                     ["reason"], registry=r)
         self._server: Any = None
 
     def bind(self, devices: Callable[[], dict[tuple[str, str], int]], depths: Callable[[], dict[str, int]]) -> None:

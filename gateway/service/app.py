@@ -31,7 +31,7 @@ from lookout.gateway.core.config import Config
 from lookout.gateway.core.journal import Journal
 from lookout.gateway.core.metrics import Metrics
 from lookout.gateway.core.registry import Change, Device, Registry
-from lookout.gateway.links.mqtt import Message, MQTTLink
+from lookout.gateway.links.mqtt import Message, MQTTError, MQTTLink
 from lookout.gateway.service.operator_api import OperatorAPI, device_view
 from lookout.protocols import messages, opapi, topics
 from lookout.protocols.errors import MessageError, TopicError
@@ -39,18 +39,29 @@ from lookout.protocols.errors import MessageError, TopicError
 log = logging.getLogger("lookout.gateway")
 
 FW_VERSION = "gateway-0.1"
+PUBACK_TIMEOUT_S = 10.0  # a QoS 1 publish not acknowledged by then counts as failed (the sender retries)
 
 
 
 class MQTTTransport:
-    """Commands to MQTT nodes: QoS 1 on ``.../<id>/cmd``; returns after PUBACK."""
+    """Commands to MQTT nodes: QoS 1 on ``.../<id>/cmd``; returns after PUBACK.
+
+    While the link is down a send fails at once instead of parking the bytes in paho's memory queue: the
+    command service keeps its own durable queue and re-sends after ``retry_s`` (an outage costs no attempt)."""
 
     def __init__(self, gw: Gateway):
         self.gw = gw
 
     async def send(self, device: Device, wire: bytes, cmd: dict[str, Any]) -> None:
-        assert self.gw.link is not None
-        await self.gw.link.publish(topics.topic(device.site, device.id, "cmd"), wire, qos=1, timeout=10.0)
+        link = self.gw.link
+        if link is None or not link.connected.is_set():
+            self.gw.metrics.send_failures.labels("link_down").inc()
+            raise MQTTError("broker link down")
+        try:
+            await link.publish(topics.topic(device.site, device.id, "cmd"), wire, qos=1, timeout=PUBACK_TIMEOUT_S)
+        except MQTTError:
+            self.gw.metrics.send_failures.labels("no_puback").inc()
+            raise
         self.gw.metrics.messages_out.labels("cmd").inc()
 
 
