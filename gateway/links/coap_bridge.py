@@ -18,8 +18,11 @@ For each request, in this order (the first failing check decides the response co
 6. with a keystore: device provisioned, site matches  -> 4.03 Forbidden;
    an event's MAC verifies with the device key (purpose ``evt``, protocols/signing.py) -> 4.01 Unauthorized
 7. republish the *unchanged* payload on ``lookout/v1/<site>/<device>/<channel>`` with the channel's QoS/retain
-   (protocols/topics.py), via the ``publish(topic, payload, qos, retain)`` callback -> 2.04 Changed; if the
-   callback fails -> 5.03 Service Unavailable (the node retries later; nothing was acknowledged)
+   (protocols/topics.py), via the ``publish(topic, payload, qos, retain)`` callback -> 2.04 Changed only once
+   the callback returned, i.e. the broker has it (``mqttlink_publisher``: PUBACK for QoS 1; a QoS 0 report is
+   handed to a connected session); if it fails (link down, no PUBACK within ``PUBACK_TIMEOUT_S``) -> 5.03
+   Service Unavailable with Max-Age ``RETRY_AFTER_S``: the node keeps the report in its outbox and tries again.
+   A report whose PUBACK was merely late may then arrive twice; the gateway's event de-duplication absorbs it.
 
 So the registry sees a CoAP node exactly like an MQTT node: same topics, same bytes, same MAC. Differences
 that remain, by nature of the transport:
@@ -40,9 +43,10 @@ Logging policy (aiocoap's): debug for each accepted report, warning for a reject
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import aiocoap
@@ -61,22 +65,29 @@ MAX_PAYLOAD = (
 )
 
 PublishFn = Callable[[str, bytes, int, bool], Any]  # may return an awaitable
+# 5.03's Max-Age: a node waits at least this long before it tries again. Long enough for a broker restart or a
+# reconnect with back-off (mqtt.py: 1 s doubling), short against a battery node's report period (minutes).
+RETRY_AFTER_S = 30
+PUBACK_TIMEOUT_S = 5.0  # no PUBACK by then: 5.03 (the node's CoAP exchange waits up to 93 s for a response)
 
 
 class CoAPReject(Exception):
     """A request we answer with a CoAP error code and a diagnostic payload (RFC 7252 §5.5.2)."""
 
-    def __init__(self, code: Code, diagnostic: str, size1: int | None = None) -> None:
+    def __init__(self, code: Code, diagnostic: str, size1: int | None = None, max_age: int | None = None) -> None:
         super().__init__(diagnostic)
         self.code = code
         self.diagnostic = diagnostic
         self.size1 = size1
+        self.max_age = max_age
 
     def to_message(self) -> aiocoap.Message:
         m = aiocoap.Message(code=self.code, payload=self.diagnostic.encode()[:200])
         m.opt.content_format = 0  # text/plain; charset=utf-8, as §5.5.2 prescribes for diagnostics
         if self.size1 is not None:
             m.opt.size1 = self.size1
+        if self.max_age is not None:
+            m.opt.max_age = self.max_age  # 5.03: when to try again (§5.9.3.4)
         return m
 
 
@@ -134,7 +145,7 @@ class CoAPBridge:
         self.port = port
         self.keystore = keystore
         self.max_payload = max_payload
-        self.stats = {"accepted": 0, "rejected": 0}
+        self.stats = {"accepted": 0, "rejected": 0, "unavailable": 0}
         self._ctx: aiocoap.Context | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------------------
@@ -239,9 +250,11 @@ class CoAPBridge:
             r = self.publish(topic, payload, topics.qos(channel), topics.retained(channel))
             if inspect.isawaitable(r):
                 await r
-        except Exception as e:  # broker down: the node keeps the report and retries
+        except Exception as e:  # broker down or no PUBACK: the node keeps the report and retries
+            self.stats["unavailable"] += 1
             log.warning("coap %s: republish to MQTT failed: %r", _peer_id(site, device, channel), e)
-            raise CoAPReject(Code.SERVICE_UNAVAILABLE, "mqtt: republish failed, retry later") from None
+            raise CoAPReject(Code.SERVICE_UNAVAILABLE, "mqtt: broker unavailable, retry later",
+                             max_age=RETRY_AFTER_S) from None
         self.stats["accepted"] += 1
         log.debug(
             "coap %s from %s -> %s (%d bytes)",
@@ -253,14 +266,35 @@ class CoAPBridge:
         return aiocoap.Message(code=Code.CHANGED)
 
 
-def paho_publisher(client: Any) -> PublishFn:
-    """Adapter for a connected paho client: ``publish`` that returns once the broker has the message
-    queued."""
+def mqttlink_publisher(link: Any, puback_timeout: float = PUBACK_TIMEOUT_S) -> PublishFn:
+    """Adapter for the gateway's ``MQTTLink`` (gateway/links/mqtt.py): returns once the broker has the message
+    (PUBACK for QoS 1; handed to a connected session for QoS 0), raises while the link is down, so the node is
+    told 5.03 instead of a 2.04 for a message waiting in memory."""
 
-    def publish(topic: str, payload: bytes, qos: int, retain: bool) -> Awaitable[None] | None:
+    async def publish(topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        if link is None or not link.connected.is_set():
+            raise ConnectionError("broker link down")
+        if qos == 0:
+            link.publish_nowait(topic, payload, 0, retain)
+            return
+        await link.publish(topic, payload, qos, retain, timeout=puback_timeout)
+
+    return publish
+
+
+def paho_publisher(client: Any, puback_timeout: float = PUBACK_TIMEOUT_S) -> PublishFn:
+    """Adapter for a paho client running its own network thread (``loop_start``): the same contract as
+    ``mqttlink_publisher``; the wait for the PUBACK runs in a worker thread."""
+
+    async def publish(topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        if not client.is_connected():
+            raise ConnectionError("broker link down")
         info = client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc != 0:
             raise ConnectionError("paho publish rc=%d" % info.rc)
-        return None
+        if qos:
+            await asyncio.to_thread(info.wait_for_publish, puback_timeout)
+            if not info.is_published():
+                raise ConnectionError("no PUBACK within %g s" % puback_timeout)
 
     return publish

@@ -168,10 +168,10 @@ class Gateway:
             self._stack.callback(self.metrics.close)
             log.info("metrics on %s (port %d)", cfg.metrics_listen, port)
         if cfg.coap_listen:
-            from lookout.gateway.links.coap_bridge import CoAPBridge
+            from lookout.gateway.links.coap_bridge import CoAPBridge, mqttlink_publisher
             host, _, coap_port = cfg.coap_listen.rpartition(":")
-            self.coap = await self._stack.enter_async_context(
-                CoAPBridge(self._coap_publish, host, int(coap_port), keystore=self.keystore))
+            self.coap = await self._stack.enter_async_context(  # 2.04 only once the broker has it (PUBACK)
+                CoAPBridge(mqttlink_publisher(self.link), host, int(coap_port), keystore=self.keystore))
 
     async def __aexit__(self, *exc: object) -> None:
         self._stop.set()
@@ -254,11 +254,6 @@ class Gateway:
     def _on_link_up(self) -> None:
         self.registry.rebase(self.clock())  # we heard nothing while disconnected: re-arm, don't mass-offline
         self._snapshot_dirty = True
-
-    def _coap_publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
-        if self.link is None:
-            raise ConnectionError("gateway link not open")
-        self.link.publish_nowait(topic, payload, qos, retain)
 
     def _device_counts(self) -> dict[tuple[str, str], int]:
         out: dict[tuple[str, str], int] = {}

@@ -1,0 +1,90 @@
+"""The CoAP bridge wired into the real gateway (``[coap] listen``) with a real Mosquitto: what a battery node
+is told, and what reaches the journal.
+
+- item 2 of issue 10: ``2.04 Changed`` only once the broker has the report (PUBACK); with the broker stopped the
+  node gets ``5.03`` with Max-Age and keeps the report in its outbox;
+- item 3: a signed event that arrives twice (a CoAP retransmission from a new source port after a wake-up, a
+  QoS 1 redelivery, a gateway restart in between) is one alert; the copies are counted, not journaled as alerts;
+- item 5: state over CoAP is signed by the device, and only CoAP devices may use the bridge at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+
+import aiocoap
+from aiocoap.numbers.codes import Code
+from aiowait import until
+from gwserve import serving
+
+from lookout.gateway.admin.keystore import KeyStore
+from lookout.gateway.core.config import from_dict
+from lookout.gateway.service.app import Gateway
+from lookout.protocols import canonical, coap, messages, signing
+
+SITE, DEV = "dongshan", "sen-05"
+TIMEOUT = 5.0
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def config(tmp_path, url: str, port: int):
+    return from_dict({"gateway": {"id": "gw-1", "site": SITE, "data_dir": str(tmp_path / "data")},
+                      "broker": {"url": url}, "coap": {"listen": f"127.0.0.1:{port}"}})
+
+
+def coap_keystore(tmp_path) -> KeyStore:
+    ks = KeyStore(tmp_path / "ks.db")
+    ks.ensure(DEV, SITE, "sensor", meta={"transport": "coap"})
+    return ks
+
+
+def event(key: bytes, eid: str = "sen-05-3-1", seq: int = 1) -> bytes:
+    m = {"id": eid, "seq": seq, "ts": int(time.time() * 1000), "kind": "fishing", "sev": "serious", "conf": 90}
+    return canonical.dumpb(signing.sign(key, "evt", m))
+
+
+async def post(port: int, channel: str, payload: bytes) -> aiocoap.Message:
+    ctx = await aiocoap.Context.create_client_context()
+    try:
+        req = aiocoap.Message(code=Code.POST, uri=f"coap://127.0.0.1:{port}/v1/{SITE}/{DEV}/{channel}",
+                              payload=payload)
+        req.opt.content_format = 50
+        return await asyncio.wait_for(ctx.request(req).response, TIMEOUT)
+    finally:
+        await ctx.shutdown()
+
+
+def alerts(gw) -> list[dict]:
+    return [json.loads(e.detail) for e in gw.journal.entries(kind="alert")]
+
+
+def test_2_04_only_after_the_broker_has_it_else_5_03_with_max_age(mosquitto, tmp_path):
+    async def main():
+        port = free_udp_port()
+        ks = coap_keystore(tmp_path)
+        key = ks.get(DEV).hmac_key
+        async with serving(Gateway(config(tmp_path, mosquitto.url, port), keystore=ks)) as gw:
+            mosquitto.stop()
+            await until(lambda: not gw.link.connected.is_set(), TIMEOUT, "the link to drop")
+            r = await post(port, "evt", event(key))
+            assert r.code == Code.SERVICE_UNAVAILABLE, r
+            assert r.opt.max_age is not None and r.opt.max_age >= 1  # when to try again (RFC 7252 §5.9.3.4)
+            r = await post(port, "hb", messages.encode("hb", {"seq": 1, "up_s": 9, "hb_s": 600}))
+            assert r.code == Code.SERVICE_UNAVAILABLE  # QoS 0 reports too: nothing is accepted into a void
+            mosquitto.start()
+            await until(lambda: gw.link.connected.is_set(), 15, "the link to come back")
+            r = await post(port, "evt", event(key))  # the node's outbox sends it again
+            assert r.code == Code.CHANGED, r
+            await until(lambda: alerts(gw), TIMEOUT, "the alert")
+            assert [a["id"] for a in alerts(gw)] == ["sen-05-3-1"]  # once: the refused copy never went out
+        ks.close()
+
+    asyncio.run(main())
