@@ -88,3 +88,51 @@ def test_2_04_only_after_the_broker_has_it_else_5_03_with_max_age(mosquitto, tmp
         ks.close()
 
     asyncio.run(main())
+
+
+def raw_post(port: int, payload: bytes, mid: int) -> bytes:
+    """One CON POST of an event from a fresh UDP socket (a fresh source port, as after a node's wake-up)."""
+    req = coap.make_request(coap.POST, f"/v1/{SITE}/{DEV}/evt", mid=mid, token=b"\x01\x02", payload=payload,
+                            content_format=coap.JSON)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(TIMEOUT)
+        s.connect(("127.0.0.1", port))
+        s.send(coap.encode(req))
+        return s.recv(2048)
+
+
+def duplicates(gw) -> float:
+    return gw.metrics.registry.get_sample_value("lookout_duplicates_total", {"channel": "evt"}) or 0
+
+
+def test_duplicate_event_is_one_alert_across_source_ports_mqtt_and_restart(mosquitto, tmp_path):
+    async def main():
+        import paho.mqtt.client as paho
+
+        port = free_udp_port()
+        ks = coap_keystore(tmp_path)
+        key = ks.get(DEV).hmac_key
+        e1 = event(key, "sen-05-3-1", 1)
+        cfg = config(tmp_path, mosquitto.url, port)
+        async with serving(Gateway(cfg, keystore=ks)) as gw:
+            for _ in range(2):  # the same datagram, same MID and token, from two source ports
+                ack = coap.decode(await asyncio.to_thread(raw_post, port, e1, 0x4242))
+                assert ack.code == coap.CHANGED  # the copy is acknowledged too: the node must stop sending it
+            pub = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="redeliver")
+            pub.connect(mosquitto.host, mosquitto.port)
+            pub.loop_start()
+            pub.publish(f"lookout/v1/{SITE}/{DEV}/evt", e1, qos=1).wait_for_publish(TIMEOUT)  # a QoS 1 copy
+            pub.disconnect()
+            pub.loop_stop()
+            await until(lambda: duplicates(gw) == 2, TIMEOUT, "both copies counted", seen=lambda: alerts(gw))
+            fence = event(key, "sen-05-3-2", 2)  # after both copies: when it is journaled, they were handled
+            assert (await post(port, "evt", fence)).code == Code.CHANGED
+            await until(lambda: len(alerts(gw)) >= 2, TIMEOUT, "the fence event")
+            assert [a["id"] for a in alerts(gw)] == ["sen-05-3-1", "sen-05-3-2"]
+        async with serving(Gateway(cfg, keystore=ks)) as gw:  # restarted: the seen set came back from disk
+            assert (await post(port, "evt", e1)).code == Code.CHANGED
+            await until(lambda: duplicates(gw) == 1, TIMEOUT, "the copy after the restart counted")
+            assert [a["id"] for a in alerts(gw)] == ["sen-05-3-1", "sen-05-3-2"]
+        ks.close()
+
+    asyncio.run(main())

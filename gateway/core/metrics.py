@@ -47,6 +47,8 @@ class Metrics:
         self.latency = Histogram("lookout_command_latency_seconds", "First send to final result",
                                  buckets=LATENCY_BUCKETS, registry=r)
         self.transitions = Counter("lookout_state_changes", "Device state transitions", ["to"], registry=r)
+        self.duplicates = Counter("lookout_duplicates", "Messages already seen (same device and id), absorbed",
+                                  ["channel"], registry=r)
         self.send_failures = Counter("lookout_command_sends_failed", "Command sends the broker did not take "
                                      "(link_down: not sent; no_puback: no PUBACK in time); re-sent later",
                                      ["reason"], registry=r)

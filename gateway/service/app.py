@@ -28,6 +28,7 @@ from typing import Any, Self
 from lookout.gateway.core.clock import now_ms
 from lookout.gateway.core.commands import FLUSH_SLICE, Command, CommandService, check_signature
 from lookout.gateway.core.config import Config
+from lookout.gateway.core.events import Event, EventIntake
 from lookout.gateway.core.journal import Journal
 from lookout.gateway.core.metrics import Metrics
 from lookout.gateway.core.registry import Change, Device, Registry
@@ -112,6 +113,9 @@ class Gateway:
         self._stack.callback(self.journal.close)
         self.registry = Registry(cfg.registry, cfg.data_dir / "registry.db")
         self._stack.callback(self.registry.close)
+        self.events = EventIntake(cfg.data_dir / "events.db")  # verified events, each handed on once
+        self._stack.callback(self.events.close)
+        self.events.add_listener(self._on_new_event)
         self.commands = CommandService(cfg.commands, self.keystore, self.registry, cfg.data_dir / "commands.db",
                                        clock=self.clock)
         self._stack.callback(self.commands.close)
@@ -239,6 +243,7 @@ class Gateway:
                 await asyncio.sleep(0)
             if self._snapshot_dirty:
                 await self.publish_snapshot()
+            self.events.prune(self.clock())
 
     async def publish_snapshot(self) -> None:
         self._snapshot_dirty = False
@@ -354,10 +359,23 @@ class Gateway:
         if not self._signed(dev, "evt", msg):
             return
         self.registry.touch(dev, site, now, seq=msg.get("seq"), channel="evt")
-        e = self.journal.append("alert", f"{msg['sev']} {msg['kind']} at {dev}", device=dev, ts=now,
-                                detail={k: v for k, v in msg.items() if k != "mac"})
+        verdict = self.events.offer(site, dev, msg, now)  # "new": handed on to _on_new_event and the others
+        if verdict == "duplicate":
+            self.metrics.duplicates.labels("evt").inc()
+        elif verdict == "stale":
+            self.metrics.rejected.labels("stale").inc()
+            self.journal.append("security", f"stale evt {msg['id']} from {dev} not acted on", device=dev, ts=now,
+                                detail={"purpose": "evt", "code": "stale", "window_ms": self.events.window_ms,
+                                        "event": {k: v for k, v in msg.items() if k != "mac"}})
+            log.warning("stale event %s from %s (ts %s) not acted on", msg["id"], dev, msg.get("ts"))
+
+    def _on_new_event(self, e: Event) -> None:
+        """The first listener of the event intake: the alert in the journal, its evidence linked."""
+        msg = e.msg
+        j = self.journal.append("alert", f"{msg['sev']} {msg['kind']} at {e.device}", device=e.device,
+                                ts=e.now_ms, detail={k: v for k, v in msg.items() if k != "mac"})
         if msg.get("evidence"):
-            self.clipstore.link_event(dev, msg, e.seq, now)
+            self.clipstore.link_event(e.device, msg, j.seq, e.now_ms)
 
     def _on_result(self, site: str, dev: str, msg: dict[str, Any], now: int) -> None:
         if not self._signed(dev, "res", msg):
