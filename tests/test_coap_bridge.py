@@ -94,7 +94,7 @@ async def post(port: int, path: str, payload: bytes, content_format: int | None 
 @pytest.fixture
 def keystore(tmp_path):
     ks = KeyStore(tmp_path / "keys.db")
-    ks.ensure("sen-05", SITE, "sensor")
+    ks.ensure("sen-05", SITE, "sensor", meta={"transport": "coap"})
     yield ks
     ks.close()
 

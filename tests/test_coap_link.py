@@ -191,7 +191,7 @@ def test_start_brings_link_up_with_birth_and_recovers_after_server_starts():
 
 def test_end_to_end_through_bridge_to_mosquitto(mosquitto, tmp_path):
     ks = KeyStore(tmp_path / "keys.db")
-    key = ks.ensure(DEV, SITE, "sensor").hmac_key
+    key = ks.ensure(DEV, SITE, "sensor", meta={"transport": "coap"}).hmac_key
     q: queue.Queue = queue.Queue()
     sub = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="test-sub")
     ready = threading.Event()
@@ -233,7 +233,10 @@ def test_end_to_end_through_bridge_to_mosquitto(mosquitto, tmp_path):
     try:
         stats = asyncio.run(run())
         got = [q.get(timeout=TIMEOUT) for _ in range(3)]
-        assert got[0][:3] == ("lookout/v1/dongshan/sen-05/state", birth, 1)  # published retained by the bridge
+        assert got[0][0] == "lookout/v1/dongshan/sen-05/state" and got[0][2] == 1
+        signed_birth = json.loads(got[0][1])
+        signing.verify(key, "state", signed_birth)  # make_uplink signed it; the bridge checked it
+        assert {k: v for k, v in signed_birth.items() if k != "mac"} == json.loads(birth)
         assert got[1] == ("lookout/v1/dongshan/sen-05/hb", hb(7), 0, False)
         assert got[2][:2] == ("lookout/v1/dongshan/sen-05/evt", evt_bytes) and got[2][2] == 1
         signing.verify(key, "evt", json.loads(got[2][1]))  # the node's MAC survived CoAP + bridge + MQTT
@@ -273,6 +276,8 @@ def test_sensor_node_app_reports_over_coap(tmp_path):
     asyncio.run(run())
     chans = [c[0].rsplit("/", 1)[1] for c in calls]
     assert chans[0] == "state" and json.loads(calls[0][1])["online"] is True
+    for c in (calls[0], calls[-1]):  # birth and death carry the node's MAC (the gateway believes no other)
+        signing.verify(bytes.fromhex("cd" * 32), "state", json.loads(c[1]))
     assert "hb" in chans and "evt" in chans
     ev = json.loads(next(c[1] for c in calls if c[0].endswith("/evt")))
     signing.verify(bytes.fromhex("cd" * 32), "evt", ev)

@@ -136,3 +136,68 @@ def test_duplicate_event_is_one_alert_across_source_ports_mqtt_and_restart(mosqu
         ks.close()
 
     asyncio.run(main())
+
+
+def state(key: bytes | None, online: bool, bdseq: int = 4, hb_s: int = 600) -> bytes:
+    m = messages.birth("sensor", bdseq, "0.1.0", hb_s, site=SITE) if online else messages.death(bdseq, "battery")
+    if key is not None:
+        signing.sign(key, "state", m)
+    return canonical.dumpb(m)
+
+
+def test_state_over_coap_is_signed_and_only_for_coap_devices(mosquitto, tmp_path):
+    """Item 5: no unsigned birth/death through the bridge, none at all for an MQTT device; and the gateway does
+    not believe a CoAP device's state that arrives unsigned over MQTT (the bridge's own broker login could
+    publish it), nor any state whose MAC is wrong."""
+    from test_gateway_commands import node
+
+    async def main():
+        port = free_udp_port()
+        ks = coap_keystore(tmp_path)
+        key = ks.get(DEV).hmac_key
+        spk = node(mosquitto, ks, "spk-01")  # an MQTT loudspeaker
+        async with serving(Gateway(config(tmp_path, mosquitto.url, port), keystore=ks)) as gw:
+            await asyncio.to_thread(spk.start)
+            await until(lambda: gw.registry.get("spk-01") and gw.registry.get("spk-01").live)
+
+            async def post_as(device: str, channel: str, payload: bytes) -> aiocoap.Message:
+                ctx = await aiocoap.Context.create_client_context()
+                try:
+                    req = aiocoap.Message(code=Code.POST, payload=payload,
+                                          uri=f"coap://127.0.0.1:{port}/v1/{SITE}/{device}/{channel}")
+                    return await asyncio.wait_for(ctx.request(req).response, TIMEOUT)
+                finally:
+                    await ctx.shutdown()
+
+            death = canonical.dumpb(messages.death(0, "forged"))
+            r = await post_as("spk-01", "state", death)  # a forged death for the loudspeaker
+            assert r.code == Code.FORBIDDEN and b"not a CoAP device" in r.payload, r.payload
+            r = await post_as("spk-01", "hb", messages.encode("hb", {"seq": 1, "up_s": 1, "hb_s": 86400}))
+            assert r.code == Code.FORBIDDEN
+            r = await post(port, "state", state(None, True, hb_s=86400))  # unsigned birth of a CoAP node
+            assert r.code == Code.UNAUTHORIZED, r.payload
+            r = await post(port, "state", state(bytes(32), True))  # signed with the wrong key
+            assert r.code == Code.UNAUTHORIZED
+            assert gw.registry.get(DEV) is None  # nothing reached the registry
+
+            # the same unsigned birth straight onto MQTT, as the gateway's own login could publish it
+            import paho.mqtt.client as paho
+            pub = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="intruder")
+            pub.connect(mosquitto.host, mosquitto.port)
+            pub.loop_start()
+            for payload in (state(None, True, hb_s=86400), state(bytes(32), True, hb_s=86400)):
+                pub.publish(f"lookout/v1/{SITE}/{DEV}/state", payload, qos=1).wait_for_publish(TIMEOUT)
+            pub.disconnect()
+            pub.loop_stop()
+            await until(lambda: len(gw.journal.entries(kind="security", device=DEV)) >= 2, TIMEOUT,
+                        "the refused births journaled")
+            assert gw.registry.get(DEV) is None or not gw.registry.get(DEV).live
+
+            r = await post(port, "state", state(key, True))  # the node's own signed birth
+            assert r.code == Code.CHANGED, r.payload
+            await until(lambda: gw.registry.get(DEV) and gw.registry.get(DEV).live, TIMEOUT, "the signed birth")
+            assert gw.registry.get(DEV).hb_s == 600 and gw.registry.get("spk-01").live
+        spk.stop()
+        ks.close()
+
+    asyncio.run(main())

@@ -427,15 +427,16 @@ class CommandService:
         """The same command to many devices; each gets its own id, counter, MAC and result."""
         ids = list(device_ids)
         problems = []
-        for d in ids:  # every target first: a refusal must mean that nothing was stored or sent
+        for target in ids:  # every target first: a refusal must mean that nothing was stored or sent
             try:
-                self.check(d, name, args, prio=kw.get("prio", 1), queue=kw.get("queue", True), op=kw.get("op"))
+                self.check(target, name, args, prio=kw.get("prio", 1), queue=kw.get("queue", True),
+                           op=kw.get("op"))
             except CommandError as e:
-                problems.append({"device": d, "code": e.code, "error": str(e)})
+                problems.append({"device": target, "code": e.code, "error": str(e)})
         if problems:
             raise GroupRefused(problems, len(ids))
         gid = "g" + secrets.token_hex(6)
-        cmds = [self.prepare(d, name, args, group=gid, **kw) for d in ids]
+        cmds = [self.prepare(target, name, args, group=gid, **kw) for target in ids]
         await asyncio.gather(*(self._send(c) for c in cmds
                                if c.status == "queued" and (d := self.registry.get(c.device)) and d.live))
         return gid, cmds

@@ -15,8 +15,10 @@ For each request, in this order (the first failing check decides the response co
 3. Content-Format absent or 50 (JSON)         -> 4.15 Unsupported Content-Format
 4. payload size <= ``max_payload``            -> 4.13 Request Entity Too Large (Size1 option = the limit)
 5. ``protocols.messages.decode(channel, ..)`` -> 4.00 Bad Request, diagnostic payload ``"<field>: <reason>"``
-6. with a keystore: device provisioned, site matches  -> 4.03 Forbidden;
-   an event's MAC verifies with the device key (purpose ``evt``, protocols/signing.py) -> 4.01 Unauthorized
+6. with a keystore: device provisioned, site matches, provisioned for CoAP (``meta.transport``; an MQTT
+   device never reports through here)  -> 4.03 Forbidden;
+   an event's or a birth/death's MAC verifies with the device key (purpose ``evt`` / ``state``,
+   protocols/signing.py) -> 4.01 Unauthorized
 7. republish the *unchanged* payload on ``lookout/v1/<site>/<device>/<channel>`` with the channel's QoS/retain
    (protocols/topics.py), via the ``publish(topic, payload, qos, retain)`` callback -> 2.04 Changed only once
    the callback returned, i.e. the broker has it (``mqttlink_publisher``: PUBACK for QoS 1; a QoS 0 report is
@@ -32,9 +34,9 @@ that remain, by nature of the transport:
   birth/death to
   ``state`` (retained, like an MQTT node's), e.g. a death before a planned shutdown.
 - **Authentication.** The MQTT path authenticates the connection (username == device id); CoAP here is plain
-  UDP on the township network, so with a keystore configured only provisioned devices are accepted and events
-  must carry a valid MAC. hb/loc are not signed by the wire contract (a spoofed heartbeat could delay an
-  offline transition; DTLS/OSCORE would close that, not done here).
+  UDP on the township network, so with a keystore configured only devices provisioned for CoAP are accepted,
+  and events and birth/death must carry a valid MAC. hb/loc are not signed by the wire contract (a spoofed
+  heartbeat of a CoAP node could delay its offline transition; DTLS/OSCORE would close that, not done here).
 - **Duplicates.** A retransmitted CON (same message id, same peer) is answered from aiocoap's message-layer
   deduplication (RFC 7252 §4.5) and is not republished twice.
 
@@ -220,9 +222,11 @@ class CoAPBridge:
             raise CoAPReject(
                 Code.FORBIDDEN, f"site: device {device!r} belongs to site {ident.site!r}, not {site!r}"
             )
-        if channel == "evt":
+        if (ident.meta or {}).get("transport") != "coap":  # the bridge publishes under the gateway's login
+            raise CoAPReject(Code.FORBIDDEN, f"device: {device!r} is not a CoAP device (provisioned for MQTT)")
+        if channel in ("evt", "state"):  # state: a forged birth/death would decide what the registry believes
             try:
-                signing.verify(ident.hmac_key, "evt", msg)
+                signing.verify(ident.hmac_key, channel, msg)
             except AuthError as e:
                 raise CoAPReject(Code.UNAUTHORIZED, str(e)) from None
 

@@ -322,10 +322,14 @@ class Gateway:
                 if not payload:
                     return  # retained state cleared
                 obj = json.loads(payload)
-                if isinstance(obj, dict) and obj.get("online") is True:
-                    self.registry.birth(dev, site, messages.decode("birth", payload), now)
+                kind = "birth" if isinstance(obj, dict) and obj.get("online") is True else "death"
+                msg = messages.decode(kind, payload)
+                if not self._state_trusted(dev, msg):
+                    return
+                if kind == "birth":
+                    self.registry.birth(dev, site, msg, now)
                 else:
-                    self.registry.death(dev, site, messages.decode("death", payload), now)
+                    self.registry.death(dev, site, msg, now)
             elif ch == "hb":
                 self.registry.heartbeat(dev, site, messages.decode("hb", payload), now)
             elif ch == "loc":
@@ -354,6 +358,15 @@ class Gateway:
                                     "id": msg.get("id")})
         log.warning("dropped %s %s from %s: %s", p.code, purpose, dev, p.detail)
         return False
+
+    def _state_trusted(self, dev: str, msg: dict[str, Any]) -> bool:
+        """A birth/death is believed when its MAC (purpose ``state``) verifies, or when it needs none: an MQTT
+        device's own broker login and ACL vouch for its ``state`` topic. A CoAP device's state always needs the
+        MAC: it reaches MQTT under the gateway's login (the CoAP bridge), which may write any device's topic."""
+        ident = self.keystore.get(dev)
+        if "mac" in msg or (ident is not None and (ident.meta or {}).get("transport") == "coap"):
+            return self._signed(dev, "state", msg)
+        return True
 
     def _on_event(self, site: str, dev: str, msg: dict[str, Any], now: int) -> None:
         if not self._signed(dev, "evt", msg):
