@@ -32,7 +32,7 @@ MAX_RESPONSE = 262144
 OPS = ("devices", "broadcast", "stop", "command", "locate", "journal", "clips", "status", "clip_put")
 WAITS = ("none", "accepted", "final")
 CODES = ("ok", "queued", "partial", "bad_request", "unauthorized", "unknown_device", "offline", "failed",
-         "timeout", "expired", "internal")
+         "timeout", "expired", "internal", "busy")
 PRIORITY_NAMES = ("background", "normal", "priority", "emergency")
 DEVICE_STATES = ("unknown", "online", "stale", "offline")
 CLIP_ACTIONS = ("list", "distribute", "progress", "evidence")

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 # command latency buckets (seconds): loopback round trips are ms; a sleeping node on a bad radio link is seconds
@@ -32,6 +32,23 @@ class _Live(Collector):
         for status, n in sorted(self._depths().items()):
             q.add_metric([status], n)
         yield q
+
+
+class _Bounds(Collector):
+    """Every bounded queue of the gateway: what it holds now and what it refused so far."""
+
+    def __init__(self, bounds: Callable[[], dict[str, tuple[int, int]]]):
+        self._bounds = bounds
+
+    def collect(self):
+        held = GaugeMetricFamily("lookout_queue_depth", "Items held by a bounded queue", labels=["queue"])
+        refused = CounterMetricFamily("lookout_queue_refused", "Items a full bounded queue dropped or refused",
+                                      labels=["queue"])
+        for name, (n, r) in sorted(self._bounds().items()):
+            held.add_metric([name], n)
+            refused.add_metric([name], r)
+        yield held
+        yield refused
 
 
 class Metrics:
@@ -56,6 +73,10 @@ class Metrics:
 
     def bind(self, devices: Callable[[], dict[tuple[str, str], int]], depths: Callable[[], dict[str, int]]) -> None:
         self.registry.register(_Live(devices, depths))
+
+    def bind_bounds(self, bounds: Callable[[], dict[str, tuple[int, int]]]) -> None:
+        """``bounds()`` -> {queue name: (held now, refused so far)}: mqtt_outbox, journal_pending, ..."""
+        self.registry.register(_Bounds(bounds))
 
     def serve(self, listen: str) -> int:
         host, _, port = listen.rpartition(":")

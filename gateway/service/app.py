@@ -40,6 +40,8 @@ from lookout.protocols.errors import MessageError, TopicError
 log = logging.getLogger("lookout.gateway")
 
 FW_VERSION = "gateway-0.1"
+MAX_OPREQ = 64  # operator requests in progress at once (each may wait wait_s for a device); more get "busy"
+MAX_OPREQ_PER_OPERATOR = 16  # so one operator's script cannot take every slot from the duty officers
 PUBACK_TIMEOUT_S = 10.0  # a QoS 1 publish not acknowledged by then counts as failed (the sender retries)
 
 
@@ -86,6 +88,8 @@ class Gateway:
         self._snapshot_dirty = True
         self._tasks: asyncio.Task[None] | None = None
         self._bg: set[asyncio.Task[Any]] = set()
+        self._opreq: dict[str, int] = {}  # operator id -> requests in progress
+        self._opreq_refused = 0  # answered "busy"
         self.coap: Any = None
         self.metrics_port: int | None = None
 
@@ -136,6 +140,7 @@ class Gateway:
         self.clipstore.on_status = self.clipdist.on_status
         self.commands.add_listener(self.clipdist.on_command)
         self.metrics.bind(self._device_counts, self.commands.depths)
+        self.metrics.bind_bounds(self._bounds)
 
         url = self._broker_url
         if url is None:
@@ -260,6 +265,13 @@ class Gateway:
         self.registry.rebase(self.clock())  # we heard nothing while disconnected: re-arm, don't mass-offline
         self._snapshot_dirty = True
 
+    def _bounds(self) -> dict[str, tuple[int, int]]:
+        """What each bounded queue holds and how much it refused so far (metrics, read at scrape time)."""
+        link = self.link
+        return {"mqtt_outbox": (link.queued() if link else 0, link.dropped if link else 0),
+                "journal_pending": (self.journal.pending, self.journal.dropped),
+                "operator_requests": (sum(self._opreq.values()), self._opreq_refused)}
+
     def _device_counts(self) -> dict[tuple[str, str], int]:
         out: dict[tuple[str, str], int] = {}
         for d in self.registry.devices.values():
@@ -312,7 +324,7 @@ class Gateway:
             return
         self.metrics.messages_in.labels(ch).inc()
         if ch == "opreq":
-            self.spawn(self._operator_request(dev, payload), name=f"opreq-{dev}")
+            self._admit_operator_request(dev, payload)
             return
         if dev == self.cfg.gateway_id:
             return
@@ -397,6 +409,29 @@ class Gateway:
         self.commands.on_result(dev, msg)
 
     # -- operator API ----------------------------------------------------------------------------------------
+    def _admit_operator_request(self, op_id: str, payload: bytes) -> None:
+        """One task per request, at most ``MAX_OPREQ`` at a time and ``MAX_OPREQ_PER_OPERATOR`` per operator
+        (``op_id`` is the topic's, which the broker ACL ties to the operator's login); beyond that the request
+        is answered ``busy`` at once and counted, never queued without bound."""
+        mine = self._opreq.get(op_id, 0)
+        if sum(self._opreq.values()) >= MAX_OPREQ or mine >= MAX_OPREQ_PER_OPERATOR:
+            self._opreq_refused += 1
+            if self.link is not None:
+                resp = opapi.response(opapi.peek_id(payload), "busy",
+                                      error=f"gateway busy: {mine} of your requests in progress; retry shortly")
+                self.link.publish_nowait(topics.topic(self.cfg.site, op_id, "opres"), opapi.encode_response(resp), 1)
+            return
+        self._opreq[op_id] = mine + 1
+        t = self.spawn(self._operator_request(op_id, payload), name=f"opreq-{op_id}")
+        t.add_done_callback(lambda _t: self._opreq_done(op_id))
+
+    def _opreq_done(self, op_id: str) -> None:
+        n = self._opreq.get(op_id, 0) - 1
+        if n > 0:
+            self._opreq[op_id] = n
+        else:
+            self._opreq.pop(op_id, None)
+
     async def _operator_request(self, op_id: str, payload: bytes) -> None:
         try:
             req = opapi.decode_request(payload)
