@@ -54,6 +54,7 @@ import re
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -525,23 +526,49 @@ class Journal:
         rows = [Entry(*r) for r in self._query(q, args)]
         return rows[::-1] if last else rows
 
-    def verify(self) -> VerifyResult:
-        """Walk the whole chain; report the first row whose link or hash is wrong."""
-        prev, n, expect_seq = GENESIS, 0, 1
-        for r in self._query("SELECT " + ", ".join(COLUMNS) + " FROM journal ORDER BY seq"):
-            e = Entry(*r)
-            n += 1
-            if e.seq != expect_seq:
-                return VerifyResult(False, n, e.seq, f"sequence jumps from {expect_seq - 1} to {e.seq} "
-                                                       "(rows deleted)", prev)
-            if e.prev_hash != prev:
-                return VerifyResult(False, n, e.seq, "prev_hash does not match the previous row's hash", prev)
-            want = entry_hash(e.prev_hash, e.seq, e.ts, e.operator, e.kind, e.device, e.summary, e.detail)
-            if want != e.hash:
-                return VerifyResult(False, n, e.seq, "hash does not match the row's content (row edited)", prev)
-            prev = e.hash
-            expect_seq += 1
-        return VerifyResult(True, n, None, None, prev)
+    def page(self, after: int = 0, limit: int = 200, since_ms: int | None = None, until_ms: int | None = None,
+             device: str | None = None) -> tuple[list[Entry], bool]:
+        """Up to ``limit`` entries with ``seq > after`` (and the filters), oldest first, and whether more follow:
+        a cursor page, so SQLite reads ``limit + 1`` rows however long the journal is."""
+        cond, args = walstore.where(("seq > ?", after), ("ts >= ?", since_ms), ("ts < ?", until_ms),
+                                    ("device = ?", device))
+        rows = self._query(f"SELECT {', '.join(COLUMNS)} FROM journal{cond} ORDER BY seq LIMIT ?", [*args, limit + 1])
+        return [Entry(*r) for r in rows[:limit]], len(rows) > limit
+
+    def verify(self, progress: Callable[[int, int], None] | None = None, batch: int = 2000) -> VerifyResult:
+        """Walk the whole chain; report the first row whose link or hash is wrong.
+
+        Blocking (it reads and hashes every row): the gateway runs it in a worker thread. It reads through its
+        own connection, one consistent snapshot in batches, so the writer keeps committing meanwhile;
+        ``progress(done, total)`` is called after each batch."""
+        self.flush()
+        db = walstore.connect(self.path, check_same_thread=False, busy_timeout_ms=BUSY_TIMEOUT_MS)
+        try:
+            db.execute("BEGIN")  # one snapshot for the count and the rows
+            total = db.execute("SELECT COUNT(*) FROM journal").fetchone()[0]
+            cur = db.execute("SELECT " + ", ".join(COLUMNS) + " FROM journal ORDER BY seq")
+            prev, n, expect_seq = GENESIS, 0, 1
+            while rows := cur.fetchmany(batch):
+                for r in rows:
+                    e = Entry(*r)
+                    n += 1
+                    if e.seq != expect_seq:
+                        return VerifyResult(False, n, e.seq, f"sequence jumps from {expect_seq - 1} to {e.seq} "
+                                                               "(rows deleted)", prev)
+                    if e.prev_hash != prev:
+                        return VerifyResult(False, n, e.seq, "prev_hash does not match the previous row's hash",
+                                            prev)
+                    want = entry_hash(e.prev_hash, e.seq, e.ts, e.operator, e.kind, e.device, e.summary, e.detail)
+                    if want != e.hash:
+                        return VerifyResult(False, n, e.seq, "hash does not match the row's content (row edited)",
+                                            prev)
+                    prev = e.hash
+                    expect_seq += 1
+                if progress is not None:
+                    progress(n, total)
+            return VerifyResult(True, n, None, None, prev)
+        finally:
+            db.close()
 
     def export(self, fmt: str, since_ms: int | None = None, until_ms: int | None = None) -> str:
         """CSV or JSON of the entries in ``[since_ms, until_ms)`` plus the chain head, for a shift report."""

@@ -129,7 +129,7 @@ class Gateway:
         from lookout.gateway.clips.distribution import ClipDistributor
         from lookout.gateway.clips.store import ClipStore
         self.clipstore = ClipStore(cfg.data_dir / "clips", self.journal, self.keystore, send=self._clip_status,
-                                   clock=self.clock)
+                                   clock=self.clock, spawn=self.spawn)
         self._stack.callback(self.clipstore.close)
         self.ops = OperatorAPI(cfg, self.registry, self.commands, self.journal, self.keystore, self.clock,
                                bdseq=lambda: self.bdseq)

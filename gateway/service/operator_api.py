@@ -14,13 +14,14 @@ gets a signed command from ``CommandService``, and the response aggregates their
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from lookout.gateway.core.commands import Command, CommandError, CommandService, GroupRefused
 from lookout.gateway.core import redact
 from lookout.gateway.core.config import Config
-from lookout.gateway.core.journal import Journal
+from lookout.gateway.core.journal import Journal, VerifyResult
 from lookout.gateway.core.registry import Device, Registry
 from lookout.protocols import opapi
 
@@ -54,6 +55,8 @@ class OperatorAPI:
         self.clock = clock
         self.bdseq = bdseq
         self.clips: ClipOps | None = None  # set by the service once the clip distributor exists
+        self.verifying: dict[str, int] | None = None  # {"done", "of"} while a journal verify runs
+        self._verify_task: asyncio.Task[VerifyResult] | None = None
 
     def resolve(self, to: str, op: str) -> list[str]:
         """A device id, a zone ([zones] in the config) or a site id -> device ids. Group ops address speakers."""
@@ -96,13 +99,15 @@ class OperatorAPI:
                                               "loc_age_ms": None if d.last_loc_ms is None
                                               else self.clock() - d.last_loc_ms})
         if op == "journal":
-            return self._journal(op_id, a, rid)
+            return await self._journal(op_id, a, rid)
         if op == "status":
             seq, head = self.journal.head()
-            return opapi.response(rid, "ok", {"gateway": self.cfg.gateway_id, "site": self.cfg.site,
-                                              "bdseq": self.bdseq(), "devices": self.registry.counts(),
-                                              "commands": self.commands.depths(), "journal_seq": seq,
-                                              "journal_head": head})
+            data = {"gateway": self.cfg.gateway_id, "site": self.cfg.site, "bdseq": self.bdseq(),
+                    "devices": self.registry.counts(), "commands": self.commands.depths(), "journal_seq": seq,
+                    "journal_head": head}
+            if self.verifying is not None:
+                data["journal_verify"] = dict(self.verifying)  # a verify in progress: entries done of total
+            return opapi.response(rid, "ok", data)
         if op in ("clips", "clip_put"):
             if self.clips is None:
                 return opapi.response(rid, "internal", error="clip handling is not running")
@@ -157,18 +162,36 @@ class OperatorAPI:
         return opapi.response(rid, _aggregate(cmds, wait), {"group": group, "to": to, "results": results},
                               error=_first_error(cmds))
 
-    def _journal(self, op_id: str, a: dict[str, Any], rid: str | None) -> dict[str, Any]:
+    async def _verify(self) -> VerifyResult:
+        """``Journal.verify`` in a worker thread (it hashes every row); requests arriving while one runs share it.
+        Its progress is in ``verifying`` (shown by ``status``)."""
+        if self._verify_task is None:
+            loop = asyncio.get_running_loop()
+            state = self.verifying = {"done": 0, "of": 0}
+
+            def progress(done: int, total: int) -> None:  # worker thread: a dict update is enough
+                state["done"], state["of"] = done, total
+
+            async def run() -> VerifyResult:
+                try:
+                    return await asyncio.to_thread(self.journal.verify, progress)
+                finally:
+                    self._verify_task, self.verifying = None, None
+
+            self._verify_task = loop.create_task(run(), name="journal-verify")
+        return await asyncio.shield(self._verify_task)
+
+    async def _journal(self, op_id: str, a: dict[str, Any], rid: str | None) -> dict[str, Any]:
+        """Every read runs in a worker thread: it may wait for the journal writer (a locked file) and SQLite."""
         if a["verify"]:
-            v = self.journal.verify()
+            v = await self._verify()
             self.journal.append("operator", f"{op_id} verified the journal: {'ok' if v.ok else 'BROKEN'}",
                                 operator=op_id, detail={"ok": v.ok, "entries": v.entries, "bad_seq": v.bad_seq})
             data = {"ok": v.ok, "entries": v.entries, "bad_seq": v.bad_seq, "reason": v.reason, "head": v.head}
             return opapi.response(rid, "ok" if v.ok else "failed", data,
                                   error=None if v.ok else f"chain broken at seq {v.bad_seq}: {v.reason}")
-        rows = [e for e in self.journal.entries(a.get("from"), a.get("to"), device=a.get("device"))
-                if e.seq > a["after"]]
-        more = len(rows) > a["limit"]
-        rows = rows[:a["limit"]]
+        rows, more = await asyncio.to_thread(self.journal.page, a["after"], a["limit"], a.get("from"), a.get("to"),
+                                             a.get("device"))
         if a["after"] == 0:
             self.journal.append("operator", f"{op_id} read the journal", operator=op_id,
                                 detail={k: a.get(k) for k in ("from", "to", "device")})
