@@ -184,8 +184,10 @@ def test_serve_returns_after_stop_even_if_a_cancel_is_lost(mosquitto, tmp_path):
         ks = KeyStore(tmp_path / "ks.db")
         async with Gateway(make_cfg(tmp_path, mosquitto.url), keystore=ks) as gw:
             swallowed = []
+            inside = asyncio.Event()
 
             async def tick():  # parks, like a re-send waiting for its PUBACK; loses the first cancel
+                inside.set()
                 try:
                     await asyncio.sleep(30)
                 except asyncio.CancelledError:
@@ -195,7 +197,7 @@ def test_serve_returns_after_stop_even_if_a_cancel_is_lost(mosquitto, tmp_path):
 
             gw.commands.tick = tick
             task = asyncio.create_task(gw.serve())
-            await asyncio.sleep(0.1)  # the tick loop is inside tick()
+            await asyncio.wait_for(inside.wait(), 5)  # the tick loop is inside tick()
             gw.stop()
             done, _ = await asyncio.wait({task}, timeout=5)
             if not done:

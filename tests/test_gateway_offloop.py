@@ -18,6 +18,7 @@ import threading
 import time
 
 import pytest
+from aiowait import until
 from gwserve import serving
 from test_gateway_commands import make_cfg
 
@@ -47,10 +48,14 @@ class Gate:
         self._open.set()
 
 
-async def devices_answer_while(gw, started) -> float:
-    """Seconds a ``devices`` request took while the operation ``started`` (a task) is held up."""
+async def devices_answer_while(gw, started, gate: Gate | None = None) -> float:
+    """Seconds until a ``devices`` request was answered while the operation ``started`` (a task) is held up (at
+    ``gate`` when given; else on the journal file's lock, which it reaches within a few loop turns)."""
     t0 = time.monotonic()
-    await asyncio.sleep(0.05)  # the operation runs into the slow part
+    if gate is not None:
+        await until(gate.entered.is_set, 8, "the operation to reach the slow disk")
+    else:
+        await asyncio.sleep(0.05)
     r = await gw.handle_op("op-1", "devices", {}, "d1")
     assert r["code"] == "ok"
     assert not started.done()  # still held up: the answer really came while it ran
@@ -112,7 +117,7 @@ def test_clip_listing_does_not_stall_the_api_and_hashes_once(mosquitto, tmp_path
             monkeypatch.setattr(distribution, "check_wav", slow)
             task = asyncio.create_task(gw.handle_op("op-1", "clips", {"action": "list"}, "c1"))
             try:
-                took = await devices_answer_while(gw, task)
+                took = await devices_answer_while(gw, task, gate)
             finally:
                 gate.open()
             r = await asyncio.wait_for(task, 10)
@@ -166,7 +171,7 @@ def test_evidence_completion_does_not_stall_the_api(mosquitto, tmp_path, monkeyp
 
             task = asyncio.create_task(complete())
             try:
-                took = await devices_answer_while(gw, task)
+                took = await devices_answer_while(gw, task, gate)
             finally:
                 gate.open()
             await asyncio.wait_for(task, 10)
