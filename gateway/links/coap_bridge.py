@@ -279,7 +279,8 @@ def mqttlink_publisher(link: Any, puback_timeout: float = PUBACK_TIMEOUT_S) -> P
         if link is None or not link.connected.is_set():
             raise ConnectionError("broker link down")
         if qos == 0:
-            link.publish_nowait(topic, payload, 0, retain)
+            if link.publish_nowait(topic, payload, 0, retain) < 0:
+                raise ConnectionError("broker outbox full")
             return
         await link.publish(topic, payload, qos, retain, timeout=puback_timeout)
 
