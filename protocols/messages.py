@@ -35,8 +35,8 @@ MS_MIN = 1420070400000  # 2015-01-01: earlier timestamps mean a node without a c
 # largest exact integer.
 SCHEMAS = {
     "birth": "online,B kind,E,speaker/sensor/camera/drone/recorder/gateway/operator bdseq,I fw,S,32,t ts,t"
-             " hb_s,I,1,86400 caps,l,16,n site,s,32,i",
-    "death": "online,B bdseq,I ts,t reason,s,200,t",
+             " hb_s,I,1,86400 caps,l,16,n site,s,32,i mac,s,64,h",
+    "death": "online,B bdseq,I ts,t reason,s,200,t mac,s,64,h",
     "hb": "seq,I ts,t up_s,I hb_s,I,1,86400 fw,s,32,t rssi,i,-150,0 bat_mv,i,0,60000 bat_pct,i,0,100"
           " temp_dc,i,-600,1500 heap,i errs,i err,s,200,t outbox,i dropped,i state,s,24,n nonce,s,16,h",
     "loc": "seq,I ts,T lat,I,-900000000,900000000 lon,I,-1800000000,1800000000 alt_mm,i,-1000000,100000000"

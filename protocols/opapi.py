@@ -35,7 +35,7 @@ INCIDENT_STATES = ("open", "warned", "dispatched", "on_scene", "closed")
 INCIDENT_ACTIONS = ("show", "ack", "dispatch", "close")
 WAITS = ("none", "accepted", "final")
 CODES = ("ok", "queued", "partial", "bad_request", "unauthorized", "unknown_device", "offline", "failed",
-         "timeout", "expired", "internal")
+         "timeout", "expired", "internal", "busy")
 PRIORITY_NAMES = ("background", "normal", "priority", "emergency")
 DEVICE_STATES = ("unknown", "online", "stale", "offline")
 CLIP_ACTIONS = ("list", "distribute", "progress", "evidence")

@@ -17,6 +17,8 @@ import paho.mqtt.client as paho
 import pytest
 from aiocoap.numbers.codes import Code
 
+from lookout.gateway.admin.keystore import KeyStore
+from lookout.gateway.links.coap_bridge import CoAPBridge, paho_publisher
 from lookout.protocols import canonical, coap, messages, signing
 from lookout.tools import firmware_host
 
@@ -187,21 +189,9 @@ def test_start_brings_link_up_with_birth_and_recovers_after_server_starts():
 
 # ---- end to end: CoAP link -> gateway CoAP bridge -> Mosquitto -> paho -----------------------------------------
 
-def _bridge_available() -> bool:
-    try:
-        import lookout.gateway.links.coap_bridge  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _bridge_available(), reason="gateway/coap_bridge.py not present")
 def test_end_to_end_through_bridge_to_mosquitto(mosquitto, tmp_path):
-    from lookout.gateway.admin.keystore import KeyStore
-    from lookout.gateway.links.coap_bridge import CoAPBridge, paho_publisher
-
     ks = KeyStore(tmp_path / "keys.db")
-    key = ks.ensure(DEV, SITE, "sensor").hmac_key
+    key = ks.ensure(DEV, SITE, "sensor", meta={"transport": "coap"}).hmac_key
     q: queue.Queue = queue.Queue()
     sub = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="test-sub")
     ready = threading.Event()
@@ -243,13 +233,18 @@ def test_end_to_end_through_bridge_to_mosquitto(mosquitto, tmp_path):
     try:
         stats = asyncio.run(run())
         got = [q.get(timeout=TIMEOUT) for _ in range(3)]
-        assert got[0][:3] == ("lookout/v1/dongshan/sen-05/state", birth, 1)  # published retained by the bridge
+        assert got[0][0] == "lookout/v1/dongshan/sen-05/state" and got[0][2] == 1
+        signed_birth = json.loads(got[0][1])
+        signing.verify(key, "state", signed_birth)  # make_uplink signed it; the bridge checked it
+        assert {k: v for k, v in signed_birth.items() if k != "mac"} == json.loads(birth)
         assert got[1] == ("lookout/v1/dongshan/sen-05/hb", hb(7), 0, False)
         assert got[2][:2] == ("lookout/v1/dongshan/sen-05/evt", evt_bytes) and got[2][2] == 1
         signing.verify(key, "evt", json.loads(got[2][1]))  # the node's MAC survived CoAP + bridge + MQTT
-        assert stats == {"accepted": 3, "rejected": 1}
-        with pytest.raises(queue.Empty):
-            q.get(timeout=0.3)  # the forged event never reached MQTT
+        assert stats == {"accepted": 3, "rejected": 1, "unavailable": 0}
+        # the forged event never reached MQTT: the next message on the topic is a marker the bridge's own client
+        # published after it (one client, QoS 1: the broker keeps the order)
+        pub.publish("lookout/v1/%s/%s/evt" % (SITE, DEV), b"fence", qos=1).wait_for_publish(TIMEOUT)
+        assert q.get(timeout=TIMEOUT)[:2] == ("lookout/v1/dongshan/sen-05/evt", b"fence")
     finally:
         for c in (pub, sub):
             c.disconnect()
@@ -259,29 +254,8 @@ def test_end_to_end_through_bridge_to_mosquitto(mosquitto, tmp_path):
 
 # ---- the real node app (SimNode: firmware on the host HAL) reporting over CoAP ----------------------------------
 
-def _uplink_make_client(self):
-    """What node.py's ``_make_client`` becomes with the uplink factory: the same arguments, ``make_uplink(cfg,``
-    instead of ``MQTTClient(host, port,``."""
-    b = self.cfg["broker"]
-    state = self.topic("state")
-    opts = {"keepalive_s": b["keepalive"]}
-    opts.update(self.mqtt_opts)
-    return make_uplink(self.cfg, client_id=self.id, username=b["user"] or self.id, password=b["password"] or None,
-                       clean_session=False,
-                       will=(state, messages.encode("death", messages.death(self.bdseq, "connection lost")), 1, True),
-                       birth=(state, self.birth_payload(), 1, True), ssl=None, on_message=self._on_message,
-                       on_log=self.log, open_connection=self.hal.open_connection, **opts)
-
-
-@pytest.mark.skipif(not _bridge_available(), reason="gateway/coap_bridge.py not present")
-def test_sensor_node_app_reports_over_coap(tmp_path, monkeypatch):
-    from lookout_node import node as node_mod
-
-    from lookout.gateway.links.coap_bridge import CoAPBridge
+def test_sensor_node_app_reports_over_coap(tmp_path):
     from lookout.simulators.node import SimNode, make_config
-
-    if "make_uplink" not in (firmware_host.FIRMWARE_LIB / "lookout_node" / "node.py").read_text():
-        monkeypatch.setattr(node_mod.Node, "_make_client", _uplink_make_client)  # until node.py is wired
     calls = []
 
     async def run():
@@ -302,6 +276,8 @@ def test_sensor_node_app_reports_over_coap(tmp_path, monkeypatch):
     asyncio.run(run())
     chans = [c[0].rsplit("/", 1)[1] for c in calls]
     assert chans[0] == "state" and json.loads(calls[0][1])["online"] is True
+    for c in (calls[0], calls[-1]):  # birth and death carry the node's MAC (the gateway believes no other)
+        signing.verify(bytes.fromhex("cd" * 32), "state", json.loads(c[1]))
     assert "hb" in chans and "evt" in chans
     ev = json.loads(next(c[1] for c in calls if c[0].endswith("/evt")))
     signing.verify(bytes.fromhex("cd" * 32), "evt", ev)

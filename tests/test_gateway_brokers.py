@@ -122,7 +122,7 @@ def test_coap_heartbeat_marks_device_online(tmp_path):
 
     async def main():
         ks = KeyStore(tmp_path / "ks.db")
-        ks.ensure("sen-05", "dongshan", "sensor")
+        ks.ensure("sen-05", "dongshan", "sensor", meta={"transport": "coap"})
         port = _free_udp_port()
         cfg = from_dict({"gateway": {"id": "gw-1", "site": "dongshan", "data_dir": str(tmp_path / "data")},
                          "coap": {"listen": f"127.0.0.1:{port}"}})

@@ -90,8 +90,11 @@ def test_expired_queued_command_is_not_sent(mosquitto, tmp_path):
             assert gw.commands.get(c.id).status == "expired"
             await asyncio.to_thread(n.start)
             await until(lambda: gw.registry.get("spk-01").state == "online")
-            await asyncio.sleep(0.3)
-            assert n.received == []
+            # a fence: a command issued after the birth reaches the node after anything the birth released
+            # (one publisher, one topic, QoS 1: the broker keeps the order)
+            fence = await gw.commands.issue("spk-01", "ping", {}, ttl_s=60)
+            await until(lambda: n.received, what="the fence command")
+            assert [m["id"] for m in n.received] == [fence.id]
         n.stop()
         ks.close()
 
@@ -181,8 +184,10 @@ def test_serve_returns_after_stop_even_if_a_cancel_is_lost(mosquitto, tmp_path):
         ks = KeyStore(tmp_path / "ks.db")
         async with Gateway(make_cfg(tmp_path, mosquitto.url), keystore=ks) as gw:
             swallowed = []
+            inside = asyncio.Event()
 
             async def tick():  # parks, like a re-send waiting for its PUBACK; loses the first cancel
+                inside.set()
                 try:
                     await asyncio.sleep(30)
                 except asyncio.CancelledError:
@@ -192,7 +197,7 @@ def test_serve_returns_after_stop_even_if_a_cancel_is_lost(mosquitto, tmp_path):
 
             gw.commands.tick = tick
             task = asyncio.create_task(gw.serve())
-            await asyncio.sleep(0.1)  # the tick loop is inside tick()
+            await asyncio.wait_for(inside.wait(), 5)  # the tick loop is inside tick()
             gw.stop()
             done, _ = await asyncio.wait({task}, timeout=5)
             if not done:
@@ -281,6 +286,35 @@ def test_counter_reservation_never_goes_backwards(tmp_path):
         for dev, seq in used.items():
             assert seq == sorted(seq) and len(set(seq)) == len(seq), dev
         cs.close()
+        ks.close()
+
+    asyncio.run(main())
+
+
+def test_group_refused_means_nothing_was_sent(mosquitto, tmp_path):
+    """Issue 10 item 4: a zone with one member the gateway has no key for is refused as a whole, before any
+    command is stored or sent; the response and the journal name each target's problem, and agree."""
+    async def main():
+        cfg = make_cfg(tmp_path, mosquitto.url)  # zone north = spk-01 (keyed, online), spk-02 (no key)
+        ks = KeyStore(tmp_path / "ks.db")
+        n = node(mosquitto, ks, "spk-01")
+        async with serving(Gateway(cfg, keystore=ks)) as gw:
+            await asyncio.to_thread(n.start)
+            await until(lambda: gw.registry.get("spk-01") and gw.registry.get("spk-01").live)
+            resp = await gw.handle_op("op-1", "broadcast", {"to": "north", "clip": "nofish", "repeat": 1,
+                                                            "priority": 1, "queue": True, "wait": "final"}, "r1")
+            assert resp["code"] == "unknown_device" and "spk-02" in resp["error"]
+            assert resp["data"]["refused"] == [{"device": "spk-02", "code": "unknown_device",
+                                                "error": "unknown device 'spk-02': no key in the key store"}]
+            assert gw.commands.active == {} and gw.commands.depths() == {"queued": 0, "sent": 0, "accepted": 0}
+            fence = await gw.commands.issue("spk-01", "ping", {})  # after anything the refusal could have sent
+            await until(lambda: n.received, what="the fence command")
+            assert [m["id"] for m in n.received] == [fence.id]
+            entries = gw.journal.entries()
+            assert not [e for e in entries if e.kind in ("command", "result") and "play" in e.summary]
+            [refusal] = [e for e in entries if e.kind == "operator" and "refused" in e.summary]
+            assert json.loads(refusal.detail)["refused"] == resp["data"]["refused"]
+        n.stop()
         ks.close()
 
     asyncio.run(main())

@@ -64,7 +64,8 @@ async def test_reconnect_resubscribes_and_republishes_birth(mosquitto):
         mosquitto.stop()  # persistence off: retained state and subscriptions are gone with it
         await asyncio.wait_for(_until(lambda: not link.connected.is_set()), WAIT)
         pending = asyncio.ensure_future(link.publish("t/in", b"queued", 1, timeout=15))
-        await asyncio.sleep(0.3)
+        await asyncio.wait_for(_until(lambda: link._pending), WAIT)  # in paho's outbox while the broker is down
+        assert not link.connected.is_set()
         mosquitto.start()
         await asyncio.wait_for(link.connected.wait(), 10)
         await asyncio.wait_for(peer.connected.wait(), 10)
@@ -83,6 +84,24 @@ async def test_reconnect_resubscribes_and_republishes_birth(mosquitto):
 async def _until(cond) -> None:
     while not cond():
         await asyncio.sleep(0.02)
+
+
+async def fence(link: MQTTLink, topic: str, q: asyncio.Queue, rounds: int = 2) -> list:
+    """What ``q`` received before ``rounds`` markers that ``link`` publishes on ``topic`` (matched by the same
+    subscription) came back. The broker handles a connection's packets in order and answers a socket it found
+    ready in the same pass as the marker's, so anything it was going to send because of what happened before
+    the first marker (a will, a command) arrives before the last one: "nothing arrived" without a guessed
+    sleep."""
+    seen = []
+    for i in range(rounds):
+        marker = b"fence-%d" % i
+        await link.publish(topic, marker, 1, timeout=WAIT)
+        while True:
+            t, p, r = await asyncio.wait_for(q.get(), WAIT)
+            if (t, p) == (topic, marker):
+                break
+            seen.append((t, p, r))
+    return seen
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +126,7 @@ async def test_tls_link(tls_broker):
     q, h = collector()
     async with MQTTLink(url, "t-tls-a", ca=ca) as a, MQTTLink(url, "t-tls-b", ca=ca) as b:
         b.subscribe("t/tls", h, 1)
-        await asyncio.sleep(0.2)
+        await b.subscribed(WAIT)
         await a.publish("t/tls", b"x" * 5000, 1, timeout=WAIT)  # spans several TLS records / recv calls
         assert (await asyncio.wait_for(q.get(), WAIT))[1] == b"x" * 5000
         for i in range(100):  # a burst of small packets over TLS
@@ -133,6 +152,7 @@ async def test_close_unwatches_and_fails_pending(mosquitto):
     will = Message("t/state/x", b"lost", 1, True)
     async with MQTTLink(mosquitto.url, "t-obs") as obs:
         obs.subscribe("t/state/+", h, 1)
+        await obs.subscribed(WAIT)
         link = MQTTLink(mosquitto.url, "t-x", will=will)
         await link.__aenter__()
         fd = link._fd
@@ -140,7 +160,7 @@ async def test_close_unwatches_and_fails_pending(mosquitto):
         mosquitto.proc.send_signal(19)  # SIGSTOP: no PUBACK can come
         try:
             fut = asyncio.ensure_future(link.publish("t/y", b"p", 1))
-            await asyncio.sleep(0.1)
+            await asyncio.wait_for(_until(lambda: link._pending), WAIT)  # parked on its PUBACK
             await link.close()
             with pytest.raises(MQTTError, match="closed before PUBACK"):
                 await fut
@@ -148,8 +168,7 @@ async def test_close_unwatches_and_fails_pending(mosquitto):
             mosquitto.proc.send_signal(18)  # SIGCONT
         assert link._fd == -1 and loop._selector.get_map().get(fd) is None
         assert not link._tasks
-        await asyncio.sleep(0.5)
-        assert q.empty()  # clean DISCONNECT: the will was not published
+        assert await fence(obs, "t/state/fence", q) == []  # clean DISCONNECT: the will was not published
 
 
 @aio

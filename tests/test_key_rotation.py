@@ -81,7 +81,7 @@ async def test_rotation_through_mosquitto_and_cli(tmp_path, mosquitto, ks):
             # a command from the gateway's normal path now verifies on the node; the old key is refused
             got: asyncio.Queue = asyncio.Queue()
             link.subscribe("lookout/v1/dongshan/spk-01/res", lambda t, p, r: got.put_nowait(json.loads(p)), 1)
-            await asyncio.sleep(0.1)
+            await link.subscribed(5)
             for cid, key in (("p-new", new), ("p-old", OLD)):
                 now = int(time.time() * 1000)
                 m = signing.sign(key, "cmd", messages.command(cid, "spk-01", "ping", {}, now, now + 30000, 1,
@@ -108,3 +108,28 @@ async def test_rotation_through_mosquitto_and_cli(tmp_path, mosquitto, ks):
         await node.stop()
     rc = await asyncio.to_thread(cli_main, ["rotate-key", "spk-01", "--config", str(conf), "--timeout", "2"])
     assert rc == 3  # the node's retained death: refused without sending
+
+
+@pytest.mark.mosquitto
+@aio
+async def test_rotation_sends_only_after_its_subscription_is_acknowledged(mosquitto, ks):
+    """The rotation command goes out only once the broker acknowledged the subscription to the node's results
+    (an answer before that would be lost and the key left pending), however slow the SUBACK."""
+    async with MQTTLink(mosquitto.url, "gw-rot-suback") as link:
+        outstanding: list[bool] = []
+        real = link.publish
+
+        async def publish(*a, **kw):
+            outstanding.append(bool(link._subacks))  # a SUBSCRIBE still waiting for its SUBACK
+            return await real(*a, **kw)
+
+        link.publish = publish  # type: ignore[method-assign]
+        mosquitto.proc.send_signal(19)  # SIGSTOP: the SUBACK cannot come yet
+        task = asyncio.ensure_future(rotation.rotate_over_mqtt(link, ks, "spk-01", timeout=1))
+        try:
+            await asyncio.sleep(0.4)  # holds the broker, the rotation must wait (not a guessed wait for a result)
+        finally:
+            mosquitto.proc.send_signal(18)  # SIGCONT
+        out = await asyncio.wait_for(task, 10)
+        assert out.status == "unconfirmed"  # no node here
+        assert outstanding and not any(outstanding), outstanding

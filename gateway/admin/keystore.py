@@ -224,13 +224,13 @@ class KeyStore:
                 raise KeyStoreError(f"identity {device_id!r} already exists") from None
         return Identity(device_id, site, kind, key, now, None, meta or {})
 
-    def ensure(self, device_id: str, site: str, kind: str) -> Identity:
+    def ensure(self, device_id: str, site: str, kind: str, meta: dict | None = None) -> Identity:
         """Return the identity, creating it with a random key if missing (demo/dev convenience)."""
         got = self.get(device_id)
         if got is not None:
             return got
         try:
-            return self.create(device_id, site, kind)
+            return self.create(device_id, site, kind, meta=meta)
         except KeyStoreError:  # created concurrently by another process
             got = self.get(device_id)
             if got is None:

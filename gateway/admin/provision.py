@@ -94,7 +94,7 @@ def provision_device(ks: KeyStore, device_id: str, site: str, role: str, out_dir
     out = Path(out_dir)
     _claim(ks, device_id, force)
     try:
-        ident = ks.create(device_id, site, role)
+        ident = ks.create(device_id, site, role, meta={"transport": transport})  # the CoAP bridge checks it
     except KeyStoreError as e:
         raise ProvisionError(str(e)) from None
     password = random_password()

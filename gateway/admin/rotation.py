@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lookout.gateway.core.clock import now_ms as _now_ms
+from lookout.gateway.links.mqtt import MQTTError
 from lookout.protocols import messages, signing, topics
 from lookout.protocols.errors import AuthError, MessageError
 
@@ -131,8 +132,14 @@ async def rotate_over_mqtt(link: Any, ks: Any, device_id: str, timeout: float = 
         except (MessageError, ValueError):
             pass
 
-    link.subscribe(topics.topic(ident.site, device_id, "res"), on_res, 1)
-    await asyncio.sleep(0.1)  # let the SUBSCRIBE reach the broker before the node can answer
+    res_topic = topics.topic(ident.site, device_id, "res")
+    link.subscribe(res_topic, on_res, 1)
+    try:  # the node's answer is only seen once the broker acknowledged the subscription
+        await link.subscribed(timeout)
+    except MQTTError as e:
+        raise RotationError(f"subscription to {res_topic}: {e}") from None
+    if res_topic in link.refused:
+        raise RotationError(f"the broker refused the subscription to {res_topic} (check its ACL)")
     cmd = rotation_command(ks, device_id, ttl_ms=ttl_ms, op=op)
     cmd_topic = topics.topic(ident.site, device_id, "cmd")
     await link.publish(cmd_topic, messages.encode("cmd", cmd), 1, timeout=timeout)

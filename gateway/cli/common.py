@@ -21,7 +21,7 @@ from typing import Any
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_OFFLINE = 0, 1, 2, 3
 CODE_EXIT = {"ok": EXIT_OK, "queued": EXIT_OK, "partial": EXIT_FAILED, "failed": EXIT_FAILED,
              "timeout": EXIT_FAILED, "expired": EXIT_FAILED, "internal": EXIT_FAILED, "bad_request": EXIT_USAGE,
-             "unauthorized": EXIT_USAGE, "unknown_device": EXIT_USAGE, "offline": EXIT_OFFLINE}
+             "unauthorized": EXIT_USAGE, "unknown_device": EXIT_USAGE, "offline": EXIT_OFFLINE, "busy": EXIT_FAILED}
 
 
 

@@ -96,29 +96,42 @@ def check_wav(data: bytes) -> dict[str, int]:
 
 
 class AudioStore:
-    """``data_dir/clips/audio/<id>.wav``: the clips the gateway can distribute."""
+    """``data_dir/clips/audio/<id>.wav``: the clips the gateway can distribute.
+
+    Reading and hashing a clip is disk work: each file is read once per (size, mtime) and its SHA-256 and WAV
+    facts cached; the distributor calls the methods that may read from a worker thread (``asyncio.to_thread``)."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self._sha: dict[str, tuple[int, int, str]] = {}  # id -> (size, mtime_ns, sha256)
+        self._facts: dict[str, tuple[int, int, str, dict[str, int]]] = {}  # id -> (size, mtime_ns, sha256, wav)
 
     def path(self, clip: str) -> Path:
         if not cliptransfer.is_safe_clip_id(clip):
             raise ClipError(f"{clip!r} is not a clip id ([A-Za-z0-9_.-]{{1,48}}, no leading dot)")
         return self.root / f"{clip}.wav"
 
-    def sha256(self, clip: str) -> str | None:
-        p = self.path(clip)
+    def _cached(self, clip: str, p: Path) -> tuple[int, int, str, dict[str, int]] | None:
+        """The clip's cached facts, (re)read when the file changed; None if it is missing."""
         try:
             st = p.stat()
         except FileNotFoundError:
+            self._facts.pop(clip, None)
             return None
-        c = self._sha.get(clip)
+        c = self._facts.get(clip)
         if c is None or c[:2] != (st.st_size, st.st_mtime_ns):
-            c = (st.st_size, st.st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
-            self._sha[clip] = c
-        return c[2]
+            data = p.read_bytes()
+            try:
+                info = check_wav(data)
+            except ClipError:
+                info = {}
+            c = (st.st_size, st.st_mtime_ns, hashlib.sha256(data).hexdigest(), info)
+            self._facts[clip] = c
+        return c
+
+    def sha256(self, clip: str) -> str | None:
+        c = self._cached(clip, self.path(clip))
+        return None if c is None else c[2]
 
     def read(self, clip: str, sha256: str | None = None) -> bytes | None:
         """The clip's bytes; None if missing or (given ``sha256``) if it changed since."""
@@ -149,12 +162,9 @@ class AudioStore:
             cid = p.name[:-4]
             if not cliptransfer.is_safe_clip_id(cid):
                 continue
-            data = p.read_bytes()
-            try:
-                info = check_wav(data)
-            except ClipError:
-                info = {}
-            out.append({"id": cid, "size": len(data), "sha256": self.sha256(cid), **info})
+            c = self._cached(cid, p)
+            if c is not None:
+                out.append({"id": cid, "size": c[0], "sha256": c[2], **c[3]})
         return out
 
 
@@ -220,10 +230,10 @@ class ClipDistributor:
     # -- operator API ----------------------------------------------------------------------------------------
     async def handle_op(self, op_id: str, op: str, a: dict[str, Any], rid: str | None) -> dict[str, Any]:
         if op == "clip_put":
-            return self._put(op_id, a, rid)
+            return await self._put(op_id, a, rid)
         action = a["action"]
-        if action == "list":
-            return opapi.response(rid, "ok", {"clips": self.audio.list()})
+        if action == "list":  # reads every changed WAV: in a worker thread
+            return opapi.response(rid, "ok", {"clips": await asyncio.to_thread(self.audio.list)})
         if action == "evidence":
             ev = self.evidence.list(a["limit"], a.get("sha256"))
             self.journal.append("operator", f"{op_id} listed evidence", operator=op_id,
@@ -236,7 +246,7 @@ class ClipDistributor:
             return opapi.response(rid, "ok", self.view(d))
         return await self._distribute(op_id, a, rid)
 
-    def _put(self, op_id: str, a: dict[str, Any], rid: str | None) -> dict[str, Any]:
+    async def _put(self, op_id: str, a: dict[str, Any], rid: str | None) -> dict[str, Any]:
         clip, sha, size, chunk = a["clip"], a["sha256"], a["size"], a["chunk"]
         if not cliptransfer.is_safe_clip_id(clip):
             return opapi.response(rid, "bad_request", error=f"args.clip: {clip!r} may not start with a dot")
@@ -244,8 +254,10 @@ class ClipDistributor:
         now = self.clock()
         p = self.puts.get(key)
         if p is None:
-            if self.audio.sha256(clip) == sha:  # a retried last piece, or the same clip again: already stored
+            if await asyncio.to_thread(self.audio.sha256, clip) == sha:  # stored already: a retried last piece
                 return opapi.response(rid, "ok", {"state": "complete", "id": clip, "sha256": sha, "size": size})
+            p = self.puts.get(key)  # another piece may have started it meanwhile
+        if p is None:
             if sum(1 for q in self.puts.values() if q.op_id == op_id) >= MAX_PUTS_PER_OPERATOR \
                     or len(self.puts) >= MAX_PUTS:
                 return opapi.response(rid, "failed", error="too many clip uploads in progress; retry later")
@@ -278,9 +290,9 @@ class ClipDistributor:
         if r != cliptransfer.COMPLETE:
             return opapi.response(rid, "ok", {"state": "receiving", "have": p.rx.received, "n": m.chunks})
         del self.puts[key]
-        old = self.audio.sha256(clip)
+        old = await asyncio.to_thread(self.audio.sha256, clip)
         try:
-            info = self.audio.put(clip, p.rx.sink.data)
+            info = await asyncio.to_thread(self.audio.put, clip, p.rx.sink.data)  # write + fsync
         except ClipError as e:
             self.journal.append("operator", f"{op_id} upload of clip {clip} refused: {e}", operator=op_id,
                                    detail={"clip": clip, "sha256": sha})
@@ -291,8 +303,8 @@ class ClipDistributor:
 
     async def _distribute(self, op_id: str, a: dict[str, Any], rid: str | None) -> dict[str, Any]:
         clip = a["clip"]
-        sha = self.audio.sha256(clip) if cliptransfer.is_safe_clip_id(clip) else None
-        data = self.audio.read(clip, sha) if sha else None
+        sha = await asyncio.to_thread(self.audio.sha256, clip) if cliptransfer.is_safe_clip_id(clip) else None
+        data = await asyncio.to_thread(self.audio.read, clip, sha) if sha else None
         if data is None:
             return opapi.response(rid, "bad_request", error=f"no clip {clip!r} on the gateway: "
                                   "upload it first (lookout clips upload FILE --id ...)")

@@ -19,6 +19,11 @@ the SHA-256, size, MIME type, the node's creation time and the authenticity (``s
 with the device key; ``unsigned``: the node sent no MAC). A small SQLite index (``clips/evidence.db``) answers
 listings and remembers event references (``evidence: ["sha256:<hex>"]``) that arrive before their file.
 
+Off the event loop: with a ``spawn`` function (the running service) the chunk that completes an upload is
+stored, the file hashed (read back when chunks came out of order), fsynced and linked in a worker thread; the
+custody entry and the index row follow on the loop (``_record``). ``close`` waits for such a filing to finish and
+records it, so a stored file never lacks its custody entry.
+
 Delivery policy: chunks come QoS 1 and may repeat or arrive out of order (the receiver is idempotent). If no chunk
 arrived for ``stall_ms`` the store publishes the receiver's status (missing ranges) on the node's ``dl/<tid>`` —
 the only topic the node may read besides ``cmd`` — at most ``max_asks`` times; a transfer silent for
@@ -28,6 +33,8 @@ the only topic the node may read besides ``cmd`` — at most ``max_asks`` times;
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import json
 import logging
 import os
@@ -133,6 +140,9 @@ class Upload:
         self.started_ms = self.last_ms = self.last_ask_ms = now
         self.asks = 0
         self.rejected_chunks = 0
+        self.finishing: concurrent.futures.Future[None] | None = None  # the last chunk, being filed in a thread
+        self.filed: tuple[Path, bool] | None = None  # (final path, duplicate) once the file is in place
+        self.recorded = False  # custody journaled
 
 
 class ClipStore:
@@ -142,7 +152,8 @@ class ClipStore:
                  send: Callable[[str, str, int, bytes], None] | None = None,
                  on_status: Callable[[str, str, int, dict[str, Any], int], None] | None = None,
                  clock: Callable[[], int] = now_ms, max_size: int = MAX_SIZE, stall_ms: int = STALL_MS,
-                 expire_ms: int = EXPIRE_MS, max_asks: int = MAX_ASKS):
+                 expire_ms: int = EXPIRE_MS, max_asks: int = MAX_ASKS,
+                 spawn: Callable[..., Any] | None = None):
         self.root = Path(root)
         self.dir = self.root / "evidence"
         self.tmp = self.dir / ".part"
@@ -160,13 +171,19 @@ class ClipStore:
         self._refusals: dict[str, int] = {}
         self.stats = {"stored": 0, "duplicates": 0, "refused": 0, "failed": 0, "abandoned": 0,
                       "stray_chunks": 0, "bad_chunks": 0, "errors": 0}
+        self.spawn = spawn  # with a running service: the chunk completing an upload is filed in a worker thread
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="clipstore")
         self._db = sqlite3.connect(str(self.root / "evidence.db"), isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
 
     def close(self) -> None:
+        self._pool.shutdown(wait=True)  # a file being filed is completed, and its custody recorded below
         for u in list(self.uploads.values()):
-            u.sink.discard()
+            if u.finishing is not None and u.finishing.exception() is None and u.filed is not None:
+                self._record(u)
+            elif u.finishing is None:
+                u.sink.discard()
         self.uploads.clear()
         self._db.close()
 
@@ -240,7 +257,7 @@ class ClipStore:
         if shutil.disk_usage(self.dir).free < m.size + FREE_MARGIN:
             self._refuse(device, tid, "no_space", f"{m.size} bytes would leave less than {FREE_MARGIN} free")
             return
-        sink = TempSink(self.tmp / (secrets.token_hex(8) + ".part"), m.size, self._file)
+        sink = TempSink(self.tmp / (secrets.token_hex(8) + ".part"), m.size, self._file_fs)
         try:
             rx = cliptransfer.ClipReceiver(m, self.max_size, sink)
         except TransferError as e:
@@ -259,10 +276,57 @@ class ClipStore:
             if key not in self._recent:
                 self.stats["stray_chunks"] += 1
             return
+        if u.finishing is not None:  # every chunk is in; this one is a redelivery
+            return
         u.last_ms = now
+        if self.spawn is not None and self._completes(u, payload):
+            # the last missing chunk: writing it, hashing the file (again, if chunks came out of order: up to
+            # MAX_SIZE read back) and fsyncing take disk time, so they run in a worker thread
+            u.finishing = self._pool.submit(self._receive, u, payload)
+            self.spawn(self._finished(key, u), name=f"evidence-{device}-{tid}")
+            return
         try:
-            u.rx.receive_payload(payload)
-        except TransferError as e:
+            self._receive(u, payload)
+        except (TransferError, OSError) as e:
+            self._receive_failed(key, u, e)
+            return
+        if u.filed is not None:
+            self._record(u)
+
+    @staticmethod
+    def _completes(u: Upload, payload: bytes) -> bool:
+        try:
+            i = cliptransfer.decode_chunk(payload).index
+        except TransferError:
+            return False
+        return u.rx.received == u.manifest.chunks - 1 and 0 <= i < u.manifest.chunks and not u.rx.has(i)
+
+    def _receive(self, u: Upload, payload: bytes) -> None:
+        """Store a chunk; the one completing a verified clip also files it (``_file_fs``, via the sink)."""
+        u.rx.receive_payload(payload)
+
+    async def _finished(self, key: tuple[str, int], u: Upload) -> None:
+        assert u.finishing is not None
+        try:
+            await asyncio.wrap_future(u.finishing)
+        except (TransferError, OSError) as e:
+            self._receive_failed(key, u, e)
+            u.finishing = None
+            return
+        except Exception:  # a bug in the thread: drop the upload (never a half file), keep the gateway up
+            self.stats["errors"] += 1
+            log.exception("upload %s/%d from %s", u.manifest.clip_id, u.tid, u.device)
+            self.uploads.pop(key, None)
+            u.sink.discard()
+            return
+        if u.filed is not None:
+            self._record(u)
+        else:
+            u.finishing = None  # not the completing chunk after all
+
+    def _receive_failed(self, key: tuple[str, int], u: Upload, e: Exception) -> None:
+        device, tid = key
+        if isinstance(e, TransferError):
             if u.rx.state == cliptransfer.FAILED:  # hash mismatch: the sink was discarded, nothing filed
                 self.uploads.pop(key, None)
                 self._remember(key, "failed")
@@ -274,11 +338,12 @@ class ClipStore:
             u.rejected_chunks += 1
             self.stats["bad_chunks"] += 1
             log.warning("chunk from %s on up/%d rejected: %s", device, tid, e)
-        except OSError as e:  # disk full / filing failed: drop the transfer, never a half file
-            self.uploads.pop(key, None)
-            u.sink.discard()
-            self.stats["errors"] += 1
-            log.error("upload %s/%d from %s: %s", u.manifest.clip_id, tid, device, e)
+            return
+        # disk full / filing failed: drop the transfer, never a half file
+        self.uploads.pop(key, None)
+        u.sink.discard()
+        self.stats["errors"] += 1
+        log.error("upload %s/%d from %s: %s", u.manifest.clip_id, tid, device, e)
 
     # -- filing ----------------------------------------------------------------------------------------------
     def path_for(self, sha256: str, ext: str) -> Path:
@@ -286,12 +351,12 @@ class ClipStore:
             raise ValueError("not a sha256/extension")
         return self.dir / f"{sha256}.{ext}"
 
-    def _file(self, sink: TempSink) -> None:
-        """Called by the receiver after the SHA-256 matched: link the temp file to its content address."""
+    def _file_fs(self, sink: TempSink) -> None:
+        """Called by the receiver after the SHA-256 matched (sink fsynced): link the temp file to its content
+        address. File-system work only (it may run in a worker thread); ``_record`` does the bookkeeping."""
         u: Upload = sink.upload  # type: ignore[attr-defined]
         m = u.manifest
-        ext = ext_for(m.mime)
-        final = self.path_for(m.sha256, ext)
+        final = self.path_for(m.sha256, ext_for(m.mime))
         os.chmod(sink.path, 0o444)
         dup = False
         try:
@@ -304,6 +369,15 @@ class ClipStore:
             os.fsync(dfd)
         finally:
             os.close(dfd)
+        u.filed = (final, dup)
+
+    def _record(self, u: Upload) -> None:
+        """The filed upload's custody entry, index row and event links (on the event loop)."""
+        if u.recorded or u.filed is None:
+            return
+        u.recorded = True
+        final, dup = u.filed
+        m = u.manifest
         now = self.clock()
         self.uploads.pop((u.device, u.tid), None)
         self._remember((u.device, u.tid), m.sha256)
@@ -345,6 +419,8 @@ class ClipStore:
     def tick(self, now: int | None = None) -> None:
         now = self.clock() if now is None else now
         for key, u in list(self.uploads.items()):
+            if u.finishing is not None:
+                continue  # complete, being filed
             idle = now - u.last_ms
             if idle >= self.expire_ms:
                 self.uploads.pop(key, None)

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from lookout.gateway.core import walstore
+from lookout.gateway.core import redact, walstore
 from lookout.gateway.core.clock import now_ms
 from lookout.gateway.core.config import CommandsConfig
 from lookout.gateway.core.registry import Device, Registry
@@ -52,6 +52,7 @@ from lookout.protocols.errors import LocalProtocolError
 
 log = logging.getLogger(__name__)
 
+MAX_SENDING = 500  # sends waiting for their transport (PUBACK) at once; bounded like paho's queue (mqtt.py)
 FLUSH_SLICE = 25  # status rows written per event-loop step by tick() (~0.3 ms of JSON + one WAL commit)
 FINAL = ("done", "failed", "rejected", "expired", "timeout", "refused")
 STATUS_NEXT = {
@@ -68,6 +69,17 @@ class CommandError(Exception):
     def __init__(self, msg: str, code: str):
         super().__init__(msg)
         self.code = code
+
+
+class GroupRefused(CommandError):
+    """A group command refused as a whole because some targets would be; ``refused`` names each of them."""
+
+    def __init__(self, refused: list[dict[str, str]], of: int):
+        first = refused[0]
+        super().__init__(f"{len(refused)} of {of} target(s) refused, nothing sent: "
+                         + "; ".join(f"{r['device']}: {r['error']}" for r in refused),
+                         first["code"])
+        self.refused = refused
 
 
 class Transport(Protocol):
@@ -111,7 +123,24 @@ class Command:
         return self.final_ms - self.first_sent_ms
 
     def summary(self) -> dict[str, Any]:
-        return {k: v for k, v in vars(self).items() if k != "wire" and v is not None}
+        """What the journal keeps of a command: everything but its signed bytes, with secrets redacted."""
+        d = {k: v for k, v in vars(self).items() if k != "wire" and v is not None}
+        if self.name in redact.COMMAND_SECRETS:
+            found = redact.secret_values(self.name, self.args)
+            d["args"] = redact.command_args(self.name, self.args)
+            for k in ("detail", "data"):
+                if k in d:
+                    d[k] = redact.scrub(d[k], found)
+        return d
+
+    def seal(self) -> None:
+        """Once final: drop the signed bytes (no retry needs them) and the secrets from what is stored."""
+        self.wire = None
+        if self.name in redact.COMMAND_SECRETS:
+            found = redact.secret_values(self.name, self.args)
+            self.args = redact.command_args(self.name, self.args)
+            self.detail = redact.scrub(self.detail, found)
+            self.data = redact.scrub(self.data, found)
 
 
 @dataclass(frozen=True)
@@ -268,6 +297,7 @@ class CommandService:
             c.accepted_ms = now
         if status in FINAL:
             c.final_ms = now
+            c.seal()
             self.active.pop(c.id, None)
             self._recent[c.id] = c
             if len(self._recent) > 10000:
@@ -330,14 +360,31 @@ class CommandService:
     def new_id(self) -> str:
         return "c" + secrets.token_hex(6)
 
+    def check(self, device_id: str, name: str, args: dict[str, Any] | None = None, *, prio: int = 1,
+              queue: bool = True, op: str | None = None) -> None:
+        """Raise ``CommandError`` if ``prepare`` would refuse this command; stores and sends nothing."""
+        self._check_target(device_id, queue)
+        now = self.clock()
+        try:
+            messages.validate("cmd", messages.command("c0", device_id, name, dict(args or {}), now, now, prio, 1, op)
+                              | {"mac": "0" * 64}, err=LocalProtocolError)
+        except LocalProtocolError as e:
+            raise CommandError(f"invalid command: {e}", "bad_request") from None
+
+    def _check_target(self, device_id: str, queue: bool) -> None:
+        if self.keystore.get(device_id) is None:
+            raise CommandError(f"unknown device {device_id!r}: no key in the key store", "unknown_device")
+        dev = self.registry.get(device_id)
+        if queue and (dev is None or not dev.live) and len(self.queued(device_id)) >= self.cfg.queue_limit:
+            raise CommandError(f"queue for {device_id} is full ({self.cfg.queue_limit})", "offline")
+
     def prepare(self, device_id: str, name: str, args: dict[str, Any] | None = None, *, prio: int = 1,
                 ttl_s: int | None = None, op: str | None = None, queue: bool = True, group: str | None = None,
                 cmd_id: str | None = None) -> Command:
         """Validate and store a command (status ``queued`` or ``refused``); ``dispatch`` sends it."""
+        self._check_target(device_id, queue)
         ident = self.keystore.get(device_id)
         dev = self.registry.get(device_id)
-        if ident is None:
-            raise CommandError(f"unknown device {device_id!r}: no key in the key store", "unknown_device")
         if dev is None:
             dev = self.registry.ensure(device_id, ident.site, ident.kind)
         now = self.clock()
@@ -350,19 +397,17 @@ class CommandService:
                               | {"mac": "0" * 64}, err=LocalProtocolError)
         except LocalProtocolError as e:
             raise CommandError(f"invalid command: {e}", "bad_request") from None
-        if not dev.live:
-            if not queue:
-                c.status = "refused"
-                c.code = "offline"
-                c.detail = f"{device_id} is {dev.state}; not queued"
-                c.final_ms = now
-                self._save(c, sync=False)
-                self._recent[c.id] = c
-                for fn in self._listeners:
-                    fn(c, "new")
-                return c
-            if len(self.queued(device_id)) >= self.cfg.queue_limit:
-                raise CommandError(f"queue for {device_id} is full ({self.cfg.queue_limit})", "offline")
+        if not dev.live and not queue:
+            c.status = "refused"
+            c.code = "offline"
+            c.detail = f"{device_id} is {dev.state}; not queued"
+            c.final_ms = now
+            c.seal()
+            self._save(c, sync=False)
+            self._recent[c.id] = c
+            for fn in self._listeners:
+                fn(c, "new")
+            return c
         self.active[c.id] = c
         self._save(c, sync=not dev.live)  # live: sent at once; _transmit stores it with its bytes
         for fn in self._listeners:
@@ -380,8 +425,18 @@ class CommandService:
     async def issue_group(self, device_ids: Iterable[str], name: str, args: dict[str, Any] | None = None,
                           **kw: Any) -> tuple[str, list[Command]]:
         """The same command to many devices; each gets its own id, counter, MAC and result."""
+        ids = list(device_ids)
+        problems = []
+        for target in ids:  # every target first: a refusal must mean that nothing was stored or sent
+            try:
+                self.check(target, name, args, prio=kw.get("prio", 1), queue=kw.get("queue", True),
+                           op=kw.get("op"))
+            except CommandError as e:
+                problems.append({"device": target, "code": e.code, "error": str(e)})
+        if problems:
+            raise GroupRefused(problems, len(ids))
         gid = "g" + secrets.token_hex(6)
-        cmds = [self.prepare(d, name, args, group=gid, **kw) for d in device_ids]
+        cmds = [self.prepare(target, name, args, group=gid, **kw) for target in ids]
         await asyncio.gather(*(self._send(c) for c in cmds
                                if c.status == "queued" and (d := self.registry.get(c.device)) and d.live))
         return gid, cmds
@@ -471,8 +526,9 @@ class CommandService:
             self._save(c, sync=False)
         try:
             await transport.send(dev, c.wire.encode(), msg if msg is not None else json.loads(c.wire))
-        except Exception as e:  # noqa: BLE001 - link dropped: stays queued; tick() or the next birth re-sends
-            log.info("sending %s to %s failed (%s); queued", c.id, c.device, e)
+        except Exception as e:  # noqa: BLE001 - link down or no PUBACK: tick() or the next birth re-sends
+            c.attempts -= 1  # an attempt is a copy the broker took; an outage must not use them up
+            log.info("sending %s to %s failed (%s); re-sent after retry_s", c.id, c.device, e)
             return
         if c.status == "queued" and dev.live:  # (a device that died meanwhile keeps it queued for its birth)
             self._set(c, "sent", self.clock())
@@ -544,15 +600,31 @@ class CommandService:
                     self._set(c, "timeout", now, "timeout", "accepted, but no final result before the deadline")
                 else:
                     self._set(c, "expired", now, "expired", "deadline passed without a result")
-            elif c.status == "queued" and c.id not in self._sending \
-                    and (d := self.registry.get(c.device)) is not None and d.live \
+            elif c.id in self._sending:
+                continue  # its send is still waiting for the transport
+            elif c.status == "queued" and (d := self.registry.get(c.device)) is not None and d.live \
                     and (c.sent_ms is None or now - c.sent_ms >= self.cfg.retry_s * 1000):
-                await self._send(c)  # live again without a birth we saw (e.g. after our own reconnect)
+                self._send_soon(c)  # live again without a birth we saw (e.g. after our own reconnect)
             elif c.status == "sent" and c.sent_ms is not None and now - c.sent_ms >= self.cfg.retry_s * 1000:
                 if c.attempts >= self.cfg.max_attempts:
                     self._set(c, "timeout", now, "no_response", f"no answer after {c.attempts} attempts")
                 else:
-                    await self._send(c)
+                    self._send_soon(c)
+
+    def _send_soon(self, c: Command) -> None:
+        """Start a (re-)send in its own task: a broker that does not answer must not hold up the tick, whose
+        deadlines and whose caller's offline scan keep their schedule. At most ``MAX_SENDING`` at a time; the
+        rest wait for a later tick."""
+        if len(self._sending) < MAX_SENDING:
+            self._sending.add(c.id)  # claimed now, so the next tick does not start it twice
+            self._spawn(self._send_claimed(c))
+
+    async def _send_claimed(self, c: Command) -> None:
+        try:
+            if not c.final:
+                await self._send_locked(c)
+        finally:
+            self._sending.discard(c.id)
 
     async def wait(self, cmd_ids: Iterable[str], until: str = "final", timeout: float | None = None
                    ) -> list[Command]:

@@ -55,6 +55,7 @@ import re
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -69,6 +70,8 @@ LINGER_S = 0.05  # the writer gathers appends this long before committing them i
 INBOX_POLL_S = 1.0  # an idle owner chains rows queued by other processes at most this late
 LOCK_WAIT_S = 2.0  # how long a new Journal waits to become the owner (a CLI holds the lock for milliseconds)
 BUSY_TIMEOUT_MS = 10_000  # SQLite waits this long for the other process's write transaction
+MAX_PENDING = 100_000  # rows chained but not yet committed (SQLite failing): beyond this, appends are dropped
+# and counted (a few tens of MB of memory; the writer commits thousands of rows per second when SQLite works)
 KINDS = ("alert", "command", "result", "state", "operator", "security", "system", "custody", "admin",
          "incident")
 
@@ -249,8 +252,11 @@ _INSERT = ("INSERT INTO journal (seq, ts, operator, kind, device, summary, detai
 
 
 class Journal:
-    def __init__(self, path: str | Path, *, owner_wait_s: float = LOCK_WAIT_S):
+    def __init__(self, path: str | Path, *, owner_wait_s: float = LOCK_WAIT_S, max_pending: int = MAX_PENDING):
         self.path = Path(path)
+        self.max_pending = max_pending
+        self.dropped = 0  # appends refused because max_pending rows were waiting for a failing SQLite
+        self._unreported: dict[str, int] = {}  # dropped per kind, journaled once the writer works again
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = walstore.connect(self.path, check_same_thread=False, busy_timeout_ms=BUSY_TIMEOUT_MS)
         self._db.executescript(_SCHEMA)
@@ -318,9 +324,26 @@ class Journal:
             idle = not self._pending
             if self._deferred:
                 self._chain_deferred()
+            if len(self._pending) >= self.max_pending:
+                self._drop(kind)
+                return Entry(0, ts, operator, kind, device, summary, det, "", "")
             e = self._chain(ts, operator, kind, device, summary, det)
             self._kick(idle)
         return e
+
+    def _drop(self, kind: str) -> None:
+        """Refuse one append: the writer has ``max_pending`` rows it cannot commit (caller holds ``_cv``). The
+        chain stays whole (a dropped entry never got a seq); the loss is journaled when writing works again."""
+        self.dropped += 1
+        self._unreported[kind] = self._unreported.get(kind, 0) + 1
+        if self.dropped == 1 or self.dropped % 1000 == 0:
+            log.error("journal %s: %d entries waiting for a failing SQLite (%s); %d dropped so far", self.path,
+                      len(self._pending), self._error, self.dropped)
+
+    @property
+    def pending(self) -> int:
+        """Rows appended but not yet committed."""
+        return len(self._pending) + len(self._deferred)
 
     def append_soon(self, kind: str, summary: str, *, operator: str | None = None, device: str | None = None,
                     detail: dict[str, Any] | None = None, ts: int | None = None) -> None:
@@ -359,6 +382,9 @@ class Journal:
         """(caller holds ``_cv``)"""
         items, self._deferred = self._deferred, []
         for ts, operator, kind, device, summary, detail in items:
+            if len(self._pending) >= self.max_pending:
+                self._drop(kind)
+                continue
             self._chain(ts, operator, kind, device, summary, detail_text(detail or {}))
 
     def _kick(self, idle: bool) -> None:
@@ -442,6 +468,11 @@ class Journal:
         with self._cv:
             self._committed += len(rows)
             self._error = None
+            if self._unreported and not self._closing:  # the gap on record, chained after what survived
+                lost, self._unreported = self._unreported, {}
+                self._chain(time.time_ns() // 1_000_000, None, "system", None,
+                            f"{sum(lost.values())} journal entries dropped while the journal could not be written",
+                            detail_text({"dropped": lost, "max_pending": self.max_pending}))
             self._cv.notify_all()
         return True
 
@@ -497,23 +528,49 @@ class Journal:
         rows = [Entry(*r) for r in self._query(q, args)]
         return rows[::-1] if last else rows
 
-    def verify(self) -> VerifyResult:
-        """Walk the whole chain; report the first row whose link or hash is wrong."""
-        prev, n, expect_seq = GENESIS, 0, 1
-        for r in self._query("SELECT " + ", ".join(COLUMNS) + " FROM journal ORDER BY seq"):
-            e = Entry(*r)
-            n += 1
-            if e.seq != expect_seq:
-                return VerifyResult(False, n, e.seq, f"sequence jumps from {expect_seq - 1} to {e.seq} "
-                                                       "(rows deleted)", prev)
-            if e.prev_hash != prev:
-                return VerifyResult(False, n, e.seq, "prev_hash does not match the previous row's hash", prev)
-            want = entry_hash(e.prev_hash, e.seq, e.ts, e.operator, e.kind, e.device, e.summary, e.detail)
-            if want != e.hash:
-                return VerifyResult(False, n, e.seq, "hash does not match the row's content (row edited)", prev)
-            prev = e.hash
-            expect_seq += 1
-        return VerifyResult(True, n, None, None, prev)
+    def page(self, after: int = 0, limit: int = 200, since_ms: int | None = None, until_ms: int | None = None,
+             device: str | None = None) -> tuple[list[Entry], bool]:
+        """Up to ``limit`` entries with ``seq > after`` (and the filters), oldest first, and whether more follow:
+        a cursor page, so SQLite reads ``limit + 1`` rows however long the journal is."""
+        cond, args = walstore.where(("seq > ?", after), ("ts >= ?", since_ms), ("ts < ?", until_ms),
+                                    ("device = ?", device))
+        rows = self._query(f"SELECT {', '.join(COLUMNS)} FROM journal{cond} ORDER BY seq LIMIT ?", [*args, limit + 1])
+        return [Entry(*r) for r in rows[:limit]], len(rows) > limit
+
+    def verify(self, progress: Callable[[int, int], None] | None = None, batch: int = 2000) -> VerifyResult:
+        """Walk the whole chain; report the first row whose link or hash is wrong.
+
+        Blocking (it reads and hashes every row): the gateway runs it in a worker thread. It reads through its
+        own connection, one consistent snapshot in batches, so the writer keeps committing meanwhile;
+        ``progress(done, total)`` is called after each batch."""
+        self.flush()
+        db = walstore.connect(self.path, check_same_thread=False, busy_timeout_ms=BUSY_TIMEOUT_MS)
+        try:
+            db.execute("BEGIN")  # one snapshot for the count and the rows
+            total = db.execute("SELECT COUNT(*) FROM journal").fetchone()[0]
+            cur = db.execute("SELECT " + ", ".join(COLUMNS) + " FROM journal ORDER BY seq")
+            prev, n, expect_seq = GENESIS, 0, 1
+            while rows := cur.fetchmany(batch):
+                for r in rows:
+                    e = Entry(*r)
+                    n += 1
+                    if e.seq != expect_seq:
+                        return VerifyResult(False, n, e.seq, f"sequence jumps from {expect_seq - 1} to {e.seq} "
+                                                               "(rows deleted)", prev)
+                    if e.prev_hash != prev:
+                        return VerifyResult(False, n, e.seq, "prev_hash does not match the previous row's hash",
+                                            prev)
+                    want = entry_hash(e.prev_hash, e.seq, e.ts, e.operator, e.kind, e.device, e.summary, e.detail)
+                    if want != e.hash:
+                        return VerifyResult(False, n, e.seq, "hash does not match the row's content (row edited)",
+                                            prev)
+                    prev = e.hash
+                    expect_seq += 1
+                if progress is not None:
+                    progress(n, total)
+            return VerifyResult(True, n, None, None, prev)
+        finally:
+            db.close()
 
     def export(self, fmt: str, since_ms: int | None = None, until_ms: int | None = None) -> str:
         """CSV or JSON of the entries in ``[since_ms, until_ms)`` plus the chain head, for a shift report."""

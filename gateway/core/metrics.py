@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 # command latency buckets (seconds): loopback round trips are ms; a sleeping node on a bad radio link is seconds
@@ -34,6 +34,23 @@ class _Live(Collector):
         yield q
 
 
+class _Bounds(Collector):
+    """Every bounded queue of the gateway: what it holds now and what it refused so far."""
+
+    def __init__(self, bounds: Callable[[], dict[str, tuple[int, int]]]):
+        self._bounds = bounds
+
+    def collect(self):
+        held = GaugeMetricFamily("lookout_queue_depth", "Items held by a bounded queue", labels=["queue"])
+        refused = CounterMetricFamily("lookout_queue_refused", "Items a full bounded queue dropped or refused",
+                                      labels=["queue"])
+        for name, (n, r) in sorted(self._bounds().items()):
+            held.add_metric([name], n)
+            refused.add_metric([name], r)
+        yield held
+        yield refused
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -47,10 +64,19 @@ class Metrics:
         self.latency = Histogram("lookout_command_latency_seconds", "First send to final result",
                                  buckets=LATENCY_BUCKETS, registry=r)
         self.transitions = Counter("lookout_state_changes", "Device state transitions", ["to"], registry=r)
+        self.duplicates = Counter("lookout_duplicates", "Messages already seen (same device and id), absorbed",
+                                  ["channel"], registry=r)
+        self.send_failures = Counter("lookout_command_sends_failed", "Command sends the broker did not take "
+                                     "(link_down: not sent; no_puback: no PUBACK in time); re-sent later",
+                                     ["reason"], registry=r)
         self._server: Any = None
 
     def bind(self, devices: Callable[[], dict[tuple[str, str], int]], depths: Callable[[], dict[str, int]]) -> None:
         self.registry.register(_Live(devices, depths))
+
+    def bind_bounds(self, bounds: Callable[[], dict[str, tuple[int, int]]]) -> None:
+        """``bounds()`` -> {queue name: (held now, refused so far)}: mqtt_outbox, journal_pending, ..."""
+        self.registry.register(_Bounds(bounds))
 
     def serve(self, listen: str) -> int:
         host, _, port = listen.rpartition(":")

@@ -15,11 +15,16 @@ For each request, in this order (the first failing check decides the response co
 3. Content-Format absent or 50 (JSON)         -> 4.15 Unsupported Content-Format
 4. payload size <= ``max_payload``            -> 4.13 Request Entity Too Large (Size1 option = the limit)
 5. ``protocols.messages.decode(channel, ..)`` -> 4.00 Bad Request, diagnostic payload ``"<field>: <reason>"``
-6. with a keystore: device provisioned, site matches  -> 4.03 Forbidden;
-   an event's MAC verifies with the device key (purpose ``evt``, protocols/signing.py) -> 4.01 Unauthorized
+6. with a keystore: device provisioned, site matches, provisioned for CoAP (``meta.transport``; an MQTT
+   device never reports through here)  -> 4.03 Forbidden;
+   an event's or a birth/death's MAC verifies with the device key (purpose ``evt`` / ``state``,
+   protocols/signing.py) -> 4.01 Unauthorized
 7. republish the *unchanged* payload on ``lookout/v1/<site>/<device>/<channel>`` with the channel's QoS/retain
-   (protocols/topics.py), via the ``publish(topic, payload, qos, retain)`` callback -> 2.04 Changed; if the
-   callback fails -> 5.03 Service Unavailable (the node retries later; nothing was acknowledged)
+   (protocols/topics.py), via the ``publish(topic, payload, qos, retain)`` callback -> 2.04 Changed only once
+   the callback returned, i.e. the broker has it (``mqttlink_publisher``: PUBACK for QoS 1; a QoS 0 report is
+   handed to a connected session); if it fails (link down, no PUBACK within ``PUBACK_TIMEOUT_S``) -> 5.03
+   Service Unavailable with Max-Age ``RETRY_AFTER_S``: the node keeps the report in its outbox and tries again.
+   A report whose PUBACK was merely late may then arrive twice; the gateway's event de-duplication absorbs it.
 
 So the registry sees a CoAP node exactly like an MQTT node: same topics, same bytes, same MAC. Differences
 that remain, by nature of the transport:
@@ -29,9 +34,9 @@ that remain, by nature of the transport:
   birth/death to
   ``state`` (retained, like an MQTT node's), e.g. a death before a planned shutdown.
 - **Authentication.** The MQTT path authenticates the connection (username == device id); CoAP here is plain
-  UDP on the township network, so with a keystore configured only provisioned devices are accepted and events
-  must carry a valid MAC. hb/loc are not signed by the wire contract (a spoofed heartbeat could delay an
-  offline transition; DTLS/OSCORE would close that, not done here).
+  UDP on the township network, so with a keystore configured only devices provisioned for CoAP are accepted,
+  and events and birth/death must carry a valid MAC. hb/loc are not signed by the wire contract (a spoofed
+  heartbeat of a CoAP node could delay its offline transition; DTLS/OSCORE would close that, not done here).
 - **Duplicates.** A retransmitted CON (same message id, same peer) is answered from aiocoap's message-layer
   deduplication (RFC 7252 §4.5) and is not republished twice.
 
@@ -40,9 +45,10 @@ Logging policy (aiocoap's): debug for each accepted report, warning for a reject
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import aiocoap
@@ -61,22 +67,29 @@ MAX_PAYLOAD = (
 )
 
 PublishFn = Callable[[str, bytes, int, bool], Any]  # may return an awaitable
+# 5.03's Max-Age: a node waits at least this long before it tries again. Long enough for a broker restart or a
+# reconnect with back-off (mqtt.py: 1 s doubling), short against a battery node's report period (minutes).
+RETRY_AFTER_S = 30
+PUBACK_TIMEOUT_S = 5.0  # no PUBACK by then: 5.03 (the node's CoAP exchange waits up to 93 s for a response)
 
 
 class CoAPReject(Exception):
     """A request we answer with a CoAP error code and a diagnostic payload (RFC 7252 §5.5.2)."""
 
-    def __init__(self, code: Code, diagnostic: str, size1: int | None = None) -> None:
+    def __init__(self, code: Code, diagnostic: str, size1: int | None = None, max_age: int | None = None) -> None:
         super().__init__(diagnostic)
         self.code = code
         self.diagnostic = diagnostic
         self.size1 = size1
+        self.max_age = max_age
 
     def to_message(self) -> aiocoap.Message:
         m = aiocoap.Message(code=self.code, payload=self.diagnostic.encode()[:200])
         m.opt.content_format = 0  # text/plain; charset=utf-8, as §5.5.2 prescribes for diagnostics
         if self.size1 is not None:
             m.opt.size1 = self.size1
+        if self.max_age is not None:
+            m.opt.max_age = self.max_age  # 5.03: when to try again (§5.9.3.4)
         return m
 
 
@@ -134,7 +147,7 @@ class CoAPBridge:
         self.port = port
         self.keystore = keystore
         self.max_payload = max_payload
-        self.stats = {"accepted": 0, "rejected": 0}
+        self.stats = {"accepted": 0, "rejected": 0, "unavailable": 0}
         self._ctx: aiocoap.Context | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------------------
@@ -209,9 +222,11 @@ class CoAPBridge:
             raise CoAPReject(
                 Code.FORBIDDEN, f"site: device {device!r} belongs to site {ident.site!r}, not {site!r}"
             )
-        if channel == "evt":
+        if (ident.meta or {}).get("transport") != "coap":  # the bridge publishes under the gateway's login
+            raise CoAPReject(Code.FORBIDDEN, f"device: {device!r} is not a CoAP device (provisioned for MQTT)")
+        if channel in ("evt", "state"):  # state: a forged birth/death would decide what the registry believes
             try:
-                signing.verify(ident.hmac_key, "evt", msg)
+                signing.verify(ident.hmac_key, channel, msg)
             except AuthError as e:
                 raise CoAPReject(Code.UNAUTHORIZED, str(e)) from None
 
@@ -239,9 +254,11 @@ class CoAPBridge:
             r = self.publish(topic, payload, topics.qos(channel), topics.retained(channel))
             if inspect.isawaitable(r):
                 await r
-        except Exception as e:  # broker down: the node keeps the report and retries
+        except Exception as e:  # broker down or no PUBACK: the node keeps the report and retries
+            self.stats["unavailable"] += 1
             log.warning("coap %s: republish to MQTT failed: %r", _peer_id(site, device, channel), e)
-            raise CoAPReject(Code.SERVICE_UNAVAILABLE, "mqtt: republish failed, retry later") from None
+            raise CoAPReject(Code.SERVICE_UNAVAILABLE, "mqtt: broker unavailable, retry later",
+                             max_age=RETRY_AFTER_S) from None
         self.stats["accepted"] += 1
         log.debug(
             "coap %s from %s -> %s (%d bytes)",
@@ -253,14 +270,36 @@ class CoAPBridge:
         return aiocoap.Message(code=Code.CHANGED)
 
 
-def paho_publisher(client: Any) -> PublishFn:
-    """Adapter for a connected paho client: ``publish`` that returns once the broker has the message
-    queued."""
+def mqttlink_publisher(link: Any, puback_timeout: float = PUBACK_TIMEOUT_S) -> PublishFn:
+    """Adapter for the gateway's ``MQTTLink`` (gateway/links/mqtt.py): returns once the broker has the message
+    (PUBACK for QoS 1; handed to a connected session for QoS 0), raises while the link is down, so the node is
+    told 5.03 instead of a 2.04 for a message waiting in memory."""
 
-    def publish(topic: str, payload: bytes, qos: int, retain: bool) -> Awaitable[None] | None:
+    async def publish(topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        if link is None or not link.connected.is_set():
+            raise ConnectionError("broker link down")
+        if qos == 0:
+            if link.publish_nowait(topic, payload, 0, retain) < 0:
+                raise ConnectionError("broker outbox full")
+            return
+        await link.publish(topic, payload, qos, retain, timeout=puback_timeout)
+
+    return publish
+
+
+def paho_publisher(client: Any, puback_timeout: float = PUBACK_TIMEOUT_S) -> PublishFn:
+    """Adapter for a paho client running its own network thread (``loop_start``): the same contract as
+    ``mqttlink_publisher``; the wait for the PUBACK runs in a worker thread."""
+
+    async def publish(topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        if not client.is_connected():
+            raise ConnectionError("broker link down")
         info = client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc != 0:
             raise ConnectionError("paho publish rc=%d" % info.rc)
-        return None
+        if qos:
+            await asyncio.to_thread(info.wait_for_publish, puback_timeout)
+            if not info.is_published():
+                raise ConnectionError("no PUBACK within %g s" % puback_timeout)
 
     return publish

@@ -29,7 +29,9 @@ Delivery policy (the one place it lives for the gateway side):
   filter the broker refuses (SUBACK 0x80, e.g. its ACL) is logged and kept in ``refused``;
 - the last will (retained death) is set once per process; its bdseq matches the birth;
 - QoS 1 publishes made while disconnected stay in paho's outbox and go out after the reconnect; a caller that
-  needs more (commands) keeps its own durable queue — no guarantee rests on the broker's session queue.
+  needs more (commands) keeps its own durable queue — no guarantee rests on the broker's session queue;
+- paho's outbox is bounded (``max_queued``, default ``MAX_QUEUED``): beyond it a publish is refused
+  (``publish``/``start_publish`` raise MQTTError, ``publish_nowait`` returns -1) and counted in ``dropped``.
 """
 
 from __future__ import annotations
@@ -59,6 +61,11 @@ Handler = Callable[[str, bytes, bool], None]  # (topic, payload, retained)
 RECONNECT_MIN_S = 1.0
 RECONNECT_MAX_S = 30.0
 MISC_PERIOD_S = 1.0  # loop_misc cadence: keepalive checks have 1 s resolution (paho's own loop uses 1 s too)
+# Messages paho may hold for the broker (QoS 1 unacknowledged or waiting for a connection; QoS 0 packets not yet
+# written). At most ~4 KiB each (protocols/messages.py), so ~40 MiB: a minute of a busy site's traffic. Beyond
+# it a publish is refused and counted (``dropped``): commands and CoAP reports have their own durable queue
+# and retry, a registry snapshot is republished, so nothing depends on paho's memory.
+MAX_QUEUED = 10_000
 
 
 def nodelay(client, userdata, sock) -> None:
@@ -91,7 +98,8 @@ class MQTTLink:
     def __init__(self, url: str, client_id: str, *, username: str | None = None, password: str | None = None,
                  ca: str | None = None, cert: str | None = None, key: str | None = None, keepalive: int = 30,
                  will: Message | None = None, birth: Message | None = None, connect_timeout: float = 10.0,
-                 on_connect: Callable[[], None] | None = None, on_disconnect: Callable[[], None] | None = None):
+                 on_connect: Callable[[], None] | None = None, on_disconnect: Callable[[], None] | None = None,
+                 max_queued: int = MAX_QUEUED):
         u = urlsplit(url)
         if u.scheme not in ("mqtt", "mqtts") or not u.hostname:
             raise ValueError(f"broker url {url!r}: expected mqtt://host[:port] or mqtts://host[:port]")
@@ -107,6 +115,8 @@ class MQTTLink:
         self.connected = asyncio.Event()
         self.messages_in = 0
         self.messages_out = 0
+        self.max_queued = max_queued
+        self.dropped = 0  # publishes refused because max_queued messages were waiting
         self.last_error: str | None = None  # why the last connect attempt failed (for error messages)
         self._subs: dict[str, tuple[int, Handler]] = {}
         self._routes: dict[str, list[tuple[str, Handler]]] = {}  # topic -> matching handlers (cache)
@@ -129,6 +139,7 @@ class MQTTLink:
         c = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv311,
                         clean_session=True)
         c.max_inflight_messages_set(1000)
+        c.max_queued_messages_set(max_queued)  # QoS 1; QoS 0 is bounded in _publish
         if username is not None:
             c.username_pw_set(username, password)
         if self.tls:
@@ -484,16 +495,34 @@ class MQTTLink:
             raise MQTTError(f"subscriptions not acknowledged within {timeout:g} s") from None
 
     def publish_nowait(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> int:
+        """Hand a message to paho; its mid, or -1 when it was refused (queue full: counted in ``dropped``)."""
         info = self._publish(topic, payload, qos, retain)
-        return info.mid
+        return -1 if info.rc == paho.MQTT_ERR_QUEUE_SIZE else info.mid
+
+    def queued(self) -> int:
+        """Messages paho holds for the broker: QoS 1 not yet acknowledged, packets not yet written."""
+        return len(self._client._out_messages) + len(self._client._out_packet)  # paho 2.x internals, read only
 
     def _publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> paho.MQTTMessageInfo:
         """client.publish, written at once when on the loop thread (after loop_read when a handler publishes
-        from on_message). From another thread paho's register-write callback is marshalled to the loop."""
-        self.messages_out += 1
-        if threading.get_ident() != self._loop_tid:
-            return self._client.publish(topic, payload, qos, retain)
-        return self._drive(lambda: self._client.publish(topic, payload, qos, retain), "publish", catch=False)
+        from on_message). From another thread paho's register-write callback is marshalled to the loop.
+        Refused with MQTT_ERR_QUEUE_SIZE once ``max_queued`` messages wait (paho counts QoS 1 itself; QoS 0
+        packets pile up only behind a broker that stopped reading)."""
+        if qos == 0 and len(self._client._out_packet) >= self.max_queued:
+            info = paho.MQTTMessageInfo(0)
+            info.rc = paho.MQTT_ERR_QUEUE_SIZE
+        elif threading.get_ident() != self._loop_tid:
+            info = self._client.publish(topic, payload, qos, retain)
+        else:
+            info = self._drive(lambda: self._client.publish(topic, payload, qos, retain), "publish", catch=False)
+        if info.rc == paho.MQTT_ERR_QUEUE_SIZE:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                log.warning("%d messages wait for %s:%d; publish to %s refused (%d so far)", self.max_queued,
+                            self.host, self.port, topic, self.dropped)
+        else:
+            self.messages_out += 1
+        return info
 
     async def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
                       timeout: float | None = None) -> None:
@@ -507,7 +536,9 @@ class MQTTLink:
         if self._loop is None:
             raise MQTTError("link not open")
         info = self._publish(topic, payload, qos, retain)
-        if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN, paho.MQTT_ERR_QUEUE_SIZE):
+        if info.rc == paho.MQTT_ERR_QUEUE_SIZE:
+            raise MQTTError(f"publish to {topic} refused: {self.max_queued} messages already wait for the broker")
+        if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
             raise MQTTError(f"publish to {topic} failed: {paho.error_string(info.rc)}")
         if qos == 0:
             return info.mid, None

@@ -28,10 +28,11 @@ from typing import Any, Self
 from lookout.gateway.core.clock import now_ms
 from lookout.gateway.core.commands import FLUSH_SLICE, Command, CommandService, check_signature
 from lookout.gateway.core.config import Config
+from lookout.gateway.core.events import Event, EventIntake
 from lookout.gateway.core.journal import Journal
 from lookout.gateway.core.metrics import Metrics
 from lookout.gateway.core.registry import Change, Device, Registry
-from lookout.gateway.links.mqtt import Message, MQTTLink
+from lookout.gateway.links.mqtt import Message, MQTTError, MQTTLink
 from lookout.gateway.service.operator_api import OperatorAPI, device_view
 from lookout.protocols import messages, opapi, topics
 from lookout.protocols.errors import MessageError, TopicError
@@ -39,18 +40,31 @@ from lookout.protocols.errors import MessageError, TopicError
 log = logging.getLogger("lookout.gateway")
 
 FW_VERSION = "gateway-0.1"
+MAX_OPREQ = 64  # operator requests in progress at once (each may wait wait_s for a device); more get "busy"
+MAX_OPREQ_PER_OPERATOR = 16  # so one operator's script cannot take every slot from the duty officers
+PUBACK_TIMEOUT_S = 10.0  # a QoS 1 publish not acknowledged by then counts as failed (the sender retries)
 
 
 
 class MQTTTransport:
-    """Commands to MQTT nodes: QoS 1 on ``.../<id>/cmd``; returns after PUBACK."""
+    """Commands to MQTT nodes: QoS 1 on ``.../<id>/cmd``; returns after PUBACK.
+
+    While the link is down a send fails at once instead of parking the bytes in paho's memory queue: the
+    command service keeps its own durable queue and re-sends after ``retry_s`` (an outage costs no attempt)."""
 
     def __init__(self, gw: Gateway):
         self.gw = gw
 
     async def send(self, device: Device, wire: bytes, cmd: dict[str, Any]) -> None:
-        assert self.gw.link is not None
-        await self.gw.link.publish(topics.topic(device.site, device.id, "cmd"), wire, qos=1, timeout=10.0)
+        link = self.gw.link
+        if link is None or not link.connected.is_set():
+            self.gw.metrics.send_failures.labels("link_down").inc()
+            raise MQTTError("broker link down")
+        try:
+            await link.publish(topics.topic(device.site, device.id, "cmd"), wire, qos=1, timeout=PUBACK_TIMEOUT_S)
+        except MQTTError:
+            self.gw.metrics.send_failures.labels("no_puback").inc()
+            raise
         self.gw.metrics.messages_out.labels("cmd").inc()
 
 
@@ -74,6 +88,8 @@ class Gateway:
         self._snapshot_dirty = True
         self._tasks: asyncio.Task[None] | None = None
         self._bg: set[asyncio.Task[Any]] = set()
+        self._opreq: dict[str, int] = {}  # operator id -> requests in progress
+        self._opreq_refused = 0  # answered "busy"
         self.coap: Any = None
         self.metrics_port: int | None = None
 
@@ -101,6 +117,9 @@ class Gateway:
         self._stack.callback(self.journal.close)
         self.registry = Registry(cfg.registry, cfg.data_dir / "registry.db")
         self._stack.callback(self.registry.close)
+        self.events = EventIntake(cfg.data_dir / "events.db")  # verified events, each handed on once
+        self._stack.callback(self.events.close)
+        self.events.add_listener(self._on_new_event)
         self.commands = CommandService(cfg.commands, self.keystore, self.registry, cfg.data_dir / "commands.db",
                                        clock=self.clock)
         self._stack.callback(self.commands.close)
@@ -110,7 +129,7 @@ class Gateway:
         from lookout.gateway.clips.distribution import ClipDistributor
         from lookout.gateway.clips.store import ClipStore
         self.clipstore = ClipStore(cfg.data_dir / "clips", self.journal, self.keystore, send=self._clip_status,
-                                   clock=self.clock)
+                                   clock=self.clock, spawn=self.spawn)
         self._stack.callback(self.clipstore.close)
         self.ops = OperatorAPI(cfg, self.registry, self.commands, self.journal, self.keystore, self.clock,
                                bdseq=lambda: self.bdseq)
@@ -127,12 +146,14 @@ class Gateway:
         self.linkage = Linkage(linkage_rules.from_config(cfg), site=cfg.site, zones=cfg.zones, journal=self.journal,
                                views=lambda: [device_view(d) for d in self.registry.devices.values()],
                                view=lambda i: device_view(d) if (d := self.registry.get(i)) else None,
-                               issue=self.ops.command, publish=self._coap_publish, spawn=self.spawn,
+                               issue=self.ops.command, publish=self._publish_nowait, spawn=self.spawn,
                                clock=self.clock, db_path=cfg.data_dir / "incidents.db",
                                reload_from=linkage_rules.reloader(cfg))
         self._stack.callback(self.linkage.close)
         self.ops.linkage = self.linkage
         self.commands.add_listener(self.linkage.on_command)
+        self.events.add_listener(self._event_to_linkage)
+        self.metrics.bind_bounds(self._bounds)
 
         url = self._broker_url
         if url is None:
@@ -169,10 +190,10 @@ class Gateway:
             self._stack.callback(self.metrics.close)
             log.info("metrics on %s (port %d)", cfg.metrics_listen, port)
         if cfg.coap_listen:
-            from lookout.gateway.links.coap_bridge import CoAPBridge
+            from lookout.gateway.links.coap_bridge import CoAPBridge, mqttlink_publisher
             host, _, coap_port = cfg.coap_listen.rpartition(":")
-            self.coap = await self._stack.enter_async_context(
-                CoAPBridge(self._coap_publish, host, int(coap_port), keystore=self.keystore))
+            self.coap = await self._stack.enter_async_context(  # 2.04 only once the broker has it (PUBACK)
+                CoAPBridge(mqttlink_publisher(self.link), host, int(coap_port), keystore=self.keystore))
 
     async def __aexit__(self, *exc: object) -> None:
         self._stop.set()
@@ -241,6 +262,7 @@ class Gateway:
                 await asyncio.sleep(0)
             if self._snapshot_dirty:
                 await self.publish_snapshot()
+            self.events.prune(self.clock())
 
     async def publish_snapshot(self) -> None:
         self._snapshot_dirty = False
@@ -257,10 +279,12 @@ class Gateway:
         self.registry.rebase(self.clock())  # we heard nothing while disconnected: re-arm, don't mass-offline
         self._snapshot_dirty = True
 
-    def _coap_publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
-        if self.link is None:
-            raise ConnectionError("gateway link not open")
-        self.link.publish_nowait(topic, payload, qos, retain)
+    def _bounds(self) -> dict[str, tuple[int, int]]:
+        """What each bounded queue holds and how much it refused so far (metrics, read at scrape time)."""
+        link = self.link
+        return {"mqtt_outbox": (link.queued() if link else 0, link.dropped if link else 0),
+                "journal_pending": (self.journal.pending, self.journal.dropped),
+                "operator_requests": (sum(self._opreq.values()), self._opreq_refused)}
 
     def _device_counts(self) -> dict[tuple[str, str], int]:
         out: dict[tuple[str, str], int] = {}
@@ -314,7 +338,7 @@ class Gateway:
             return
         self.metrics.messages_in.labels(ch).inc()
         if ch == "opreq":
-            self.spawn(self._operator_request(dev, payload), name=f"opreq-{dev}")
+            self._admit_operator_request(dev, payload)
             return
         if dev == self.cfg.gateway_id:
             return
@@ -324,10 +348,14 @@ class Gateway:
                 if not payload:
                     return  # retained state cleared
                 obj = json.loads(payload)
-                if isinstance(obj, dict) and obj.get("online") is True:
-                    self.registry.birth(dev, site, messages.decode("birth", payload), now)
+                kind = "birth" if isinstance(obj, dict) and obj.get("online") is True else "death"
+                msg = messages.decode(kind, payload)
+                if not self._state_trusted(dev, msg):
+                    return
+                if kind == "birth":
+                    self.registry.birth(dev, site, msg, now)
                 else:
-                    self.registry.death(dev, site, messages.decode("death", payload), now)
+                    self.registry.death(dev, site, msg, now)
             elif ch == "hb":
                 hb = messages.decode("hb", payload)
                 self.registry.heartbeat(dev, site, hb, now)
@@ -361,16 +389,36 @@ class Gateway:
         log.warning("dropped %s %s from %s: %s", p.code, purpose, dev, p.detail)
         return False
 
+    def _state_trusted(self, dev: str, msg: dict[str, Any]) -> bool:
+        """A birth/death is believed when its MAC (purpose ``state``) verifies, or when it needs none: an MQTT
+        device's own broker login and ACL vouch for its ``state`` topic. A CoAP device's state always needs the
+        MAC: it reaches MQTT under the gateway's login (the CoAP bridge), which may write any device's topic."""
+        ident = self.keystore.get(dev)
+        if "mac" in msg or (ident is not None and (ident.meta or {}).get("transport") == "coap"):
+            return self._signed(dev, "state", msg)
+        return True
+
     def _on_event(self, site: str, dev: str, msg: dict[str, Any], now: int) -> None:
         if not self._signed(dev, "evt", msg):
             return
         self.registry.touch(dev, site, now, seq=msg.get("seq"), channel="evt")
-        e = self.journal.append("alert", f"{msg['sev']} {msg['kind']} at {dev}", device=dev, ts=now,
-                                detail={k: v for k, v in msg.items() if k != "mac"})
+        verdict = self.events.offer(site, dev, msg, now)  # "new": handed on to _on_new_event and the others
+        if verdict == "duplicate":
+            self.metrics.duplicates.labels("evt").inc()
+        elif verdict == "stale":
+            self.metrics.rejected.labels("stale").inc()
+            self.journal.append("security", f"stale evt {msg['id']} from {dev} not acted on", device=dev, ts=now,
+                                detail={"purpose": "evt", "code": "stale", "window_ms": self.events.window_ms,
+                                        "event": {k: v for k, v in msg.items() if k != "mac"}})
+            log.warning("stale event %s from %s (ts %s) not acted on", msg["id"], dev, msg.get("ts"))
+
+    def _on_new_event(self, e: Event) -> None:
+        """The first listener of the event intake: the alert in the journal, its evidence linked."""
+        msg = e.msg
+        j = self.journal.append("alert", f"{msg['sev']} {msg['kind']} at {e.device}", device=e.device,
+                                ts=e.now_ms, detail={k: v for k, v in msg.items() if k != "mac"})
         if msg.get("evidence"):
-            self.clipstore.link_event(dev, msg, e.seq, now)
-        # verified; the event de-duplication (hardening issue) will sit in front of this hand-over
-        self.linkage.on_event(site, dev, msg, now)
+            self.clipstore.link_event(e.device, msg, j.seq, e.now_ms)
 
     def _on_result(self, site: str, dev: str, msg: dict[str, Any], now: int) -> None:
         if not self._signed(dev, "res", msg):
@@ -379,6 +427,29 @@ class Gateway:
         self.commands.on_result(dev, msg)
 
     # -- operator API ----------------------------------------------------------------------------------------
+    def _admit_operator_request(self, op_id: str, payload: bytes) -> None:
+        """One task per request, at most ``MAX_OPREQ`` at a time and ``MAX_OPREQ_PER_OPERATOR`` per operator
+        (``op_id`` is the topic's, which the broker ACL ties to the operator's login); beyond that the request
+        is answered ``busy`` at once and counted, never queued without bound."""
+        mine = self._opreq.get(op_id, 0)
+        if sum(self._opreq.values()) >= MAX_OPREQ or mine >= MAX_OPREQ_PER_OPERATOR:
+            self._opreq_refused += 1
+            if self.link is not None:
+                resp = opapi.response(opapi.peek_id(payload), "busy",
+                                      error=f"gateway busy: {mine} of your requests in progress; retry shortly")
+                self.link.publish_nowait(topics.topic(self.cfg.site, op_id, "opres"), opapi.encode_response(resp), 1)
+            return
+        self._opreq[op_id] = mine + 1
+        t = self.spawn(self._operator_request(op_id, payload), name=f"opreq-{op_id}")
+        t.add_done_callback(lambda _t: self._opreq_done(op_id))
+
+    def _opreq_done(self, op_id: str) -> None:
+        n = self._opreq.get(op_id, 0) - 1
+        if n > 0:
+            self._opreq[op_id] = n
+        else:
+            self._opreq.pop(op_id, None)
+
     async def _operator_request(self, op_id: str, payload: bytes) -> None:
         try:
             req = opapi.decode_request(payload)
@@ -423,6 +494,16 @@ class Gateway:
 
     def list_clips(self) -> list[dict[str, Any]]:
         return self.clipdist.audio.list()
+
+    def _event_to_linkage(self, e: Event) -> None:
+        """An event intake listener: each verified, first-seen event reaches the linkage rules once."""
+        self.linkage.on_event(e.site, e.device, e.msg, e.now_ms)
+
+    def _publish_nowait(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        """Queue a publish on the link (linkage notifications); raises while the link is not open."""
+        if self.link is None:
+            raise ConnectionError("gateway link not open")
+        self.link.publish_nowait(topic, payload, qos, retain)
 
     async def _publish(self, topic: str, payload: bytes, qos: int, timeout: float) -> None:
         """QoS 1 publish that returns after the PUBACK (clip chunks); fails at once while the link is down."""

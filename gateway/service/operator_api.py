@@ -14,12 +14,14 @@ gets a signed command from ``CommandService``, and the response aggregates their
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from lookout.gateway.core.commands import Command, CommandError, CommandService
+from lookout.gateway.core.commands import Command, CommandError, CommandService, GroupRefused
+from lookout.gateway.core import redact
 from lookout.gateway.core.config import Config
-from lookout.gateway.core.journal import Journal
+from lookout.gateway.core.journal import Journal, VerifyResult
 from lookout.gateway.core.registry import Device, Registry
 from lookout.protocols import opapi
 
@@ -54,6 +56,8 @@ class OperatorAPI:
         self.bdseq = bdseq
         self.clips: ClipOps | None = None  # set by the service once the clip distributor exists
         self.linkage: ClipOps | None = None  # the same shape: incidents, incident, coverage (gateway/linkage)
+        self.verifying: dict[str, int] | None = None  # {"done", "of"} while a journal verify runs
+        self._verify_task: asyncio.Task[VerifyResult] | None = None
 
     def resolve(self, to: str, op: str) -> list[str]:
         """A device id, a zone ([zones] in the config) or a site id -> device ids. Group ops address speakers."""
@@ -96,13 +100,15 @@ class OperatorAPI:
                                               "loc_age_ms": None if d.last_loc_ms is None
                                               else self.clock() - d.last_loc_ms})
         if op == "journal":
-            return self._journal(op_id, a, rid)
+            return await self._journal(op_id, a, rid)
         if op == "status":
             seq, head = self.journal.head()
-            return opapi.response(rid, "ok", {"gateway": self.cfg.gateway_id, "site": self.cfg.site,
-                                              "bdseq": self.bdseq(), "devices": self.registry.counts(),
-                                              "commands": self.commands.depths(), "journal_seq": seq,
-                                              "journal_head": head})
+            data = {"gateway": self.cfg.gateway_id, "site": self.cfg.site, "bdseq": self.bdseq(),
+                    "devices": self.registry.counts(), "commands": self.commands.depths(), "journal_seq": seq,
+                    "journal_head": head}
+            if self.verifying is not None:
+                data["journal_verify"] = dict(self.verifying)  # a verify in progress: entries done of total
+            return opapi.response(rid, "ok", data)
         if op in ("incidents", "incident", "coverage"):
             if self.linkage is None:
                 return opapi.response(rid, "internal", error="linkage is not running")
@@ -137,11 +143,17 @@ class OperatorAPI:
             else:
                 group, cmds = await self.commands.issue_group(targets, name, args, **kw)
         except CommandError as e:
+            detail: dict[str, Any] = {"op": op, "args": _journal_args(a, name), "code": e.code}
+            data = None
+            if isinstance(e, GroupRefused):  # nothing was stored or sent; each target's problem, as the CLI shows
+                detail["refused"] = data = e.refused
             self.journal.append("operator", f"{op_id} {op} to {to} refused: {e}", operator=op_id, device=to,
-                                detail={"op": op, "args": a, "code": e.code})
-            return opapi.response(rid, e.code, error=str(e))
+                                detail=detail)
+            return opapi.response(rid, e.code, None if data is None else {"to": to, "refused": data},
+                                  error=str(e))
         self.journal.append_soon("operator", f"{op_id} {op} {name} to {to} ({len(cmds)} device(s))",
-                                 operator=op_id, device=to, detail={"op": op, "args": a, "group": group,
+                                 operator=op_id, device=to, detail={"op": op, "args": _journal_args(a, name),
+                                                                    "group": group,
                                                                     "commands": [c.id for c in cmds]})
         wait = a["wait"]
         if wait != "none":
@@ -155,24 +167,49 @@ class OperatorAPI:
         return opapi.response(rid, _aggregate(cmds, wait), {"group": group, "to": to, "results": results},
                               error=_first_error(cmds))
 
-    def _journal(self, op_id: str, a: dict[str, Any], rid: str | None) -> dict[str, Any]:
+    async def _verify(self) -> VerifyResult:
+        """``Journal.verify`` in a worker thread (it hashes every row); requests arriving while one runs share it.
+        Its progress is in ``verifying`` (shown by ``status``)."""
+        if self._verify_task is None:
+            loop = asyncio.get_running_loop()
+            state = self.verifying = {"done": 0, "of": 0}
+
+            def progress(done: int, total: int) -> None:  # worker thread: a dict update is enough
+                state["done"], state["of"] = done, total
+
+            async def run() -> VerifyResult:
+                try:
+                    return await asyncio.to_thread(self.journal.verify, progress)
+                finally:
+                    self._verify_task, self.verifying = None, None
+
+            self._verify_task = loop.create_task(run(), name="journal-verify")
+        return await asyncio.shield(self._verify_task)
+
+    async def _journal(self, op_id: str, a: dict[str, Any], rid: str | None) -> dict[str, Any]:
+        """Every read runs in a worker thread: it may wait for the journal writer (a locked file) and SQLite."""
         if a["verify"]:
-            v = self.journal.verify()
+            v = await self._verify()
             self.journal.append("operator", f"{op_id} verified the journal: {'ok' if v.ok else 'BROKEN'}",
                                 operator=op_id, detail={"ok": v.ok, "entries": v.entries, "bad_seq": v.bad_seq})
             data = {"ok": v.ok, "entries": v.entries, "bad_seq": v.bad_seq, "reason": v.reason, "head": v.head}
             return opapi.response(rid, "ok" if v.ok else "failed", data,
                                   error=None if v.ok else f"chain broken at seq {v.bad_seq}: {v.reason}")
-        rows = [e for e in self.journal.entries(a.get("from"), a.get("to"), device=a.get("device"))
-                if e.seq > a["after"]]
-        more = len(rows) > a["limit"]
-        rows = rows[:a["limit"]]
+        rows, more = await asyncio.to_thread(self.journal.page, a["after"], a["limit"], a.get("from"), a.get("to"),
+                                             a.get("device"))
         if a["after"] == 0:
             self.journal.append("operator", f"{op_id} read the journal", operator=op_id,
                                 detail={k: a.get(k) for k in ("from", "to", "device")})
         seq, head = self.journal.head()
         return opapi.response(rid, "ok", {"entries": [e.to_dict() for e in rows], "more": more,
                                           "head_seq": seq, "head_hash": head})
+
+
+def _journal_args(a: dict[str, Any], name: str) -> dict[str, Any]:
+    """The request's arguments as journaled: the command's secret arguments redacted (gateway/core/redact.py)."""
+    if isinstance(a.get("args"), dict) and name in redact.COMMAND_SECRETS:
+        return {**a, "args": redact.command_args(name, a["args"])}
+    return a
 
 
 def _result_view(c: Command) -> dict[str, Any]:

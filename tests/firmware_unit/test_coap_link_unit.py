@@ -290,3 +290,21 @@ def test_make_uplink_picks_transport():
     cfg["transport"] = "smoke"
     with raises(ValueError, match="transport"):
         uplink.make_uplink(cfg)
+
+
+def test_make_uplink_signs_birth_and_will_for_coap():
+    """State over CoAP reaches MQTT under the gateway's login, so the bridge and the gateway believe a birth or
+    death only with the device's MAC (purpose ``state``): make_uplink signs both in CoAP mode."""
+    from protocols import messages, signing
+
+    cfg = {"id": "sen-01", "site": "dongshan", "role": "sensor", "key": KEY, "transport": "coap",
+           "broker": {"host": "127.0.0.1", "port": 1883}, "coap": {"host": "10.0.0.2"}}
+    topic = "lookout/v1/dongshan/sen-01/state"
+    birth = messages.encode("birth", messages.birth("sensor", 7, "0.1.0", 600, caps=["ping"], site="dongshan"))
+    death = messages.encode("death", messages.death(7, "connection lost"))
+    lk = uplink.make_uplink(cfg, birth=(topic, birth, 1, True), will=(topic, death, 1, True))
+    key = bytes.fromhex(KEY)
+    for (t, payload, qos, retain), kind in ((lk.birth, "birth"), (lk.will, "death")):
+        msg = messages.decode(kind, payload)
+        signing.verify(key, "state", msg)  # raises AuthError if not
+        assert (t, qos, retain) == (topic, 1, True) and msg["bdseq"] == 7

@@ -17,7 +17,8 @@ def make_uplink(config, **kwargs):
     ``response_timeout_ms``, ``poll_ms``, ``sock_factory``) used in CoAP mode, where they may also come from the
     config's ``coap`` object (unknown keys are kept there). The CoAP link also takes the MQTTClient arguments
     ``birth``, ``will``, ``on_log``, ``rand``, ``backoff_min_ms`` and ``backoff_max_ms``; every other one is
-    MQTT-only and ignored."""
+    MQTT-only and ignored. In CoAP mode the birth and the will are signed with the node's key (purpose
+    ``state``): the gateway believes a CoAP node's state only with its MAC."""
     tunables = ("ack_timeout_ms", "random_factor", "max_retransmit", "response_timeout_ms", "poll_ms",
                 "sock_factory")
     t = config.get("transport") or "mqtt"
@@ -32,6 +33,10 @@ def make_uplink(config, **kwargs):
             for k in keys:
                 if k in src:
                     opts[k] = src[k]
+        key = bytes.fromhex(config["key"])
+        for k in ("birth", "will"):  # the bridge republishes under the gateway's login: state must carry our MAC
+            if opts.get(k):
+                opts[k] = _signed_state(key, opts[k])
         return CoAPLink(co["host"], co.get("port", COAP_PORT), site=config["site"], device=config["id"], **opts)
     if t != "mqtt":
         raise ValueError("transport: %r, expected mqtt or coap" % (t,))
@@ -41,3 +46,14 @@ def make_uplink(config, **kwargs):
         kwargs.pop(k, None)
     b = config["broker"]
     return MQTTClient(kwargs.pop("host", b["host"]), kwargs.pop("port", b.get("port")), **kwargs)
+
+
+def _signed_state(key, item):
+    """``(topic, payload, ...)`` with the birth/death payload signed (purpose ``state``, docs/PROTOCOL.md §11)."""
+    import json
+
+    from protocols import messages, signing
+
+    msg = json.loads(item[1])
+    kind = "birth" if msg.get("online") is True else "death"
+    return (item[0], messages.encode(kind, signing.sign(key, "state", msg))) + tuple(item[2:])
