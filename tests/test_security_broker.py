@@ -111,7 +111,8 @@ def _drain(cl, until_topic):
 
 def test_generated_conf_has_the_production_settings(site):
     conf = (site.broker.conf_file).read_text().splitlines()
-    for line in ("allow_anonymous false", "set_tcp_nodelay true", "per_listener_settings false"):
+    for line in ("allow_anonymous false", "set_tcp_nodelay true", "per_listener_settings true",
+                 "use_username_as_clientid true"):
         assert line in conf
 
 

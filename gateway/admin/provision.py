@@ -88,7 +88,8 @@ def provision_device(ks: KeyStore, device_id: str, site: str, role: str, out_dir
     if transport not in ("mqtt", "coap"):
         raise ProvisionError(f"transport {transport!r}: expected mqtt or coap")
     if tls and (ca is None or not ca.exists()):
-        raise ProvisionError("--tls needs a site CA: run `lookout pki init` and `lookout pki issue server` first")
+        raise ProvisionError("TLS (the default) needs a site CA: run `lookout pki init` and `lookout pki issue "
+                             "server` first, or provision with --plain for a clear-text listener")
     if client_cert and not tls:
         raise ProvisionError("a client certificate is only used with --tls")
     out = Path(out_dir)
