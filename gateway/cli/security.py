@@ -229,7 +229,7 @@ def _cmd_list(args) -> int:
         r["broker_login"] = logins.pop(r["id"], None)
     rows += [{"id": u, "kind": role, "broker_login": role} for u, role in logins.items()]
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(rows))
     else:
         for r in rows:
             extra = " ".join(f"{k}={v}" for k, v in r.items() if k not in ("id", "kind"))

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
 from types import TracebackType
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,10 @@ class EmbeddedBroker:
                     lg.setLevel(
                         logging.ERROR
                     )  # amqtt warns about benign races (e.g. duplicate PUBACK waiters)
+        if self.port:  # a taken port fails here, as an OSError naming nothing else, before amqtt logs a traceback
+            with socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's server will
+                probe.bind((self.host, self.port))
         broker = _patched_broker_class()(broker_config(self.host, self.port))
         await broker.start()
         server = broker._servers.get("default")  # amqtt exposes no public accessor for the bound socket
