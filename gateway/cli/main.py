@@ -23,6 +23,7 @@ AREAS = (
     "lookout.gateway.cli.firmware",  # firmware build / flash
     "lookout.gateway.cli.demo",  # demo
     "lookout.gateway.cli.rotation",  # rotate-key
+    "lookout.gateway.cli.sim",  # sim node (and other simulated hardware: simulators/sim_<kind>.py)
 )
 
 

@@ -91,6 +91,16 @@ def _write_secret_json(path: str, data: dict) -> None:
 
 
 # -- provision ---------------------------------------------------------------------------------------------------
+def _hours(v: str) -> list[int]:
+    """``22-6`` -> [22, 6]; ``none`` -> [] (never quiet)."""
+    if v.lower() in ("none", "off"):
+        return []
+    a, sep, b = v.partition("-")
+    if not (sep and a.isdigit() and b.isdigit() and int(a) <= 23 and int(b) <= 23):
+        raise argparse.ArgumentTypeError(f"expected START-END hours 0..23 (e.g. 22-6) or none, got {v!r}")
+    return [int(a), int(b)]
+
+
 def _cmd_device(args) -> int:
     from lookout.gateway.admin.pki import SiteCA
     from lookout.gateway.admin.provision import ProvisionError, deg_to_e7, provision_device
@@ -114,7 +124,8 @@ def _cmd_device(args) -> int:
                 ks, args.id, args.site, args.role, out, broker_host=args.broker_host, broker_port=args.broker_port,
                 tls=tls, ca=SiteCA(_paths(args)[1]), client_cert=args.client_cert, transport=args.transport,
                 coap_host=args.coap_host, coap_port=args.coap_port, position=position, wifi_ssid=args.wifi_ssid,
-                wifi_password=args.wifi_password, force=args.force)
+                wifi_password=args.wifi_password, force=args.force, quiet_hours=args.quiet_hours,
+                tz_min=args.tz_min)
         except ProvisionError as e:
             audit.record(f"provision device {args.id} refused: {e}", device=args.id,
                          detail={**facts, "outcome": "refused", "error": str(e)})
@@ -354,6 +365,9 @@ def register(subparsers) -> None:
     d.add_argument("--lat", type=float, help="fixed position, degrees WGS-84")
     d.add_argument("--lon", type=float)
     d.add_argument("--alt-m", type=float, default=0.0)
+    d.add_argument("--quiet-hours", type=_hours, metavar="START-END|none",
+                   help="local hours when only emergency broadcasts play (default 22-6; none: never quiet)")
+    d.add_argument("--tz-min", type=int, help="the node's UTC offset in minutes for quiet hours (default 480, UTC+8)")
     d.add_argument("--wifi-ssid", default="")
     d.add_argument("--wifi-password", default="")
     d.add_argument("--force", action="store_true", help="replace an existing identity (the node must be reflashed)")
