@@ -7,7 +7,7 @@ machine. amqtt (pure Python, asyncio, MIT) runs inside the gateway's own event l
 package from the OS. ``EmbeddedBroker`` is an async context manager that starts it on ``127.0.0.1`` (port 0 =
 any free port) and yields its ``mqtt://host:port`` URL; leaving the block shuts it down.
 
-Why amqtt and what it is trusted with (measured on this machine, see docs/FIELD.md): amqtt 0.12.1 keeps
+Why amqtt and what it is trusted with (measured on the project's CI machine kind): amqtt 0.12.1 keeps
 retained messages and fires last wills correctly, which is all the registry needs (birth/death on ``state``).
 It delivered only 2 of 5 QoS 1 messages queued for an offline persistent session (Mosquitto: 5 of 5) and
 moves ~0.4x Mosquitto's message rate. So **no delivery guarantee rests on its session queue**: the gateway's

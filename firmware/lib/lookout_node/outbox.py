@@ -1,6 +1,6 @@
 """Outbox: events and command results waiting for the broker, kept across outages and reboots.
 
-Theory of operation (ThingsBoard users lose data in offline storage; FIELD.md): an item is appended before the
+Theory of operation (ThingsBoard gateway users report data lost in offline storage): an item is appended before the
 first send attempt and removed only after the broker acknowledged it (PUBACK for QoS 1), so a crash or link loss
 between the two re-sends it (at-least-once; the gateway de-duplicates by the message ``id``). The queue is
 bounded by item count and by bytes; when full the *oldest* item is dropped and ``dropped`` counts it, and the

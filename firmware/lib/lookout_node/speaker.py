@@ -4,7 +4,7 @@ Theory of operation:
 - A ``Broadcast`` is one play request (clip, repeats, volume, priority 0..3). One player task (``run``) plays
   ``current`` chunk by chunk (``CHUNK_MS`` of audio per write); between chunks it checks ``cut``, so ``stop``
   takes effect within one chunk (60 ms of audio + the I2S DMA buffer, well under the 200 ms requirement).
-- Priority (FIELD.md, PA practice): a request with a *higher* priority than the one playing interrupts it; the
+- Priority (public-address practice): a request with a *higher* priority than the one playing interrupts it; the
   interrupted broadcast is parked and resumes when the higher one ends, restarting the repetition it was in
   (half a spoken warning is useless). A request with equal or lower priority is refused with ``busy``.
   Priority 3 (emergency) ignores quiet hours and plays at volume 100 unless a volume is given; lower priorities
