@@ -19,8 +19,9 @@ Theory of operation:
 - TLS only by default (certificates copied next to the config so the directory is self-contained); a plain
   listener is written only when asked for, and then on loopback unless an address is given;
 - started as root, Mosquitto drops to its own user (``mosquitto`` unless ``user`` says otherwise) before it reads
-  ``passwd``/``acl`` and opens its log: run as root, this module gives that user's group read access to the
-  secret files and the log and data paths to the user, so ``mosquitto -c DIR/mosquitto.conf`` runs unchanged.
+  ``passwd``/``acl`` and opens its log and pid file: run as root, this module gives that user's group read access
+  to the secret files and the log, pid and data paths to the user, so ``mosquitto -c DIR/mosquitto.conf`` runs
+  unchanged, and ``kill -HUP "$(cat DIR/mosquitto.pid)"`` reloads it after the files are regenerated.
 """
 
 from __future__ import annotations
@@ -135,7 +136,9 @@ def conf_text(out: Path, *, port: int | None, bind: str | None, tls: bool, tls_p
              "set_tcp_nodelay true",
              f"max_packet_size {max_packet_size}",
              f"max_queued_messages {MAX_QUEUED}",
-             "persistent_client_expiration 7d"]
+             "persistent_client_expiration 7d",
+             # reload after regenerating: kill -HUP "$(cat OUT/mosquitto.pid)"
+             f"pid_file {out / 'mosquitto.pid'}"]
     if persistence:
         lines += ["persistence true", f"persistence_location {out / 'data'}/", "autosave_interval 60"]
     else:
@@ -196,9 +199,10 @@ def write_broker_config(out_dir: str | os.PathLike, ks: KeyStore, pki_dir: str |
         if owner:
             os.chown(out / "data", *owner)
     log = (out / "mosquitto.log") if log_file == "" else (Path(log_file).resolve() if log_file else None)
-    if log is not None and owner:
-        log.touch(mode=0o640, exist_ok=True)
-        os.chown(log, *owner)
+    for f in ([log] if log is not None else []) + [out / "mosquitto.pid"]:  # written after it dropped to its user
+        if owner:
+            f.touch(mode=0o640 if f == log else 0o644, exist_ok=True)
+            os.chown(f, *owner)
     group = owner[1] if owner else None
     _write(out / "passwd", passwd_text(users), 0o640, group)
     _write(out / "passwd-ops", passwd_text([u for u in users if u.role in OP_ROLES]), 0o640, group)
