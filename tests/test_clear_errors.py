@@ -124,3 +124,27 @@ async def test_broker_outage_and_recovery_are_warnings_with_their_duration(mosqu
     assert any(m.startswith("lost the broker 127.0.0.1") for m in warned), warned
     back = [m for m in warned if "back after" in m]
     assert len(back) == 1 and float(back[0].split("back after ")[1].split(" s")[0]) > 0, warned
+
+
+def test_certificate_without_the_dialled_address_says_how_to_issue_it(tmp_path, capsys):
+    """Issue 11, item 3: a server certificate for a name only, dialled at 127.0.0.1."""
+    d = ["--data-dir", str(tmp_path / "data")]
+    assert main(["pki", "init", "--site", "dongshan", *d]) == 0
+    assert main(["pki", "issue", "server", "--host", "gw.dongshan.local", *d]) == 0
+    with KeyStore(tmp_path / "data" / "keystore.db") as ks:
+        token = provision_operator(ks, "op-li", "Li Wei")
+        port = free_port()
+        write_broker_config(tmp_path / "broker", ks, tmp_path / "data" / "pki", tls_port=free_port(),
+                            op_tls_port=port, persistence=False, run_as="root" if os.geteuid() == 0 else None)
+    b = Mosquitto(tmp_path / "broker", port=port, conf_file=tmp_path / "broker" / "mosquitto.conf").start()
+    try:
+        capsys.readouterr()
+        rc = main(["devices", "--broker", f"mqtts://127.0.0.1:{port}", "--ca",
+                   str(tmp_path / "data" / "pki" / "ca.crt"), "--site", "dongshan", "--operator", "op-li",
+                   "--token", token])
+    finally:
+        b.stop()
+    err = capsys.readouterr().err
+    assert rc == 2 and len(lines(err)) == 1, err
+    assert "does not name 127.0.0.1" in err and "lookout pki issue server --host 127.0.0.1" in err
+    assert "LOOKOUT_CA" in err

@@ -436,7 +436,9 @@ def register(subparsers) -> None:
     i.set_defaults(func=_audited(_cmd_pki_init))
     s = ks.add_parser("issue", parents=[common], help="issue the broker certificate or a client certificate")
     s.add_argument("kind", choices=("server", "client"))
-    s.add_argument("--host", action="append", help="server: DNS name or IP (repeat; default localhost, 127.0.0.1)")
+    s.add_argument("--host", action="append",
+                   help="server: every DNS name and IP address clients dial, repeated (the gateway on the broker's "
+                        "host dials 127.0.0.1: --host gw.example.lan --host 127.0.0.1; default localhost, 127.0.0.1)")
     s.add_argument("--name", help="client: the device/gateway/operator id")
     s.add_argument("--days", type=int)
     s.set_defaults(func=_audited(_cmd_pki_issue))
