@@ -92,7 +92,7 @@ async def _run(args: argparse.Namespace) -> int:
         cmd_op = audit.operator if topics.is_valid_id(audit.operator) else None
         try:
             async with MQTTLink(url, f"{cfg.gateway_id}-rk-{secrets.token_hex(3)}", username=b.username,
-                                password=b.password, ca=b.ca, cert=b.cert, key=b.key) as link:
+                                password=b.password, ca=b.ca, cert=b.cert, key=b.key, fail_fast=True) as link:
                 online = await _state(link, ident.site, ident.device_id)
                 if online is False and not args.force:
                     journal("refused: device offline", outcome="refused", code="offline")
