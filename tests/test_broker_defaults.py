@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import json
 import os
-import queue
-import threading
 
-import paho.mqtt.client as mqtt
 import pytest
 from broker import Mosquitto, free_port
-from paho.mqtt.enums import CallbackAPIVersion
+from test_security_broker import Client
 
 from lookout.gateway.admin.brokerconfig import write_broker_config
 from lookout.gateway.admin.keystore import KeyStore
@@ -85,46 +82,8 @@ def test_provision_device_defaults_to_tls_and_plain_must_be_asked_for(tmp_path, 
 
 
 # -- item 6: client ids tied to logins -----------------------------------------------------------------------------
-class Client:
-    """A paho client in its own thread. No automatic resubscription: a session that was knocked off and came
-    back would no longer receive what it subscribed to once."""
-
-    def __init__(self, port: int, client_id: str, user: str, password: str):
-        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
-        self.c.username_pw_set(user, password)
-        self.msgs: queue.Queue = queue.Queue()
-        self.connected = threading.Event()
-        self.disconnects: list[object] = []
-        self.rc = None
-        self.subacks: queue.Queue = queue.Queue()
-        self.c.on_connect = self._on_connect
-        self.c.on_disconnect = lambda c, u, f, rc, p: self.disconnects.append(rc)
-        self.c.on_message = lambda c, u, m: self.msgs.put((m.topic, m.payload))
-        self.c.on_subscribe = lambda c, u, mid, codes, p: self.subacks.put([int(x.value) for x in codes])
-        self.port = port
-
-    def _on_connect(self, c, u, flags, rc, props):
-        self.rc = rc
-        self.connected.set()
-
-    def connect(self) -> bool:
-        self.c.connect("127.0.0.1", self.port, keepalive=30)
-        self.c.loop_start()
-        assert self.connected.wait(WAIT), "no CONNACK"
-        return not self.rc.is_failure
-
-    def subscribe(self, topic: str) -> list[int]:
-        self.c.subscribe(topic, qos=1)
-        return self.subacks.get(timeout=WAIT)
-
-    def publish(self, topic: str, payload: bytes) -> None:
-        self.c.publish(topic, payload, qos=1).wait_for_publish(WAIT)
-
-    def close(self) -> None:
-        self.c.disconnect()
-        self.c.loop_stop()
-
-
+# Client (test_security_broker): a paho client in its own thread. Subscriptions are made once, not on every
+# connect, so a session knocked off (paho reconnects by itself) would no longer receive what it subscribed to.
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory):
     root = tmp_path_factory.mktemp("cid")
@@ -144,11 +103,11 @@ def broker(tmp_path_factory):
 
 def test_a_device_cannot_knock_another_off_with_its_client_id(broker):
     s = broker
-    gw = Client(s.op_port, "gw-1", "gw-1", s.gw)
-    b = Client(s.port, "spk-b", "spk-b", s.b)
+    gw = Client(s.op_port, "gw-1", s.gw, client_id="gw-1")
+    b = Client(s.port, "spk-b", s.b, client_id="spk-b")
     assert gw.connect() and b.connect()
     assert b.subscribe("lookout/v1/dongshan/spk-b/cmd") == [1]
-    thief = Client(s.port, "spk-b", "spk-a", s.a)  # its own valid password, the other's client id
+    thief = Client(s.port, "spk-a", s.a, client_id="spk-b")  # its own valid password, the other's client id
     try:
         assert thief.connect()  # admitted, but as itself: the broker replaced the id with the login
         gw.publish("lookout/v1/dongshan/spk-b/cmd", b"still there")
@@ -162,9 +121,9 @@ def test_a_device_cannot_knock_another_off_with_its_client_id(broker):
 
 def test_operators_keep_several_sessions_and_devices_stay_off_their_listener(broker):
     s = broker
-    gw = Client(s.op_port, "gw-1", "gw-1", s.gw)
-    one = Client(s.op_port, "op-li-1", "op-li", s.op)
-    two = Client(s.op_port, "op-li-2", "op-li", s.op)
+    gw = Client(s.op_port, "gw-1", s.gw, client_id="gw-1")
+    one = Client(s.op_port, "op-li", s.op, client_id="op-li-1")
+    two = Client(s.op_port, "op-li", s.op, client_id="op-li-2")
     try:
         assert gw.connect() and one.connect() and two.connect()
         assert one.subscribe("lookout/v1/dongshan/op-li/opres") == [1]
@@ -174,7 +133,7 @@ def test_operators_keep_several_sessions_and_devices_stay_off_their_listener(bro
             assert cl.msgs.get(timeout=WAIT) == ("lookout/v1/dongshan/op-li/opres", b"answer")
         assert one.disconnects == [] and two.disconnects == []
         # a device login is not admitted where client ids are free
-        dev = Client(s.op_port, "spk-b", "spk-a", s.a)
+        dev = Client(s.op_port, "spk-a", s.a, client_id="spk-b")
         assert not dev.connect()
         dev.close()
     finally:
