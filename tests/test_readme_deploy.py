@@ -61,7 +61,7 @@ def readme_commands() -> list[list[str]]:
 def wait_port(port: int, proc: subprocess.Popen, what: str) -> None:
     deadline = time.monotonic() + WAIT_S
     while time.monotonic() < deadline:
-        assert proc.poll() is None, f"{what} exited: {proc.communicate()}"
+        assert proc.poll() is None, f"{what} exited with {proc.returncode}"
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 return
@@ -87,6 +87,7 @@ class Site:
         for k in [k for k in self.env if k.startswith("LOOKOUT_") and k != "LOOKOUT_DATA_DIR"]:
             del self.env[k]  # only what the README exports
         self.procs: list[subprocess.Popen] = []
+        self.logs: list[Path] = []
         self.out: dict[str, str] = {}
 
     def sub(self, word: str) -> str:
@@ -102,9 +103,11 @@ class Site:
 
     def start(self, words: list[str], port: int | None = None) -> subprocess.Popen:
         words = [self.sub(w) for w in words]
-        p = subprocess.Popen(words, cwd=self.work, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True)
+        log = self.work.parent / f"{len(self.procs)}-{Path(words[0]).name}.log"  # a file: a pipe could fill up
+        with open(log, "w") as f:
+            p = subprocess.Popen(words, cwd=self.work, env=self.env, stdout=f, stderr=subprocess.STDOUT)
         self.procs.append(p)
+        self.logs.append(log)
         if port is not None:
             wait_port(port, p, words[0])
         return p
@@ -131,8 +134,8 @@ class Site:
                 return r.stdout
             time.sleep(0.3)
         self.stop_all()
-        logs = "\n".join(f"--- {shlex.join(p.args[:3])}:\n{p.stdout.read()[-3000:] if p.stdout else ''}"
-                         for p in self.procs)
+        logs = "\n".join(f"--- {shlex.join(p.args[:3])}:\n{log.read_text()[-3000:]}"
+                         for p, log in zip(self.procs, self.logs, strict=True))
         raise AssertionError(f"{shlex.join(words)} never succeeded: {last}\n{logs}")
 
 
