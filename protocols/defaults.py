@@ -20,7 +20,7 @@ def __getattr__(name):
 # ---- MQTT client (MQTT 3.1.1, OASIS 2014; used by firmware/lib/lookout_node/mqtt.py) --------------------------
 MQTT_PORT = 1883  # IANA / MQTT 3.1.1 §4.2: TCP port for MQTT; 8883 for MQTT over TLS
 MQTT_TLS_PORT = 8883
-MQTT_KEEPALIVE_S = 60  # §3.1.2.10; same 60 s as the GB/T 28181 heartbeat (docs FIELD). The broker drops us after
+MQTT_KEEPALIVE_S = 60  # §3.1.2.10; same 60 s as the GB/T 28181 heartbeat (3 missed). The broker drops us after
 #                        1.5 x keepalive of silence, so we must send something well inside 60 s.
 MQTT_PING_IDLE_FRACTION = 2  # send PINGREQ after keepalive/2 without sending anything: a lost PINGREQ/PINGRESP
 #                              still leaves time to notice before the broker's 1.5x deadline (§3.1.2.10)
@@ -28,7 +28,7 @@ MQTT_PINGRESP_TIMEOUT_MS = 10000  # §3.1.2.10 "reasonable amount of time" for P
 #                                   client so ping + wait < keepalive; past it the link is declared dead
 MQTT_CONNECT_TIMEOUT_MS = 10000  # TCP connect + CONNACK; §3.1.4 "reasonable amount of time" (mqtt_as: 10 s)
 MQTT_PUBACK_TIMEOUT_MS = 5000  # wait for PUBACK/SUBACK/UNSUBACK before a resend; a local-broker round trip is
-#                                ~100 ms on a small board (FIELD), 50x margin for a congested cellular link
+#                                ~100 ms on a small board (measured), 50x margin for a congested cellular link
 MQTT_PUBLISH_RETRIES = 2  # QoS 1 resends with DUP=1 (§3.3.1.1) on the same link before declaring it dead and
 #                           reconnecting (mqtt_as policy); the caller's outbox owns the message after that
 MQTT_SEND_TIMEOUT_MS = 10000  # a write the TCP stack cannot drain in this time means a dead link

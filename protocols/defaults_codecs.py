@@ -34,7 +34,7 @@ NMEA_CENTURY_PIVOT = 80  # RMC dates carry a 2-digit year: yy < 80 -> 20yy, else
 # ---- end NMEA ---------------------------------------------------------------------------------------------------
 
 # ---- Serial frames (body-worn recorders, protocols/serialframe.py) ----------------------------------------------
-SERIAL_MAX_PAYLOAD = 1024  # design choice: 1 KB blocks (FIELD.md serial figures); ~90 ms at 115200 baud 8N1
+SERIAL_MAX_PAYLOAD = 1024  # design choice: 1 KB blocks (little lost to stop-and-wait); ~90 ms at 115200 8N1
 SERIAL_RX_CHUNK = 4096  # implementation limit: largest single read the gateway hands to FrameDecoder.receive_data
 # ---- end serial frames ------------------------------------------------------------------------------------------
 

@@ -30,7 +30,7 @@ MS_MIN = 1420070400000  # 2015-01-01: earlier timestamps mean a node without a c
 #   l  list of <= a strings (1..80 chars of class b)
 # Character classes: i id [A-Za-z0-9._-], n name [a-z0-9_], h lower-case hex, t text (no control characters),
 # r evidence reference ("sha256:<64 hex>" or an id).
-# Broadcast priorities ``prio`` (FIELD.md, PA practice): 0 background, 1 normal, 2 priority, 3 emergency; a
+# Broadcast priorities ``prio`` (PA paging practice): 0 background, 1 normal, 2 priority, 3 emergency; a
 # higher number pre-empts a lower one and 3 overrides quiet hours. 2147483647 = INT32 max; 2**53 = JSON's
 # largest exact integer.
 SCHEMAS = {

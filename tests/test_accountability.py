@@ -49,7 +49,7 @@ def no_secret(entries: list[dict], secrets: list[str]) -> None:
 def test_provision_and_revoke_journaled_without_secrets(tmp_path, capsys):
     data = tmp_path / "data"
     d = ["--data-dir", str(data)]
-    assert cli_main(["provision", "device", "--id", "spk-01", "--site", "dongshan", "--role", "speaker",
+    assert cli_main(["provision", "device", "--id", "spk-01", "--site", "dongshan", "--role", "speaker", "--plain",
                      "--out", str(tmp_path / "spk"), *d]) == 0
     assert cli_main(["provision", "operator", "--id", "adm-1", "--name", "Chief", "--role", "admin",
                      "--out", str(tmp_path / "adm.json"), *d]) == 0
@@ -63,7 +63,7 @@ def test_provision_and_revoke_journaled_without_secrets(tmp_path, capsys):
     assert "refused" in capsys.readouterr().err
     assert cli_main(["provision", "device", "--id", "spk-01", "--site", "dongshan", "--role", "speaker", *d]) == 2
     assert cli_main(["provision", "revoke", "--id", "spk-01", "--operator", "adm-1", *d]) == 0
-    assert cli_main(["broker-config", "--out", str(tmp_path / "broker"), *d]) == 0
+    assert cli_main(["broker-config", "--out", str(tmp_path / "broker"), "--plain", *d]) == 0
 
     es = rows(data / "journal.db")
     assert verify(data / "journal.db").ok

@@ -59,7 +59,7 @@ def wait_online(capsys, dev="spk-01", timeout=10.0):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if main(["devices", "--json", "--timeout", "3"]) == 0:
-            devs = json.loads(capsys.readouterr().out)
+            devs = json.loads(capsys.readouterr().out)["data"]["devices"]
             if any(d["id"] == dev and d["state"] == "online" for d in devs):
                 return devs
         else:

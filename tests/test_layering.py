@@ -8,7 +8,8 @@ deferred import is still a dependency (and a deferred cycle is still a cycle). T
    own modules;
 3. ``simulators/`` never imports ``lookout.gateway``;
 4. ``gateway/`` never imports the firmware (``lookout_node``, ``lookout.firmware``) or ``lookout.simulators``,
-   except its ``demo`` package, which runs a simulated world beside the real gateway;
+   except its ``demo`` package, which runs a simulated world beside the real gateway, and the ``lookout sim``
+   command (``SIM_CLI``), which runs simulated hardware against the user's own gateway (simulators only);
 5. inside ``gateway/`` the subpackages form layers (``GATEWAY_LAYERS``): a package imports only those listed;
 6. ``tools/`` (firmware build, host loader) never imports ``lookout.gateway`` or ``lookout.simulators``;
 7. CPython code names the project's packages through ``lookout.`` (never a bare ``gateway``/``simulators``);
@@ -30,6 +31,8 @@ PROTOCOLS_STDLIB = {"struct", "json", "hashlib", "binascii", "sys", "micropython
 BOARD_MODULES = {"asyncio", "binascii", "errno", "esp32", "gc", "hashlib", "io", "json", "machine", "micropython",
                  "network", "ntptime", "operator", "os", "random", "select", "socket", "ssl", "struct", "sys",
                  "time", "vfs"}
+# rule 4's second exception: `lookout sim` starts simulated hardware (lookout.simulators.sim_<kind>) and nothing else
+SIM_CLI = "lookout.gateway.cli.sim"
 # rule 5: gateway subpackage -> the gateway subpackages it may import (itself always allowed)
 GATEWAY_LAYERS = {
     "core": set(),
@@ -155,8 +158,8 @@ def violations(root: Path) -> list[str]:
             if mod.startswith("lookout.gateway"):
                 firmware = t == "lookout_node" or name.startswith("lookout.firmware")
                 sims = name.startswith("lookout.simulators")
-                if (firmware or sims) and pkg != "demo":
-                    no("only gateway/demo may run firmware or simulators")
+                if (firmware or sims) and pkg != "demo" and not (sims and mod == SIM_CLI):
+                    no("only gateway/demo (and gateway/cli/sim.py, simulators only) may run firmware or simulators")
                 other = gateway_package(name)
                 if pkg and other and other != pkg and other not in GATEWAY_LAYERS.get(pkg, set()):
                     no(f"gateway/{pkg} may import only " + (", ".join(sorted(GATEWAY_LAYERS.get(pkg, ())))
@@ -259,3 +262,19 @@ def test_the_checker_catches_each_kind_of_violation(tmp_path):
                      "import cycle: gateway/clips/a.py <-> gateway/clips/b.py"):
         assert expected in bad, f"{expected!r} not reported in:\n{bad}"
     assert "from . import errors" not in bad and "protocols/codec.py:2" not in bad  # allowed ones pass
+
+
+def test_only_the_sim_command_may_start_simulators_from_the_cli(tmp_path):
+    """Rule 4's second exception is narrow: gateway/cli/sim.py may import the simulators, not the firmware, and
+    no other CLI module may import either."""
+    tree = _tree(tmp_path, {
+        "gateway/cli/__init__.py": "",
+        "gateway/cli/sim.py": "from lookout import simulators\nfrom lookout.simulators import sim_node\n"
+                              "import lookout_node.node\n",
+        "gateway/cli/other.py": "from lookout.simulators import sim_node\n",
+        "simulators/sim_node.py": "",
+    })
+    bad = "\n".join(violations(tree))
+    assert "gateway/cli/sim.py:3: imports lookout_node.node" in bad
+    assert "gateway/cli/other.py:1: imports lookout.simulators" in bad
+    assert "gateway/cli/sim.py:1" not in bad and "gateway/cli/sim.py:2" not in bad

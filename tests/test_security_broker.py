@@ -56,8 +56,9 @@ def site(tmp_path_factory):
 class Client:
     """A paho client run in its own thread; messages land in a queue."""
 
-    def __init__(self, port, user=None, password=None, ca=None, version=mqtt.MQTTv311):
-        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="t-" + uuid.uuid4().hex[:8], protocol=version)
+    def __init__(self, port, user=None, password=None, ca=None, version=mqtt.MQTTv311, client_id=None):
+        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or "t-" + uuid.uuid4().hex[:8],
+                             protocol=version)
         if user is not None:
             self.c.username_pw_set(user, password)
         if ca is not None:
@@ -67,6 +68,8 @@ class Client:
         self.rc = None
         self.subacks: queue.Queue = queue.Queue()
         self.c.on_connect = self._on_connect
+        self.disconnects: list = []  # reason codes of every disconnect (paho's loop reconnects by itself)
+        self.c.on_disconnect = lambda c, u, f, rc, p: self.disconnects.append(rc)
         self.c.on_message = lambda c, u, m: self.msgs.put((m.topic, m.payload))
         self.c.on_subscribe = lambda c, u, mid, codes, p: self.subacks.put([int(x.value) for x in codes])
         self.port = port
@@ -111,7 +114,8 @@ def _drain(cl, until_topic):
 
 def test_generated_conf_has_the_production_settings(site):
     conf = (site.broker.conf_file).read_text().splitlines()
-    for line in ("allow_anonymous false", "set_tcp_nodelay true", "per_listener_settings false"):
+    for line in ("allow_anonymous false", "set_tcp_nodelay true", "per_listener_settings true",
+                 "use_username_as_clientid true"):
         assert line in conf
 
 

@@ -184,7 +184,8 @@ def test_cli_end_to_end(tmp_path, capsys):
                      "--out", str(tmp_path / "bwr.json"), *d]) == 0
     assert cli_main(["provision", "device", "--id", "spk-01", "--site", "dongshan", "--role", "speaker", *d]) == 2
     out = tmp_path / "broker"
-    assert cli_main(["broker-config", "--out", str(out), "--port", "18830", "--bind", "127.0.0.1", *d]) == 0
+    assert cli_main(["broker-config", "--out", str(out), "--plain", "--port", "18830", "--bind", "127.0.0.1",
+                     *d]) == 0
     capsys.readouterr()
     assert cli_main(["provision", "list", "--json", *d]) == 0
     rows = {r["id"]: r for r in json.loads(capsys.readouterr().out)}

@@ -78,17 +78,25 @@ def provision_device(ks: KeyStore, device_id: str, site: str, role: str, out_dir
                      ca: SiteCA | None = None, client_cert: bool = False, transport: str = "mqtt",
                      coap_host: str | None = None, coap_port: int = 5683, position: dict | None = None,
                      wifi_ssid: str = "", wifi_password: str = "", keepalive: int = 60,
-                     force: bool = False) -> tuple[Identity, dict, Path]:
+                     force: bool = False, quiet_hours: list[int] | None = None,
+                     tz_min: int | None = None) -> tuple[Identity, dict, Path]:
     """Create a node identity and write ``OUT/config.json`` (+ CA / client cert with TLS).
 
+    ``quiet_hours`` ([start, end] local hours, [] = none; default [22, 6]) and ``tz_min`` (the node's UTC offset
+    in minutes, default 480 = UTC+8) set when a broadcast below emergency is refused.
     Returns ``(identity, config, config_path)``; ``config`` holds the key and broker password in clear.
     """
     if role not in DEVICE_KINDS:
         raise ProvisionError(f"role {role!r} not one of {', '.join(DEVICE_KINDS)}")
+    if quiet_hours is not None and (len(quiet_hours) not in (0, 2) or any(not 0 <= h <= 23 for h in quiet_hours)):
+        raise ProvisionError(f"quiet hours {quiet_hours!r}: expected [start, end] hours 0..23, or none")
+    if tz_min is not None and not -720 <= tz_min <= 840:
+        raise ProvisionError(f"tz_min {tz_min}: expected -720..840 (minutes east of UTC)")
     if transport not in ("mqtt", "coap"):
         raise ProvisionError(f"transport {transport!r}: expected mqtt or coap")
     if tls and (ca is None or not ca.exists()):
-        raise ProvisionError("--tls needs a site CA: run `lookout pki init` and `lookout pki issue server` first")
+        raise ProvisionError("TLS (the default) needs a site CA: run `lookout pki init` and `lookout pki issue "
+                             "server` first, or provision with --plain for a clear-text listener")
     if client_cert and not tls:
         raise ProvisionError("a client certificate is only used with --tls")
     out = Path(out_dir)
@@ -118,6 +126,10 @@ def provision_device(ks: KeyStore, device_id: str, site: str, role: str, out_dir
     if transport == "coap" or coap_host:
         cfg["coap"] = {"host": coap_host or broker_host, "port": coap_port}
     cfg.update(json.loads(json.dumps(DEFAULT_NODE)))
+    if quiet_hours is not None:
+        cfg["quiet_hours"] = list(quiet_hours)
+    if tz_min is not None:
+        cfg["tz_min"] = tz_min
     if position is not None:
         cfg["position"] = position
     path = out / "config.json"

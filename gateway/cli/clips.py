@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import base64
 import hashlib
-import json
 import sys
 import time
 from typing import Any
@@ -24,11 +23,13 @@ from lookout.gateway.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
     Usage,
+    answer,
     call,
     conn,
     conn_parent,
     delivery,
     delivery_parent,
+    emit,
     one,
     ts,
 )
@@ -113,6 +114,8 @@ async def upload(args: argparse.Namespace) -> int:
         try:
             r = await _put(cl, args.id, data, args.timeout, show)
         except _Failed as e:
+            if args.json:
+                emit(e.resp)
             print(f"upload failed: {e.resp.get('code')}: {e.resp.get('error')}", file=sys.stderr)
             return CODE_EXIT.get(e.resp.get("code", "internal"), EXIT_FAILED)
         sha = (r.get("data") or {}).get("sha256", hashlib.sha256(data).hexdigest())
@@ -121,12 +124,14 @@ async def upload(args: argparse.Namespace) -> int:
                   f"{info['channels']} ch, {info['ms']} ms, sha256 {sha}")
         if not args.to:
             if args.json:
-                print(json.dumps(r))
+                emit(r)
             return EXIT_OK
         a = {"action": "distribute", "to": args.to, "clip": args.id, **delivery(args), "wait": "none"}
         r = await cl.request("clips", a, timeout=args.timeout)
         code = r.get("code", "internal")
         if code in ("bad_request", "unauthorized", "unknown_device", "internal", "offline"):
+            if args.json:
+                emit(r)
             print(f"distribute: {code}: {r.get('error')}", file=sys.stderr)
             return CODE_EXIT.get(code, EXIT_FAILED)
         dist = r["data"]["dist"]
@@ -135,6 +140,8 @@ async def upload(args: argparse.Namespace) -> int:
         while True:
             pr = await cl.request("clips", {"action": "progress", "dist": dist}, timeout=args.timeout)
             if pr.get("code") != "ok":
+                if args.json:
+                    emit(pr)
                 print(f"progress: {pr.get('code')}: {pr.get('error')}", file=sys.stderr)
                 return EXIT_FAILED
             view = pr["data"]
@@ -149,21 +156,19 @@ async def upload(args: argparse.Namespace) -> int:
             await asyncio.sleep(0.25)
         if show:
             print(file=sys.stderr)
-    if args.json:
-        print(json.dumps(view))
+    sts = [d["status"] for d in view["devices"]]
+    outcome = ("ok" if view["done"] == view["total"] else "timeout" if not view["final"]
+               else "offline" if sts and all(s == "refused" for s in sts) else "partial")
+    if args.json:  # the last progress response, its code giving the distribution's outcome
+        emit({**pr, "ok": outcome == "ok", "code": outcome})
     else:
         print(_table(view))
-    if view["done"] == view["total"]:
-        return EXIT_OK
-    sts = [d["status"] for d in view["devices"]]
-    if not view["final"]:
+    if outcome == "timeout":
         print(f"timeout: no final result from every device within {args.timeout:g} s "
               "(the commands are still tracked)", file=sys.stderr)
-    elif sts and all(s == "refused" for s in sts):
-        return CODE_EXIT["offline"]
-    else:
+    elif outcome == "partial":
         print(f"partial: {view['done']} of {view['total']} device(s) have the clip", file=sys.stderr)
-    return EXIT_FAILED
+    return CODE_EXIT[outcome]
 
 
 async def evidence(args: argparse.Namespace) -> int:
@@ -174,13 +179,10 @@ async def evidence(args: argparse.Namespace) -> int:
         a["sha256"] = args.sha256
     async with OperatorClient(**conn(args)) as cl:
         r = await cl.request("clips", a, timeout=args.timeout)
-    if r.get("code") != "ok":
-        print(f"{r.get('code')}: {r.get('error')}", file=sys.stderr)
-        return CODE_EXIT.get(r.get("code", "internal"), EXIT_FAILED)
-    ev = r["data"]["evidence"]
-    if args.json:
-        print(json.dumps(ev))
-        return EXIT_OK
+    done = answer(args, r)
+    ev = (r.get("data") or {}).get("evidence") or []
+    if done is not None:
+        return done if done or ev or not args.sha256 else EXIT_FAILED
     for e in ev:
         evs = ",".join(str(s) for s in e.get("events", [])) or "-"
         print(f"{e['sha256']}  {e['size']:>9} B  {e['mime']:<11} {e['device']:<12} {e['auth']:<8} "
@@ -216,17 +218,14 @@ def cmd_clips(args: argparse.Namespace) -> int:
 
     async def go() -> int:
         r = await one(args, "clips", {"action": "list"})
-        if r["code"] != "ok":
-            print(f"{r['code']}: {r.get('error')}", file=sys.stderr)
-            return CODE_EXIT.get(r["code"], EXIT_FAILED)
+        done = answer(args, r)
+        if done is not None:
+            return done
         clips = r["data"]["clips"]
-        if args.json:
-            print(json.dumps(clips))
-        else:
-            for c in clips:
-                fmt = f"{c['rate']} Hz {c['bits']}-bit {c['ms']} ms" if "rate" in c else "?"
-                print(f"{c['id']:<24} {c['size']:>9} B  {fmt:<24} sha256 {c['sha256'][:16]}…")
-            print(f"{len(clips)} clip(s) on the gateway")
+        for c in clips:
+            fmt = f"{c['rate']} Hz {c['bits']}-bit {c['ms']} ms" if "rate" in c else "?"
+            print(f"{c['id']:<24} {c['size']:>9} B  {fmt:<24} sha256 {c['sha256'][:16]}…")
+        print(f"{len(clips)} clip(s) on the gateway")
         return EXIT_OK
     return call(args, go)
 

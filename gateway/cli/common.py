@@ -2,8 +2,12 @@
 the printing of a command's result.
 
 Exit codes: 0 ok (including "queued: will be sent on the device's next birth"), 1 the operation failed (device
-failed/rejected, timeout, partial group result, broker unreachable), 2 usage or configuration error (bad
-arguments, unknown device, unauthorized operator), 3 target offline and the command was refused (``--no-queue``).
+failed/rejected, timeout, partial group result, broker link lost), 2 usage or configuration error (bad
+arguments, unknown device, unauthorized operator, the broker refused the login or nothing answers at its
+address), 3 target offline and the command was refused (``--no-queue``).
+
+``--json``: exactly one JSON document on stdout (docs/PROTOCOL.md §17): the gateway's response object, or for a
+failure before any answer ``{"id": null, "ok": false, "code": <local code>, "error": <text>}``.
 """
 
 from __future__ import annotations
@@ -45,26 +49,63 @@ async def one(args: argparse.Namespace, op: str, a: dict[str, Any]) -> dict[str,
         return await cl.request(op, a, timeout=args.timeout)
 
 
+def emit(doc: Any) -> None:
+    """The one JSON document of a ``--json`` run: one line on stdout."""
+    print(json.dumps(doc, ensure_ascii=False))
+
+
+def fail(args: argparse.Namespace, code: str, msg: str, exit_code: int) -> int:
+    """A failure before (or without) the gateway's answer: one line on stderr; with ``--json`` also the error
+    document on stdout, shaped like a response (``code`` is one of LOCAL_CODES)."""
+    print(f"lookout {args.command}: {msg}", file=sys.stderr)
+    if getattr(args, "json", False):
+        emit({"id": None, "ok": False, "code": code, "error": msg})
+    return exit_code
+
+
+# codes of the error document for failures on the operator's side (never sent by a gateway), with their exit code
+LOCAL_CODES = {"bad_request": EXIT_USAGE, "unauthorized": EXIT_USAGE, "unreachable": EXIT_USAGE,
+               "broker": EXIT_FAILED, "timeout": EXIT_FAILED}
+
+
+def answer(args: argparse.Namespace, r: dict[str, Any]) -> int | None:
+    """The gateway answered ``r``: with ``--json`` print it and return the exit code; without, report a code
+    other than ok on stderr and return its exit code; None = ok, the caller prints the human view."""
+    code = r.get("code", "internal")
+    if getattr(args, "json", False):
+        emit(r)
+        return CODE_EXIT.get(code, EXIT_FAILED)
+    if code != "ok":
+        print(f"{code}: {r.get('error')}", file=sys.stderr)
+        return CODE_EXIT.get(code, EXIT_FAILED)
+    return None
+
+
 def call(args: argparse.Namespace, fn: Callable[[], Coroutine[Any, Any, int]]) -> int:
-    """Run an async operator action with uniform error handling."""
-    from lookout.gateway.links.mqtt import MQTTError
+    """Run an async operator action with uniform error handling: one clear line (and with ``--json`` one error
+    document) per failure, exit 2 for what the operator must fix (arguments, login, address)."""
+    from lookout.gateway.links.mqtt import MQTTError, MQTTRefused, MQTTUnreachable
     from lookout.protocols.opapi import OpAPIError
 
     try:
         return asyncio.run(fn())
     except Usage as e:
-        print(f"lookout {args.command}: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return fail(args, "bad_request", str(e), EXIT_USAGE)
     except OpAPIError as e:
-        print(f"lookout {args.command}: bad argument: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return fail(args, "bad_request", f"bad argument: {e}", EXIT_USAGE)
+    except MQTTRefused as e:
+        if e.auth:
+            return fail(args, "unauthorized", f"{e}: check LOOKOUT_OPERATOR / LOOKOUT_TOKEN (--operator, --token)",
+                        EXIT_USAGE)
+        return fail(args, "unreachable", f"{e}: check LOOKOUT_BROKER (--broker)", EXIT_USAGE)
+    except MQTTUnreachable as e:
+        return fail(args, "unreachable", f"{e}: check LOOKOUT_BROKER (--broker)"
+                    + (" and LOOKOUT_CA (--ca)" if "TLS" in str(e) else ""), EXIT_USAGE)
     except MQTTError as e:
-        print(f"lookout {args.command}: broker: {e}", file=sys.stderr)
-        return EXIT_FAILED
+        return fail(args, "broker", f"broker: {e}", EXIT_FAILED)
     except TimeoutError:
-        print(f"lookout {args.command}: no answer from the gateway within {args.timeout:g} s "
-              "(is it running for this site?)", file=sys.stderr)
-        return EXIT_FAILED
+        return fail(args, "timeout", f"no answer from the gateway within {args.timeout:g} s "
+                    "(is it running for this site?)", EXIT_FAILED)
 
 
 def ts(ms: int | None) -> str:
@@ -88,7 +129,7 @@ def report(resp: dict[str, Any], as_json: bool) -> int:
     """Print a command-like response (one line per device) and map its code to an exit code."""
     code = resp.get("code", "internal")
     if as_json:
-        print(json.dumps(resp, ensure_ascii=False))
+        emit(resp)
         return CODE_EXIT.get(code, EXIT_FAILED)
     data = resp.get("data") or {}
     for r in data.get("results", []):
@@ -121,7 +162,7 @@ async def run_report(args: argparse.Namespace, op: str, a: dict[str, Any]) -> in
     return report(await one(args, op, a), args.json)
 
 
-def conn_parent() -> argparse.ArgumentParser:
+def conn_parent(json_flag: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("connection (or environment variables)")
     g.add_argument("--broker", default=os.environ.get("LOOKOUT_BROKER", "mqtt://127.0.0.1:1883"),
@@ -133,7 +174,9 @@ def conn_parent() -> argparse.ArgumentParser:
                    help="operator token, also the broker password (env LOOKOUT_TOKEN)")
     g.add_argument("--ca", default=os.environ.get("LOOKOUT_CA"), help="CA certificate for mqtts:// (env LOOKOUT_CA)")
     g.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the gateway (default 30)")
-    g.add_argument("--json", action="store_true", help="print the gateway's response as JSON")
+    if json_flag:
+        g.add_argument("--json", action="store_true",
+                       help="print one JSON document on stdout: the gateway's response (docs/PROTOCOL.md §17)")
     return p
 
 

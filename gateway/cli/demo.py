@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def _positive(v: str) -> float:
@@ -17,6 +18,8 @@ def _positive(v: str) -> float:
 
 def _cmd(args: argparse.Namespace) -> int:
     from lookout.gateway.demo import script as demo
+    from lookout.gateway.links.mqtt import MQTTError, MQTTRefused
+    from lookout.gateway.service.app import ListenError
 
     try:
         return demo.run(
@@ -29,7 +32,14 @@ def _cmd(args: argparse.Namespace) -> int:
             verbose=args.verbose,
         )
     except ValueError as e:
-        print(f"lookout demo: {e}")
+        print(f"lookout demo: {e}", file=sys.stderr)
+        return 2
+    except MQTTRefused as e:  # the demo logs in without credentials: the broker must allow that on loopback
+        print(f"lookout demo: {e}: the demo connects without a login; give --broker a broker that allows "
+              "anonymous clients on loopback, or leave --broker out (embedded broker)", file=sys.stderr)
+        return 2
+    except (MQTTError, ListenError) as e:
+        print(f"lookout demo: {e.strerror if isinstance(e, ListenError) else e}", file=sys.stderr)
         return 2
 
 

@@ -19,14 +19,18 @@ from lookout.gateway.cli.common import (
     CODE_EXIT,
     EXIT_FAILED,
     EXIT_OK,
+    EXIT_USAGE,
     Usage,
     age,
+    answer,
     call,
     conn,
     conn_parent,
     deg,
     delivery,
     delivery_parent,
+    emit,
+    fail,
     one,
     run_report,
     ts,
@@ -52,11 +56,10 @@ def cmd_devices(args: argparse.Namespace) -> int:
     async def go() -> int:
         a = {k: v for k, v in (("kind", args.kind), ("site", args.filter_site), ("state", args.state)) if v}
         r = await one(args, "devices", a)
-        if r["code"] != "ok":
-            print(f"{r['code']}: {r.get('error')}", file=sys.stderr)
-            return CODE_EXIT.get(r["code"], EXIT_FAILED)
-        devs = r["data"]["devices"]
-        print(json.dumps(devs, ensure_ascii=False, indent=1) if args.json else device_table(devs))
+        done = answer(args, r)
+        if done is not None:
+            return done
+        print(device_table(r["data"]["devices"]))
         return EXIT_OK
     return call(args, go)
 
@@ -125,13 +128,10 @@ def cmd_command(args: argparse.Namespace) -> int:
 def cmd_locate(args: argparse.Namespace) -> int:
     async def go() -> int:
         r = await one(args, "locate", {"device": args.device})
-        if r["code"] != "ok":
-            print(f"{r['code']}: {r.get('error')}", file=sys.stderr)
-            return CODE_EXIT.get(r["code"], EXIT_FAILED)
+        done = answer(args, r)
+        if done is not None:
+            return done if done or r["data"].get("loc") else EXIT_FAILED  # no fix yet: 1, as in text
         d = r["data"]
-        if args.json:
-            print(json.dumps(d, ensure_ascii=False))
-            return EXIT_OK
         loc = d.get("loc")
         dev = d["device"]
         if not loc:
@@ -161,10 +161,16 @@ def parse_time(s: str | None) -> int | None:
 def cmd_journal(args: argparse.Namespace) -> int:
     from lookout.gateway.links.opclient import OperatorClient
 
+    if args.json and args.export:
+        return fail(args, "bad_request", "--export writes its own format (--format json); leave out --json",
+                    EXIT_USAGE)
+
     async def go() -> int:
         async with OperatorClient(**conn(args)) as cl:
             if args.verify:
                 r = await cl.request("journal", {"verify": True}, timeout=args.timeout)
+                if args.json or r.get("code") not in ("ok", "failed"):
+                    return answer(args, r) or EXIT_OK
                 d = r.get("data") or {}
                 if r["code"] == "ok":
                     print(f"journal ok: {d['entries']} entries, head {d['head']}")
@@ -182,16 +188,19 @@ def cmd_journal(args: argparse.Namespace) -> int:
             while True:
                 r = await cl.request("journal", {**a, "after": after}, timeout=args.timeout)
                 if r["code"] != "ok":
-                    print(f"{r['code']}: {r.get('error')}", file=sys.stderr)
-                    return CODE_EXIT.get(r["code"], EXIT_FAILED)
+                    return answer(args, r) or EXIT_FAILED
                 d = r["data"]
                 entries += d["entries"]
                 head = (d["head_seq"], d["head_hash"])
                 if not d["more"] or not d["entries"]:
                     break
                 after = d["entries"][-1]["seq"]
+            shown = entries[-args.last:] if args.last else entries
+            if args.json:  # one document: the last page's response carrying every entry shown
+                emit({**r, "data": {**r["data"], "entries": shown, "more": False}})
+                return EXIT_OK
             if not args.export:
-                for e in entries[-args.last:] if args.last else entries:
+                for e in shown:
                     who = e["operator"] or "-"
                     print(f"{e['seq']:>6} {ts(e['ts'])} {e['kind']:<8} {who:<10} {e['summary']}")
                 return EXIT_OK
@@ -237,7 +246,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--in-site", dest="filter_site", metavar="SITE", help="only devices of this site")
     p.set_defaults(func=cmd_devices)
 
-    p = subparsers.add_parser("watch", parents=[conn], help="live device table")
+    p = subparsers.add_parser("watch", parents=[conn_parent(json_flag=False)],
+                              help="live device table (for JSON: devices --json)")
     p.add_argument("--interval", type=float, default=2.0)
     p.add_argument("--count", type=int, default=0, help="stop after N refreshes (0 = until Ctrl-C)")
     p.set_defaults(func=cmd_watch)

@@ -52,17 +52,23 @@ async def _run(args: argparse.Namespace) -> int:
     from lookout.gateway.core import config as gwconfig
     from lookout.gateway.links.mqtt import MQTTError, MQTTLink
 
+    def fail(msg: str, exit_code: int, status: str, code: str) -> int:
+        """One line on stderr; with --json also the outcome document (status refused or failed)."""
+        if args.json:
+            print(json.dumps({"device": args.device, "status": status, "code": code, "detail": msg}))
+        return _err(msg, exit_code)
+
     try:
         cfg = gwconfig.load(args.config)
     except (OSError, gwconfig.ConfigError) as e:
-        return _err(f"config {args.config}: {e}", EXIT_USAGE)
+        return fail(f"config {args.config}: {e}", EXIT_USAGE, "refused", "bad_config")
     b = cfg.broker
     url = b.url or f"mqtt://{b.host}:{b.port}"
     dev = args.device
     try:
         audit = AdminJournal(cfg.data_dir / "journal.db", args.op, "rotate-key")
     except AuditError as e:
-        return _err(str(e), EXIT_USAGE)
+        return fail(str(e), EXIT_USAGE, "refused", "unauthorized")
     facts = {"force": args.force, "timeout_s": args.timeout, "ttl_s": args.ttl}
 
     def journal(summary: str, **detail) -> bool:
@@ -77,24 +83,26 @@ async def _run(args: argparse.Namespace) -> int:
         try:
             audit.check_operator(ks)
         except AuditError as e:
-            return _err(str(e), EXIT_USAGE)
+            return fail(str(e), EXIT_USAGE, "refused", "unauthorized")
         ident = ks.get(dev)
         if ident is None or ident.kind not in ("speaker", "sensor", "camera"):
             journal("refused: not a provisioned node", outcome="refused", code="unknown_device")
-            return _err(f"{dev}: not a provisioned node in {cfg.keystore_path}", EXIT_USAGE)
+            return fail(f"{dev}: not a provisioned node in {cfg.keystore_path}", EXIT_USAGE, "refused",
+                        "unknown_device")
         cmd_op = audit.operator if topics.is_valid_id(audit.operator) else None
         try:
             async with MQTTLink(url, f"{cfg.gateway_id}-rk-{secrets.token_hex(3)}", username=b.username,
-                                password=b.password, ca=b.ca, cert=b.cert, key=b.key) as link:
+                                password=b.password, ca=b.ca, cert=b.cert, key=b.key, fail_fast=True) as link:
                 online = await _state(link, ident.site, ident.device_id)
                 if online is False and not args.force:
                     journal("refused: device offline", outcome="refused", code="offline")
-                    return _err(f"{dev} is offline; not rotating (--force to send anyway)", EXIT_OFFLINE)
+                    return fail(f"{dev} is offline; not rotating (--force to send anyway)", EXIT_OFFLINE,
+                                "refused", "offline")
                 out = await rotate_over_mqtt(link, ks, ident.device_id, timeout=args.timeout,
                                              ttl_ms=int(args.ttl * 1000), op=cmd_op)
         except (MQTTError, RotationError, OSError) as e:
             journal(f"failed: {e}", outcome="failed", error=str(e))
-            return _err(str(e), EXIT_FAILED)
+            return fail(str(e), EXIT_FAILED, "failed", "broker" if isinstance(e, (MQTTError, OSError)) else "failed")
     said = {"cmd_id": out.cmd_id, "outcome": out.status, "code": out.code, "via": out.via,
             "reason": out.detail, "online": online}
     ok_journal = journal(f"{out.status}" + (f" via {out.via}" if out.via else "")

@@ -18,6 +18,7 @@ import os
 import sys
 from pathlib import Path
 
+from lookout.gateway.admin.brokerconfig import OP_PLAIN_PORT, OP_TLS_PORT, PLAIN_PORT, TLS_PORT
 from lookout.gateway.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
 
@@ -90,6 +91,16 @@ def _write_secret_json(path: str, data: dict) -> None:
 
 
 # -- provision ---------------------------------------------------------------------------------------------------
+def _hours(v: str) -> list[int]:
+    """``22-6`` -> [22, 6]; ``none`` -> [] (never quiet)."""
+    if v.lower() in ("none", "off"):
+        return []
+    a, sep, b = v.partition("-")
+    if not (sep and a.isdigit() and b.isdigit() and int(a) <= 23 and int(b) <= 23):
+        raise argparse.ArgumentTypeError(f"expected START-END hours 0..23 (e.g. 22-6) or none, got {v!r}")
+    return [int(a), int(b)]
+
+
 def _cmd_device(args) -> int:
     from lookout.gateway.admin.pki import SiteCA
     from lookout.gateway.admin.provision import ProvisionError, deg_to_e7, provision_device
@@ -99,24 +110,31 @@ def _cmd_device(args) -> int:
         if args.lat is None or args.lon is None:
             return _err("--lat and --lon go together", EXIT_USAGE)
         position = {"lat": deg_to_e7(args.lat), "lon": deg_to_e7(args.lon), "alt_mm": round(args.alt_m * 1000)}
+    if args.plain and args.tls:
+        return _err("--plain and --tls contradict each other", EXIT_USAGE)
+    tls = args.tls or (not args.plain and args.transport == "mqtt")  # a CoAP node has no broker session
     out = Path(args.out or f"provisioned/{args.id}")
     audit = _audit(args, "provision device")
     with _open_ks(args) as ks:
         audit.check_operator(ks)
-        facts = {"site": args.site, "role": args.role, "transport": args.transport, "tls": args.tls,
+        facts = {"site": args.site, "role": args.role, "transport": args.transport, "tls": tls,
                  "client_cert": args.client_cert, "force": args.force}
         try:
             ident, _cfg, path = provision_device(
                 ks, args.id, args.site, args.role, out, broker_host=args.broker_host, broker_port=args.broker_port,
-                tls=args.tls, ca=SiteCA(_paths(args)[1]), client_cert=args.client_cert, transport=args.transport,
+                tls=tls, ca=SiteCA(_paths(args)[1]), client_cert=args.client_cert, transport=args.transport,
                 coap_host=args.coap_host, coap_port=args.coap_port, position=position, wifi_ssid=args.wifi_ssid,
-                wifi_password=args.wifi_password, force=args.force)
+                wifi_password=args.wifi_password, force=args.force, quiet_hours=args.quiet_hours,
+                tz_min=args.tz_min)
         except ProvisionError as e:
             audit.record(f"provision device {args.id} refused: {e}", device=args.id,
                          detail={**facts, "outcome": "refused", "error": str(e)})
             return _err(str(e), EXIT_USAGE)
     audit.record(f"{audit.operator} provisioned {ident.kind} {ident.device_id} at {ident.site}",
                  device=ident.device_id, detail={**facts, "outcome": "ok", "config": str(path)})
+    if not tls and args.transport == "mqtt":
+        print(f"warning: {ident.device_id} will talk to the broker in clear text (password and commands readable "
+              "on the network): only for a plain listener asked for with `broker-config --plain`", file=sys.stderr)
     print(f"provisioned {ident.kind} {ident.device_id} at {ident.site}: {path} (mode 0600)")
     print("flash it, then delete it; run `lookout broker-config` and reload the broker to admit the device")
     return EXIT_OK
@@ -222,7 +240,7 @@ def _cmd_list(args) -> int:
         r["broker_login"] = logins.pop(r["id"], None)
     rows += [{"id": u, "kind": role, "broker_login": role} for u, role in logins.items()]
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(rows))
     else:
         for r in rows:
             extra = " ".join(f"{k}={v}" for k, v in r.items() if k not in ("id", "kind"))
@@ -241,8 +259,9 @@ def _cmd_broker_config(args) -> int:
     with _open_ks(args) as ks:
         audit.check_operator(ks)
         try:
-            summary = write_broker_config(args.out, ks, pki, port=None if args.no_plain else args.port,
-                                          bind=args.bind, tls_port=args.tls_port,
+            summary = write_broker_config(args.out, ks, pki, port=args.port if args.plain else None,
+                                          op_port=args.op_port if args.plain else None,
+                                          op_tls_port=args.op_tls_port, bind=args.bind, tls_port=args.tls_port,
                                           require_client_cert=args.require_client_cert,
                                           persistence=not args.no_persistence,
                                           log_file=None if args.log_stderr else "", run_as=args.run_as)
@@ -255,8 +274,15 @@ def _cmd_broker_config(args) -> int:
                          "logins": summary["logins"], "outcome": "ok"})
     if not summary["logins"].get("gateway"):
         print("warning: no gateway login yet (`lookout provision gateway`)", file=sys.stderr)
-    print(f"wrote {summary['conf']} (TLS {'on, port ' + str(summary['tls_port']) if summary['tls'] else 'off'}); "
-          f"logins: {summary['logins']}")
+    where = []
+    if summary["tls"]:
+        where.append(f"TLS: nodes {summary['tls_port']}, gateway and operators {summary['op_tls_port']}")
+    if summary["port"] is not None:
+        where.append(f"plain (clear text): nodes {summary['port']}, gateway and operators {summary['op_port']} "
+                     f"on {args.bind or '127.0.0.1'}")
+    print(f"wrote {summary['conf']} ({'; '.join(where)}); logins: {summary['logins']}")
+    if summary["run_as"]:
+        print(f"secret files readable by group {summary['run_as']}: Mosquitto started as root runs as that user")
     print(f"run: mosquitto -c {summary['conf']}")
     return EXIT_OK
 
@@ -329,7 +355,9 @@ def register(subparsers) -> None:
     d.add_argument("--out", help="directory for config.json (default provisioned/ID)")
     d.add_argument("--broker-host", default="127.0.0.1")
     d.add_argument("--broker-port", type=int)
-    d.add_argument("--tls", action="store_true", help="connect over TLS, pinning the site CA")
+    d.add_argument("--tls", action="store_true", help="connect over TLS, pinning the site CA (the default)")
+    d.add_argument("--plain", action="store_true",
+                   help="connect in clear text (port 1883) to a plain listener asked for with broker-config --plain")
     d.add_argument("--client-cert", action="store_true", help="also issue a TLS client certificate")
     d.add_argument("--transport", choices=("mqtt", "coap"), default="mqtt")
     d.add_argument("--coap-host")
@@ -337,6 +365,9 @@ def register(subparsers) -> None:
     d.add_argument("--lat", type=float, help="fixed position, degrees WGS-84")
     d.add_argument("--lon", type=float)
     d.add_argument("--alt-m", type=float, default=0.0)
+    d.add_argument("--quiet-hours", type=_hours, metavar="START-END|none",
+                   help="local hours when only emergency broadcasts play (default 22-6; none: never quiet)")
+    d.add_argument("--tz-min", type=int, help="the node's UTC offset in minutes for quiet hours (default 480, UTC+8)")
     d.add_argument("--wifi-ssid", default="")
     d.add_argument("--wifi-password", default="")
     d.add_argument("--force", action="store_true", help="replace an existing identity (the node must be reflashed)")
@@ -379,10 +410,16 @@ def register(subparsers) -> None:
     b = subparsers.add_parser("broker-config", parents=[common],
                               help="write mosquitto.conf, passwd and acl from the keystore")
     b.add_argument("--out", required=True, help="output directory")
-    b.add_argument("--port", type=int, default=1883, help="plain MQTT listener port (default 1883)")
-    b.add_argument("--no-plain", action="store_true", help="TLS listener only")
-    b.add_argument("--bind", help="listen address (default: all interfaces)")
-    b.add_argument("--tls-port", type=int, default=8883)
+    b.add_argument("--plain", action="store_true",
+                   help="also write plain (clear-text) listeners, on 127.0.0.1 unless --bind; default: TLS only")
+    b.add_argument("--port", type=int, default=PLAIN_PORT, help="with --plain: the nodes' plain port (default 1883)")
+    b.add_argument("--op-port", type=int, default=OP_PLAIN_PORT,
+                   help="with --plain: the gateway's and operators' plain port (default 1884)")
+    b.add_argument("--no-plain", action="store_true", help=argparse.SUPPRESS)  # the default now; still accepted
+    b.add_argument("--bind", help="listen address (default: every interface for TLS, 127.0.0.1 for plain)")
+    b.add_argument("--tls-port", type=int, default=TLS_PORT, help="the nodes' TLS port (default 8883)")
+    b.add_argument("--op-tls-port", type=int, default=OP_TLS_PORT,
+                   help="the gateway's and operators' TLS port (default 8884; free client ids)")
     b.add_argument("--require-client-cert", action="store_true")
     b.add_argument("--no-persistence", action="store_true")
     b.add_argument("--run-as", help="user Mosquitto runs as when started as root (Mosquitto's default: mosquitto)")
@@ -399,7 +436,9 @@ def register(subparsers) -> None:
     i.set_defaults(func=_audited(_cmd_pki_init))
     s = ks.add_parser("issue", parents=[common], help="issue the broker certificate or a client certificate")
     s.add_argument("kind", choices=("server", "client"))
-    s.add_argument("--host", action="append", help="server: DNS name or IP (repeat; default localhost, 127.0.0.1)")
+    s.add_argument("--host", action="append",
+                   help="server: every DNS name and IP address clients dial, repeated (the gateway on the broker's "
+                        "host dials 127.0.0.1: --host gw.example.lan --host 127.0.0.1; default localhost, 127.0.0.1)")
     s.add_argument("--name", help="client: the device/gateway/operator id")
     s.add_argument("--days", type=int)
     s.set_defaults(func=_audited(_cmd_pki_issue))

@@ -12,7 +12,8 @@ from lookout.gateway.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
 def cmd_gateway(args: argparse.Namespace) -> int:
     from lookout.gateway.core import config as cfgmod
-    from lookout.gateway.service.app import configure_logging, run
+    from lookout.gateway.links.mqtt import MQTTRefused
+    from lookout.gateway.service.app import ListenError, configure_logging, run
 
     try:
         cfg = cfgmod.load(args.config)
@@ -33,6 +34,12 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         return asyncio.run(run(cfg, broker_url=args.broker))
     except KeyboardInterrupt:
         return EXIT_OK
+    except ListenError as e:  # a taken port: restarting will not fix it (systemd: RestartPreventExitStatus=2)
+        print(f"lookout gateway: {e.strerror}", file=sys.stderr)
+        return EXIT_USAGE
+    except MQTTRefused as e:  # wrong [broker] login: the same
+        print(f"lookout gateway: {e}: check [broker] username/password in {args.config}", file=sys.stderr)
+        return EXIT_USAGE
     except Exception as e:  # noqa: BLE001 - startup failures (broker unreachable, data_dir not writable) in one line
         print(f"lookout gateway: {type(e).__name__}: {e}", file=sys.stderr)
         return EXIT_FAILED

@@ -6,13 +6,13 @@ A camera/sensor node (or a recorder bridge) sends one *manifest* (canonical JSON
 ``mac`` = HMAC of the device key, purpose ``up``) and then binary *chunks* on ``up/<tid>``. For each ``(device,
 tid)`` the store keeps one ``ClipReceiver`` whose sink is a temp file under ``evidence/.part/`` with a name the
 gateway chose (random hex): nothing from the wire ever becomes a path. When the last chunk arrives the receiver
-checks the SHA-256 from the manifest (hashed at the source, FIELD.md); only then is the temp file fsynced, made
-read-only and hard-linked to ``evidence/<sha256>.<ext>`` (``ext`` from a fixed MIME table) — ``link`` never
-overwrites, so an original is never replaced or edited; a second upload of the same bytes is recorded as a
-duplicate. A hash mismatch, a forged MAC, an unknown device, a manifest over ``max_size`` or a bad tid never
-leaves a file behind, and no input raises out of ``on_message``.
+checks the SHA-256 from the manifest (hashed at the source, as evidence practice asks); only then is the temp
+file fsynced, made read-only and hard-linked to ``evidence/<sha256>.<ext>`` (``ext`` from a fixed MIME
+table) — ``link`` never overwrites, so an original is never replaced or edited; a second upload of the same
+bytes is recorded as a duplicate. A hash mismatch, a forged MAC, an unknown device, a manifest over
+``max_size`` or a bad tid never leaves a file behind, and no input raises out of ``on_message``.
 
-Custody (FIELD.md: custody chain starting at upload, each custody event hashed with the previous one): every
+Custody (evidence practice: custody starts at upload, each custody event hashed with the previous one): every
 stored file, duplicate, abandoned upload and link to an event is a ``custody`` entry in the duty journal, whose
 SHA-256 chain provides the ordering and tamper evidence. The entry names the device, the clip and transfer ids,
 the SHA-256, size, MIME type, the node's creation time and the authenticity (``signed``: manifest MAC verified

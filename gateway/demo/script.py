@@ -17,7 +17,8 @@ One asyncio loop runs everything, for real, on loopback:
 The script (``Demo.script``): wait for every node online -> a PIR detection at the ferry landing -> signed
 event
 -> rank loudspeakers by straight-line distance (sound crosses water in a straight line; walking time is shown
-for contrast, FIELD.md "Dispatch") -> signed ``play`` to the nearest one in range -> accepted, playing, done
+for contrast: dispatch of people ranks by travel time) -> signed ``play`` to the nearest one in range
+-> accepted, playing, done
 -> a node's app hangs (tasks frozen, TCP session kept alive by the MQTT keepalive, so no last will can fire)
 -> stale, then offline by heartbeat timeout -> ``journal verify`` -> summary. Exit 0 only if every step
   happened.
@@ -50,7 +51,7 @@ GATEWAY_ID = "gw-demo"
 OPERATOR_ID = "op-demo"
 CLIP = "nofish"  # "禁止钓鱼，请离开" -- no fishing, please leave
 CLIP_MS = 6000  # length of the warning clip in real time
-HB_S = 30  # real-time heartbeat period (issue 4 / FIELD.md body-cam figure)
+HB_S = 30  # real-time heartbeat period (what body-worn camera simulators for GB/T 28181 use)
 FW_MIN_HB_S = 5  # the firmware config validator's lower bound for hb_s
 AUDIBLE_M = 600  # design figure: a horn loudspeaker is intelligible ~600 m across open water
 WALK_MS = 1.2  # m/s, walking speed used for the officer-dispatch comparison
@@ -64,7 +65,7 @@ class Spot:
     name: str
     lat: int  # degE7, WGS-84
     lon: int
-    detour: float  # walking distance along the shore / straight line (FIELD.md: >> 1.2 around water)
+    detour: float  # walking distance along the shore / straight line (road ~1.2x in towns, far more around water)
 
 
 # A small reservoir in the Zhejiang hills (WGS-84). Ferry landing on the south-east bank; the west shore is
@@ -385,7 +386,7 @@ class Demo:
             "  audible range (%d m). *On-foot time (shore detour / %.1f m/s) is what officer dispatch would"
             % (AUDIBLE_M, WALK_MS)
         )
-        self.say("  rank by (FIELD.md); it is shown for contrast and not used for a loudspeaker.")
+        self.say("  rank by (travel time, not distance); it is shown for contrast and not used for a loudspeaker.")
         best = next((c for c in rec.ranking if c.in_range), None)
         if best is None:
             self.note("no loudspeaker in audible range: the operator would dispatch an officer instead")

@@ -7,7 +7,7 @@ machine. amqtt (pure Python, asyncio, MIT) runs inside the gateway's own event l
 package from the OS. ``EmbeddedBroker`` is an async context manager that starts it on ``127.0.0.1`` (port 0 =
 any free port) and yields its ``mqtt://host:port`` URL; leaving the block shuts it down.
 
-Why amqtt and what it is trusted with (measured on this machine, see docs/FIELD.md): amqtt 0.12.1 keeps
+Why amqtt and what it is trusted with (measured on the project's CI machine kind): amqtt 0.12.1 keeps
 retained messages and fires last wills correctly, which is all the registry needs (birth/death on ``state``).
 It delivered only 2 of 5 QoS 1 messages queued for an offline persistent session (Mosquitto: 5 of 5) and
 moves ~0.4x Mosquitto's message rate. So **no delivery guarantee rests on its session queue**: the gateway's
@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
 from types import TracebackType
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,10 @@ class EmbeddedBroker:
                     lg.setLevel(
                         logging.ERROR
                     )  # amqtt warns about benign races (e.g. duplicate PUBACK waiters)
+        if self.port:  # a taken port fails here, as an OSError naming nothing else, before amqtt logs a traceback
+            with socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's server will
+                probe.bind((self.host, self.port))
         broker = _patched_broker_class()(broker_config(self.host, self.port))
         await broker.start()
         server = broker._servers.get("default")  # amqtt exposes no public accessor for the bound socket

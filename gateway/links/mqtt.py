@@ -42,6 +42,7 @@ import random
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Self
@@ -82,6 +83,45 @@ class MQTTError(Exception):
     """Connection failed or was lost while waiting."""
 
 
+class MQTTRefused(MQTTError):
+    """The broker answered CONNECT with a refusal (``rc``): retrying with the same login will not help."""
+
+    def __init__(self, host: str, port: int, rc: int):
+        self.rc = rc
+        self.auth = rc in AUTH_REFUSALS
+        super().__init__(f"the broker at {host}:{port} refused the login: {refusal_text(rc)}")
+
+
+class MQTTUnreachable(MQTTError):
+    """No MQTT broker could be reached at the address (nothing listening, no route, DNS, TLS handshake)."""
+
+
+# CONNACK refusals: MQTT 3.1.1 §3.2.2.3 return codes, and the MQTT 5 reason codes paho 2 reports them as
+REFUSALS = {1: "unsupported protocol version", 2: "client id not allowed", 3: "server unavailable",
+            4: "bad user name or password", 5: "not authorised", 132: "unsupported protocol version",
+            133: "client id not allowed", 134: "bad user name or password", 135: "not authorised",
+            136: "server unavailable"}
+AUTH_REFUSALS = (4, 5, 134, 135)
+
+
+def refusal_text(rc: int) -> str:
+    return REFUSALS.get(rc, f"reason code {rc}")
+
+
+def unreachable_text(host: str, port: int, e: BaseException) -> str:
+    """One line for a failed TCP connect or TLS handshake, naming the address and what to check."""
+    if isinstance(e, ConnectionRefusedError):
+        return f"nothing listening at {host}:{port} (connection refused)"
+    if isinstance(e, socket.gaierror):
+        return f"cannot resolve {host!r} ({e.strerror})"
+    if isinstance(e, ssl.SSLCertVerificationError):
+        hint = (f": the broker's certificate does not name {host} (issue it with "
+                f"`lookout pki issue server --host {host}` among its --host names)") \
+            if "mismatch" in (e.verify_message or "") else ""
+        return f"TLS to {host}:{port}: certificate not accepted: {e}{hint}"
+    return f"cannot connect to {host}:{port}: {getattr(e, 'strerror', None) or e}"
+
+
 class Message:
     __slots__ = ("payload", "qos", "retain", "topic")
 
@@ -99,7 +139,8 @@ class MQTTLink:
                  ca: str | None = None, cert: str | None = None, key: str | None = None, keepalive: int = 30,
                  will: Message | None = None, birth: Message | None = None, connect_timeout: float = 10.0,
                  on_connect: Callable[[], None] | None = None, on_disconnect: Callable[[], None] | None = None,
-                 max_queued: int = MAX_QUEUED):
+                 max_queued: int = MAX_QUEUED,
+                 fail_fast: bool = False):
         u = urlsplit(url)
         if u.scheme not in ("mqtt", "mqtts") or not u.hostname:
             raise ValueError(f"broker url {url!r}: expected mqtt://host[:port] or mqtts://host[:port]")
@@ -109,6 +150,8 @@ class MQTTLink:
         self.client_id = client_id
         self.birth = birth
         self.connect_timeout = connect_timeout
+        self.fail_fast = fail_fast  # entering raises at the first failed attempt (CLI), not after connect_timeout
+        self._down_since: float | None = None  # monotonic time the broker was lost (outage logging)
         self.on_connect_cb = on_connect
         self.on_disconnect_cb = on_disconnect
         self.keepalive = keepalive
@@ -306,8 +349,11 @@ class MQTTLink:
         try:
             await asyncio.to_thread(self._open_blocking)
         except (OSError, ValueError) as e:  # refused, unreachable, DNS, TLS (ssl.SSLError is an OSError)
-            self.last_error = str(e) or type(e).__name__
-            log.info("cannot connect to %s:%d: %s", self.host, self.port, self.last_error)
+            self.last_error = unreachable_text(self.host, self.port, e)
+            log.info("%s", self.last_error)
+            first = self._first
+            if self.fail_fast and first is not None and not first.done():
+                first.set_exception(MQTTUnreachable(self.last_error))
             return False
         finally:
             self._opening = False
@@ -351,12 +397,18 @@ class MQTTLink:
         if fut is not None and not fut.done():
             fut.set_result(rc)
         if rc != 0:
-            self.last_error = f"refused: {paho.connack_string(rc)}"
-            log.warning("broker %s:%d refused the connection (reason %d)", self.host, self.port, rc)
+            self.last_error = f"refused the login: {refusal_text(rc)}"
+            log.warning("broker %s:%d refused the login as %s: %s (reason %d)", self.host, self.port,
+                        self.client_id, refusal_text(rc), rc)
             if self._first is not None and not self._first.done():
                 self._first.set_result(rc)
             return
-        log.info("connected to %s:%d as %s", self.host, self.port, self.client_id)
+        if self._down_since is not None:  # an outage ends: WARNING, so a log_level = "warning" site sees it
+            log.warning("broker %s:%d back after %.1f s without it", self.host, self.port,
+                        time.monotonic() - self._down_since)
+            self._down_since = None
+        else:
+            log.info("connected to %s:%d as %s", self.host, self.port, self.client_id)
         self._subacks.clear()  # a new session: what the old one waited for is asked again below
         if self._subs:
             self._send_subscribe([(filt, qos) for filt, (qos, _h) in self._subs.items()])
@@ -373,7 +425,8 @@ class MQTTLink:
 
     def _on_disconnect(self) -> None:
         if self.connected.is_set() and not self._closing:
-            log.info("disconnected from %s:%d; reconnecting", self.host, self.port)
+            self._down_since = time.monotonic()
+            log.warning("lost the broker %s:%d; reconnecting", self.host, self.port)
         self.connected.clear()
         fut = self._connack
         if fut is not None and not fut.done():
@@ -436,8 +489,7 @@ class MQTTLink:
             raise
         if rc != 0:
             self._stop()
-            raise MQTTError(f"broker {self.host}:{self.port} refused the connection: "
-                            f"{paho.connack_string(rc)}")
+            raise MQTTRefused(self.host, self.port, rc)
         return self
 
     async def __aexit__(self, et: type[BaseException] | None, ev: BaseException | None,

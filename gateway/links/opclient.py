@@ -22,7 +22,7 @@ class OperatorClient:
         self.site, self.operator, self.token = site, operator, token
         self.link = MQTTLink(url, f"{operator}-{secrets.token_hex(4)}", username=username or operator,
                              password=password if password is not None else token, ca=ca,
-                             connect_timeout=connect_timeout)
+                             connect_timeout=connect_timeout, fail_fast=True)  # a person waits: say at once
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._n = 0
 

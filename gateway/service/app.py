@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import signal
 import sys
+from collections.abc import Iterator
 from typing import Any, Self
 
 from lookout.gateway.core.clock import now_ms
@@ -155,10 +157,17 @@ class Gateway:
         self.events.add_listener(self._event_to_linkage)
         self.metrics.bind_bounds(self._bounds)
 
+        # listen first: a port another gateway holds stops this one before it touches the broker
+        if cfg.metrics_listen:
+            with listening("[metrics].listen", cfg.metrics_listen):
+                port = self.metrics_port = self.metrics.serve(cfg.metrics_listen)
+            self._stack.callback(self.metrics.close)
+            log.info("metrics on %s (port %d)", cfg.metrics_listen, port)
         url = self._broker_url
         if url is None:
             from lookout.gateway.links.broker import EmbeddedBroker
-            url = await self._stack.enter_async_context(EmbeddedBroker(port=cfg.broker.embedded_port))
+            with listening("[broker].embedded_port", f"127.0.0.1:{cfg.broker.embedded_port}"):
+                url = await self._stack.enter_async_context(EmbeddedBroker(port=cfg.broker.embedded_port))
         self.url = url
 
         self.bdseq = self._next_bdseq()
@@ -185,15 +194,12 @@ class Gateway:
         self.journal.append("system", f"gateway {cfg.gateway_id} started (bdseq {self.bdseq})",
                             device=cfg.gateway_id, detail={"broker": url, "bdseq": self.bdseq})
 
-        if cfg.metrics_listen:
-            port = self.metrics_port = self.metrics.serve(cfg.metrics_listen)
-            self._stack.callback(self.metrics.close)
-            log.info("metrics on %s (port %d)", cfg.metrics_listen, port)
         if cfg.coap_listen:
             from lookout.gateway.links.coap_bridge import CoAPBridge, mqttlink_publisher
             host, _, coap_port = cfg.coap_listen.rpartition(":")
-            self.coap = await self._stack.enter_async_context(  # 2.04 only once the broker has it (PUBACK)
-                CoAPBridge(mqttlink_publisher(self.link), host, int(coap_port), keystore=self.keystore))
+            with listening("[coap].listen", cfg.coap_listen):
+                self.coap = await self._stack.enter_async_context(  # 2.04 only once the broker has it (PUBACK)
+                    CoAPBridge(mqttlink_publisher(self.link), host, int(coap_port), keystore=self.keystore))
 
     async def __aexit__(self, *exc: object) -> None:
         self._stop.set()
@@ -519,6 +525,28 @@ class Gateway:
 
 class _Stop(Exception):
     pass
+
+
+class ListenError(OSError):
+    """A listening address of the config cannot be bound; the message names the address and its key."""
+
+
+@contextlib.contextmanager
+def listening(key: str, addr: str) -> Iterator[None]:
+    """Turn a failure to listen (taken port, bad address; amqtt and aiocoap wrap the OSError) into one line
+    that names ``addr`` and the config ``key``."""
+    try:
+        yield
+    except Exception as e:
+        cause: BaseException | None = e
+        while cause is not None and not isinstance(cause, OSError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        why = cause.strerror or str(cause)
+        if cause.errno == errno.EADDRINUSE:
+            why += " (another gateway, or another program, already listens there)"
+        raise ListenError(cause.errno, f"cannot listen on {addr} ({key}): {why}") from e
 
 
 def configure_logging(level: str, fmt: str = "text") -> None:

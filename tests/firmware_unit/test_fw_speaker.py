@@ -181,3 +181,19 @@ def test_set_volume_applies_to_current_and_default():
             pass
         task.cancel()
     return arun(body())
+
+
+def test_quiet_hours_refusal_shows_the_node_local_time():
+    """The operator reads why at any hour: the window as clock times and the node's own local time and zone."""
+    h, sp = make(quiet=[18, 23])  # 20:00 local (UTC+8) is quiet
+    with raises(Rejected) as r:
+        sp.check_play({"clip": "short"}, cmd("a", prio=1))
+    assert r.value.code == "quiet_hours"
+    assert "quiet hours 18:00\u201323:00, node time 20:00 +08:00" in r.value.detail, r.value.detail
+    assert "emergency (3) overrides" in r.value.detail
+    h2 = hal_host.HostHal(tmpdir("lkfw"), clock=lambda: NOON + 30 * 60000)  # 12:30 UTC = 07:00 at UTC-05:30
+    sp2 = Speaker(h2, {"volume": 70, "quiet_hours": [22, 8], "tz_min": -330})
+    h2.fs.write("clips/short", raw_clip(300))
+    with raises(Rejected) as r:
+        sp2.check_play({"clip": "short"}, cmd("b", prio=2))
+    assert "quiet hours 22:00\u201308:00, node time 07:00 -05:30" in r.value.detail, r.value.detail

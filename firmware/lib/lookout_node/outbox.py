@@ -1,6 +1,6 @@
 """Outbox: events and command results waiting for the broker, kept across outages, reboots and power cuts.
 
-Theory of operation (ThingsBoard users lose data in offline storage; FIELD.md):
+Theory of operation (ThingsBoard gateway users report data lost in offline storage):
 - An item is appended before the first send attempt and removed only after the broker acknowledged it (PUBACK
   for QoS 1), so a crash or link loss between the two re-sends it (at-least-once; the gateway de-duplicates by
   the message ``id``). Every item has its own number (``iid``): the sender ``take()``s the oldest, and after the

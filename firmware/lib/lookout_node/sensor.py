@@ -9,7 +9,7 @@ Theory of operation:
 - A camera node takes a snapshot with each event and uploads it in chunks (protocols/cliptransfer) on
   ``up/<tid>``: the manifest (JSON, with SHA-256, MAC'd with the device key, purpose ``up``) first, then the
   binary chunks, each QoS 1 (the chunks need no MAC: the signed SHA-256 covers them). The event lists
-  ``sha256:<hex>`` in ``evidence``, hashed at the source (FIELD.md custody practice).
+  ``sha256:<hex>`` in ``evidence``, hashed at the source (evidence custody practice).
 - Resume: the node keeps each snapshot (the image bytes it already holds, via its ``ClipSender``) after sending
   it. The gateway's clip store publishes a cliptransfer *status* on ``dl/<tid>`` when an upload stalls; the
   node then re-sends exactly the chunks in its ``missing`` ranges. A status with state ``complete`` or

@@ -4,7 +4,7 @@ Theory of operation:
 - A ``Broadcast`` is one play request (clip, repeats, volume, priority 0..3). One player task (``run``) plays
   ``current`` chunk by chunk (``CHUNK_MS`` of audio per write); between chunks it checks ``cut``, so ``stop``
   takes effect within one chunk (60 ms of audio + the I2S DMA buffer, well under the 200 ms requirement).
-- Priority (FIELD.md, PA practice): a request with a *higher* priority than the one playing interrupts it; the
+- Priority (public-address practice): a request with a *higher* priority than the one playing interrupts it; the
   interrupted broadcast is parked and resumes when the higher one ends, restarting the repetition it was in
   (half a spoken warning is useless). A request with equal or lower priority is refused with ``busy``.
   Priority 3 (emergency) ignores quiet hours and plays at volume 100 unless a volume is given; lower priorities
@@ -29,6 +29,13 @@ from lookout_node.hal import asyncio, sleep_ms, ticks_diff, ticks_ms
 CHUNK_MS = 60  # audio per write: bounds stop latency (requirement: 200 ms)
 MAX_REPEAT = 100
 SCHEDULES = "schedules.json"
+
+
+def local_time(now_ms, tz_min):
+    """``HH:MM +hh:mm``: the node's local clock time and UTC offset, for refusals an operator reads."""
+    m = (now_ms // 60000 + tz_min) % 1440
+    t = abs(tz_min)
+    return "%02d:%02d %s%02d:%02d" % (m // 60, m % 60, "-" if tz_min < 0 else "+", t // 60, t % 60)
 
 
 def in_quiet_hours(quiet, tz_min, now_ms):
@@ -125,9 +132,11 @@ class Speaker:
     def policy(self, prio):
         """Quiet hours and priority; raises Rejected."""
         q = self.cfg.get("quiet_hours")
-        if prio < 3 and in_quiet_hours(q, self.cfg.get("tz_min", 480), self.hal.time_ms()):
-            raise Rejected("quiet_hours", "priority %d broadcast refused in quiet hours %r; emergency (3) overrides"
-                           % (prio, q))
+        tz = self.cfg.get("tz_min", 480)
+        now = self.hal.time_ms()
+        if prio < 3 and in_quiet_hours(q, tz, now):
+            raise Rejected("quiet_hours", "priority %d broadcast refused in quiet hours %02d:00\u2013%02d:00, node "
+                           "time %s; emergency (3) overrides" % (prio, q[0], q[1], local_time(now, tz)))
         cur = self.current
         if cur is not None and cur.prio >= prio:
             raise Rejected("busy", "playing %s at priority %d; priority %d cannot interrupt it"
