@@ -86,7 +86,7 @@ def devices(capsys):
     if main(["devices", "--json", "--timeout", "3"]) != 0:
         capsys.readouterr()
         return {}
-    return {d["id"]: d for d in json.loads(capsys.readouterr().out)}
+    return {d["id"]: d for d in json.loads(capsys.readouterr().out)["data"]["devices"]}
 
 
 def run_json(capsys, argv):

@@ -223,6 +223,8 @@ def test_readme_deploy_and_operating_commands_in_order(site):
             assert re.search(r"^spk-01 .*done", out, re.M), out
         if sub == "journal":
             assert out.startswith("journal ok: "), out
-    assert seen[-4:] == ["lookout devices", "lookout broadcast", "lookout clips", "lookout journal"], seen
+    assert seen[-6:] == ["lookout devices", "lookout broadcast", "lookout clips", "lookout journal",
+                         "lookout incidents", "lookout coverage"], seen
+    assert "spk-01" in site.out["coverage"], site.out["coverage"]  # the node is on the coverage table
     assert {"lookout pki", "lookout provision", "install -D", "lookout broker-config", "mosquitto -d", "systemctl enable",
             "kill -HUP", "lookout firmware", "lookout sim"} <= set(seen), seen

@@ -38,7 +38,7 @@ from lookout.protocols import messages
 log = logging.getLogger(__name__)
 
 WINDOW_MS = 30 * 86_400_000  # 30 days: a node's outbox outlives any outage we plan for (FIRMWARE.md), and
-# body-worn evidence practice counts in days to weeks (FIELD.md); events are rare, so the table stays small
+# body-worn evidence practice counts in days to weeks; events are rare, so the table stays small
 MAX_ROWS = 1_000_000  # ~100 bytes each: a bound on disk use whatever the event rate
 PRUNE_EVERY_MS = 60_000
 

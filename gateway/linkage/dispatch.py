@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 Pure functions over the registry's device views (``device_view`` dicts: ``id site kind state loc info``), so
-tests drive them with plain data and the journal can record exactly what was weighed. FIELD.md: straight-line
+tests drive them with plain data and the journal can record exactly what was weighed. Straight-line
 distance underestimates travel (road ≈ 1.2× in towns, far more around water), so units rank by estimated time:
 
 - an **officer** is a body-worn recorder (kind ``recorder``) linked to an officer (``info.officer``); ETA =
@@ -40,7 +40,7 @@ class DispatchParams:
     cutoff_s: int = 900  # the 15-minute circle
     officer_mps: float = 8.3  # ~30 km/h: motorbike/car on village roads (configurable per deployment)
     drone_mps: float = 12.0  # cruise of a small multirotor
-    road_factor: float = 1.2  # FIELD.md: road ≈ 1.2 × straight line in towns
+    road_factor: float = 1.2  # road ≈ 1.2 × straight line in towns (computer-aided dispatch practice)
     site_road_factor: dict[str, float] = field(default_factory=dict)  # far more around water
     min_battery_pct: int = 40
     drone_launch_s: int = 30  # take-off and climb before it flies towards the target
