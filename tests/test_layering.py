@@ -38,7 +38,7 @@ GATEWAY_LAYERS = {
     "admin": {"core", "links"},
     "service": {"core", "links", "clips", "admin"},
     "web": {"core", "links", "clips", "admin", "service"},
-    "demo": {"core", "links", "clips", "admin", "service"},
+    "demo": {"core", "links", "clips", "admin", "service", "web"},
     "cli": {"core", "links", "clips", "admin", "service", "demo", "web"},
 }
 
