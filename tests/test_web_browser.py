@@ -19,8 +19,6 @@ from pathlib import Path
 import pytest
 from webworld import OPERATOR, PASSWORD, ConsoleWorld, chromium
 
-from lookout.gateway.core.registry import Device
-
 pytestmark = pytest.mark.mosquitto
 
 WAIT_S = 15  # bound on every wait for the page (loopback: normally well under a second)
@@ -75,7 +73,7 @@ def no_alert(drv) -> bool:
     from selenium.common.exceptions import NoAlertPresentException
 
     try:
-        drv.switch_to.alert
+        _ = drv.switch_to.alert  # raises when no alert is open
     except NoAlertPresentException:
         return True
     return False

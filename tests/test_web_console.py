@@ -184,21 +184,9 @@ async def console(tmp_path, mosquitto, clock=None):
     ks.set_operator_password("op-1", hash_password(PASSWORD, n=2 ** 10))
     ks.ensure("spk-01", SITE, "speaker")
     try:
-        async with serving(Gateway(make_cfg(tmp_path, mosquitto.url), keystore=ks)) as gw:
-            web = WebConsole(gw)
-            if clock is not None:
-                from lookout.gateway.web import app as webapp
-
-                orig = webapp.make_app
-                web_make = lambda g, sm=None: orig(g, sm, clock)  # noqa: E731
-                import lookout.gateway.web.server as srv
-                saved, srv.make_app = srv.make_app, web_make
-            try:
-                async with web:
-                    yield gw, web, token
-            finally:
-                if clock is not None:
-                    srv.make_app = saved
+        async with serving(Gateway(make_cfg(tmp_path, mosquitto.url), keystore=ks)) as gw, \
+                WebConsole(gw, clock=clock) as web:
+            yield gw, web, token
     finally:
         ks.close()
 
@@ -364,26 +352,19 @@ async def test_journal_pages_newest_first_with_filters(mosquitto, tmp_path):
         assert json.loads(reads[0].detail) == {"from": None, "to": None, "device": None, "kind": "alert"}
 
 
-def test_cli_gateway_serves_the_console_when_configured(tmp_path):
+def test_cli_gateway_serves_the_console_when_configured(tmp_path, monkeypatch):
     """``[web].listen`` is what turns it on: ``lookout gateway`` hands the console to ``run(attach=...)``."""
-    import lookout.gateway.cli.serve as serve
+    import lookout.gateway.service.app as appmod
+    from lookout.gateway.cli.main import main
 
-    seen = {}
+    seen = []
 
     async def fake_run(cfg, broker_url=None, attach=None):
-        seen["attach"] = attach
+        seen.append(attach)
         return 0
+    monkeypatch.setattr(appmod, "run", fake_run)
     cfgfile = tmp_path / "gw.toml"
-    for web, want in (("", None), ('[web]\nlisten = "127.0.0.1:0"\n', "web_console")):
+    for web in ("", '[web]\nlisten = "127.0.0.1:0"\n'):
         cfgfile.write_text(f'[gateway]\nsite = "{SITE}"\ndata_dir = "{tmp_path}"\n' + web)
-        orig = serve.__dict__.get("run")
-        import lookout.gateway.service.app as appmod
-        saved, appmod.run = appmod.run, fake_run
-        try:
-            assert serve.cmd_gateway(type("A", (), {"config": str(cfgfile), "broker": None, "log_level": None,
-                                                    "log_format": None})()) == 0
-        finally:
-            appmod.run = saved
-        assert (seen["attach"] and seen["attach"].__name__) == want or (want is None and seen["attach"] is None)
-        del orig
-
+        assert main(["gateway", "--config", str(cfgfile)]) == 0
+    assert seen[0] is None and seen[1].__name__ == "web_console"

@@ -26,8 +26,8 @@ from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
-from lookout.gateway.clips.store import EXT
 import lookout.gateway.web.i18n as i18n
+from lookout.gateway.clips.store import EXT
 from lookout.gateway.web.console import CONSOLE, Console, session_of
 from lookout.protocols import opapi
 from lookout.protocols.errors import MessageError

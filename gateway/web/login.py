@@ -15,12 +15,11 @@ from typing import Any
 
 from aiohttp import web
 
-from lookout.gateway.admin.passwords import verify_password
 import lookout.gateway.web.i18n as i18n
+from lookout.gateway.admin.passwords import verify_password
 from lookout.gateway.web.auth import MAX_FAILS, WINDOW_S
 from lookout.gateway.web.console import CONSOLE, COOKIE, PRE_COOKIE, session_of, set_session_cookie
 from lookout.protocols.topics import is_valid_id
-
 
 
 def _safe_next(v: Any) -> str:

@@ -9,6 +9,7 @@ state (docs/ARCHITECTURE.md, "Why these choices").
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Self
 
 from aiohttp import web
@@ -18,8 +19,11 @@ from lookout.gateway.web.sitemap import SiteMap
 
 
 class WebConsole:
-    def __init__(self, gw: Any, listen: str | None = None, sitemap: SiteMap | None = None) -> None:
+    def __init__(self, gw: Any, listen: str | None = None, sitemap: SiteMap | None = None,
+                 clock: Callable[[], float] | None = None) -> None:
+        """``clock``: monotonic seconds for session expiry (tests pass their own)."""
         self.gw = gw
+        self.clock = clock
         self.listen = listen or gw.cfg.web.listen or "127.0.0.1:8080"
         self.sitemap = sitemap
         self.app: web.Application | None = None
@@ -30,7 +34,7 @@ class WebConsole:
     async def __aenter__(self) -> Self:
         host, _, port = self.listen.rpartition(":")
         host = host.strip("[]")
-        self.app = make_app(self.gw, self.sitemap)
+        self.app = make_app(self.gw, self.sitemap, self.clock)
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self._runner.setup()
         try:

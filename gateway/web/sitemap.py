@@ -73,7 +73,7 @@ class SiteMap:
     def to_json(self) -> dict[str, Any]:
         """What the browser draws: outline paths and landmarks in metres."""
         paths = [{"pts": [self.project(la, lo) for la, lo in ring], "closed": c}
-                 for ring, c in zip(self.outline, self.closed)]
+                 for ring, c in zip(self.outline, self.closed, strict=True)]
         marks = [{"name": n, "xy": self.project(la, lo)} for n, la, lo in self.landmarks]
         return {"origin": self.origin, "paths": paths, "landmarks": marks}
 
