@@ -488,10 +488,11 @@ class Demo:
         ks.set_operator_password(OPERATOR_ID, hash_password(WEB_PASSWORD))
         sm = SiteMap()
         sm.labels = {sp.id: sp.name for sp in self.spots.values()}
+        listen = self.web or WEB_LISTEN
         try:
-            web = await stack.enter_async_context(WebConsole(self.gw, self.web, sm))
+            web = await stack.enter_async_context(WebConsole(self.gw, listen, sm))
         except OSError:  # the port is taken (another demo?): any free port will do
-            web = await stack.enter_async_context(WebConsole(self.gw, self.web.rpartition(":")[0] + ":0", sm))
+            web = await stack.enter_async_context(WebConsole(self.gw, listen.rpartition(":")[0] + ":0", sm))
         self.say(f"web console  {web.url}  (sign in as {OPERATOR_ID}, password {WEB_PASSWORD})")
 
     # -- orchestration ---------------------------------------------------------------------------------------
