@@ -368,3 +368,21 @@ def test_cli_gateway_serves_the_console_when_configured(tmp_path, monkeypatch):
         cfgfile.write_text(f'[gateway]\nsite = "{SITE}"\ndata_dir = "{tmp_path}"\n' + web)
         assert main(["gateway", "--config", str(cfgfile)]) == 0
     assert seen[0] is None and seen[1].__name__ == "web_console"
+
+
+@aio
+async def test_journal_times_are_the_sites_local_time(mosquitto, tmp_path):
+    """The journal view's from/to are wall-clock times at the site (Asia/Shanghai, UTC+8), not the browser's."""
+    from datetime import datetime, timezone
+
+    async with console(tmp_path, mosquitto) as (gw, web, _token), client() as s:
+        t0 = int(datetime(2026, 3, 1, 1, 30, tzinfo=timezone.utc).timestamp() * 1000)  # 09:30 in Shanghai
+        gw.journal.append("alert", "before nine", device="sen-01", ts=t0 - 3600_000)
+        gw.journal.append("alert", "after nine", device="sen-01", ts=t0)
+        await sign_in(s, web)
+        r = await (await s.post(web.url + "api/journal", headers={"X-CSRF-Token": await csrf_of(s, web)},
+                                json={"kind": "alert", "from": "2026-03-01T09:00", "to": "2026-03-01T10:00"})).json()
+        assert [e["summary"] for e in r["data"]["entries"]] == ["after nine"], r
+        r = await (await s.post(web.url + "api/journal", headers={"X-CSRF-Token": await csrf_of(s, web)},
+                                json={"from": "yesterday"})).json()
+        assert r["code"] == "bad_request" and "from" in r["error"]
