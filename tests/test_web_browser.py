@@ -90,7 +90,8 @@ def test_sign_in_see_node_broadcast_done_and_journal(world, browser, shots):
     drv.save_screenshot(str(shots / "map.png"))
 
     css(drv, 'g.dev[data-id="spk-ferry"] path')[0].click()
-    wait(drv, lambda d: css(d, "#side-sel select.clip option"), "the broadcast form with the clip list")
+    clip = wait(drv, lambda d: css(d, '#side-sel input.clip[data-ready="1"]'), "the form with the clip list")[0]
+    assert clip.get_attribute("value") == "nofish"  # the gateway's clip, offered first
     # record every status the command shows, so that a fast result cannot skip a step unseen
     drv.execute_script("""window.__seen = [];
       new MutationObserver(() => { for (const li of document.querySelectorAll('#cmds li.cmd')) {

@@ -171,21 +171,30 @@
     }
     return clipsCache;
   }
+  let forms = 0;
   function broadcastForm(target, label) {
-    const clipSel = el("select", {name: "clip", class: "clip"});
-    clips().then((cs) => { for (const c of cs) clipSel.appendChild(el("option", {value: c}, c)); });
+    // the gateway's clips are offered; any clip id may be typed (a node may hold clips the gateway never sent)
+    const listId = "lk-clips-" + (++forms);
+    const known = el("datalist", {id: listId});
+    const clipSel = el("input", {name: "clip", class: "clip", list: listId, size: 10, required: true,
+      pattern: "[a-z0-9_.\\-]{1,48}", autocomplete: "off"});  // the operator API's clip id rule
+    clips().then((cs) => {
+      for (const c of cs) known.appendChild(el("option", {value: c}));
+      if (!clipSel.value && cs.length) clipSel.value = cs[0];
+      clipSel.setAttribute("data-ready", "1");
+    });
     const rep = el("input", {type: "number", name: "repeat", min: 1, max: 20, value: 1, class: "num"});
     const prio = el("select", {name: "priority"});
     for (const p of ["normal", "priority", "emergency"]) prio.appendChild(el("option", {value: p}, t("prio_" + p)));
     const go = el("button", {type: "submit", class: "primary act-broadcast"}, t("broadcast"));
     const f = el("form", {class: "bform"},
       el("div", {class: "target"}, label),
-      el("label", {}, t("clip"), " ", clipSel), " ",
+      el("label", {}, t("clip"), " ", clipSel, known), " ",
       el("label", {}, t("repeat"), " ", rep), " ",
       el("label", {}, t("priority"), " ", prio), " ", go);
     f.addEventListener("submit", async (ev) => {
       ev.preventDefault();
-      const args = {clip: clipSel.value, repeat: parseInt(rep.value, 10) || 1, priority: prio.value};
+      const args = {clip: clipSel.value.trim(), repeat: parseInt(rep.value, 10) || 1, priority: prio.value};
       if (!args.clip) { toast(t("no_clip_chosen"), "bad"); return; }
       const group = target.near || target.group;
       if ((group || args.priority === "emergency") &&
