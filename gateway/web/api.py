@@ -31,6 +31,7 @@ from lookout.gateway.clips.store import EXT
 from lookout.gateway.web.console import CONSOLE, Console, session_of
 from lookout.protocols import opapi
 from lookout.protocols.errors import MessageError
+from lookout.protocols.topics import is_valid_id
 
 WEB_OPS = ("devices", "broadcast", "stop", "command", "locate", "journal", "clips", "status")
 NEAR_M = 600  # a horn loudspeaker is intelligible ~600 m across open water (the demo's design figure)
@@ -136,7 +137,7 @@ async def api_device(request: web.Request) -> web.Response:
     """One device for its detail page: ``locate`` (journaled as from the CLI) plus the hub's recent history."""
     console, s = request.app[CONSOLE], session_of(request)
     dev = request.match_info["id"]
-    if not opapi._idlike(dev):
+    if not is_valid_id(dev):
         return _bad(f"{dev[:60]!r} is not a device id")
     resp = await operate(console, s.op_id, "locate", {"device": dev})
     d = console.gw.registry.get(dev)

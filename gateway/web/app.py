@@ -29,6 +29,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlencode
 
 from aiohttp import web
 
@@ -61,14 +62,8 @@ def _refuse(request: web.Request, status: int, code: str, error: str) -> web.Res
     if request.method in SAFE_METHODS and not request.path.startswith("/api/") and request.path != "/ws":
         if status == 401:
             nxt = request.path_qs if request.path not in ("/", "/login") else "/map"
-            raise web.HTTPFound("/login?" + _q({"next": nxt}))
+            raise web.HTTPFound("/login?" + urlencode({"next": nxt}))
     return web.json_response({"ok": False, "code": code, "error": error}, status=status)
-
-
-def _q(d: dict[str, str]) -> str:
-    from urllib.parse import urlencode
-
-    return urlencode(d)
 
 
 @web.middleware
