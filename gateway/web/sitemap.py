@@ -145,7 +145,9 @@ def from_geojson(doc: Any, name: str = "site map") -> SiteMap:
         elif kind == "Polygon":
             lines, closed = coords, True
         elif kind == "MultiPolygon":
-            lines, closed = [r for poly in (coords or []) for r in (poly or [])], True
+            if not isinstance(coords, list) or not all(isinstance(poly, list) for poly in coords):
+                raise SiteMapError(f"{where}: coordinates: expected a list of polygons")
+            lines, closed = [r for poly in coords for r in poly], True
         else:
             raise SiteMapError(f"{where}: geometry type {kind!r} not one of Point, LineString, "
                                "MultiLineString, Polygon, MultiPolygon")
