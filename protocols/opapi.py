@@ -38,7 +38,9 @@ CODES = ("ok", "queued", "partial", "bad_request", "unauthorized", "unknown_devi
          "timeout", "expired", "internal", "busy")
 PRIORITY_NAMES = ("background", "normal", "priority", "emergency")
 DEVICE_STATES = ("unknown", "online", "stale", "offline")
-CLIP_ACTIONS = ("list", "distribute", "progress", "evidence")
+CLIP_ACTIONS = ("list", "distribute", "progress", "evidence", "custody")
+CUSTODY_ACCESS = ("none", "view", "download")  # clips custody: what the operator does with the file
+JOURNAL_KINDS = ("alert", "command", "result", "state", "operator", "security", "system", "custody", "admin")
 
 
 class OpAPIError(MessageError):
@@ -172,6 +174,10 @@ def validate_args(op, a):
         _int(a, "after", 0, 2 ** 53, 0)
         _int(a, "limit", 1, 5000, 200)
         _id(a, "device", False)
+        _enum(a, "kind", JOURNAL_KINDS)
+        _id(a, "operator", False, ":.")  # admin tools journal as admin:<OS user>
+        _bool(a, "desc", False)
+        _int(a, "before", 1, 2 ** 53)
     elif op == "clips":
         _enum(a, "action", CLIP_ACTIONS, "list")
         if a["action"] == "distribute":
@@ -187,6 +193,10 @@ def validate_args(op, a):
             h = a.get("sha256")
             if h is not None and not _is_sha256(h):
                 raise OpAPIError("expected 64 lower-case hex digits", field="args.sha256")
+        elif a["action"] == "custody":
+            if not _is_sha256(a.get("sha256")):
+                raise OpAPIError("required: 64 lower-case hex digits", field="args.sha256")
+            _enum(a, "access", CUSTODY_ACCESS, "none")
     elif op == "clip_put":
         _id(a, "clip", True, ".")
         if _int(a, "size", 1, CLIP_PUT_MAX_SIZE) is None:

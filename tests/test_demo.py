@@ -57,6 +57,7 @@ def test_demo_runs_the_script_and_exits_0(tmp_path):
     )
     out = p.stdout
     assert p.returncode == 0, out[-3000:] + p.stderr[-3000:]
+    assert re.search(r"web console  http://127\.0\.0\.1:\d+/  \(sign in as op-demo", out), out[:2000]
     summary = out[out.index("══ Summary") :]
     # the detection event, signed by the sensor
     assert re.search(r"events\s+1\n\s+t\+\s*[\d.]+s\s+sen-ferry presence .*\(MAC ok\)", summary), summary

@@ -42,7 +42,7 @@ GATEWAY_LAYERS = {
     "admin": {"core", "links"},
     "service": {"core", "links", "clips", "admin", "linkage"},
     "web": {"core", "links", "clips", "admin", "service", "linkage"},
-    "demo": {"core", "links", "clips", "admin", "service", "linkage"},
+    "demo": {"core", "links", "clips", "admin", "service", "web", "linkage"},
     "cli": {"core", "links", "clips", "admin", "service", "demo", "web", "linkage"},
 }
 

@@ -56,7 +56,9 @@ def test_wheel_has_only_lookout_at_the_top(wheel):
     # the firmware builder's inputs are in it: every device-side source and the mip manifests
     for rel in ("lookout/protocols/messages.py", "lookout/firmware/lib/lookout_node/node.py",
                 "lookout/firmware/speaker/main.py", "lookout/firmware/speaker/package.json",
-                "lookout/firmware/manifest.py", "lookout/gateway/service/app.py", "lookout/tools/firmware_build.py"):
+                "lookout/firmware/manifest.py", "lookout/gateway/service/app.py", "lookout/tools/firmware_build.py",
+                "lookout/gateway/web/templates/map.html", "lookout/gateway/web/static/sitemap.js",
+                "lookout/gateway/web/static/console.css", "lookout/gateway/web/i18n/zh-CN.json"):
         assert rel in names, rel
     assert not [n for n in names if "/tests/" in n or n.startswith("build/") or "__pycache__" in n]
 

@@ -162,6 +162,9 @@ class KeyStore:
         cols = [r[1] for r in self._db.execute("PRAGMA table_info(identities)")]
         if "pending_key" not in cols:  # keystores created before rotation support
             self._db.execute("ALTER TABLE identities ADD COLUMN pending_key BLOB")
+        if "pw_hash" not in [r[1] for r in self._db.execute("PRAGMA table_info(operators)")]:
+            # the web console's operator passwords (scrypt, gateway/admin/passwords.py); NULL = token only
+            self._db.execute("ALTER TABLE operators ADD COLUMN pw_hash TEXT")
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def close(self) -> None:
@@ -394,6 +397,19 @@ class KeyStore:
         if op is None or not isinstance(token, str):
             return None
         return op if hmac.compare_digest(op.token_hash, token_hash(token)) else None
+
+    def set_operator_password(self, op_id: str, pw_hash: str | None) -> None:
+        """Store (or with None, remove) the scrypt hash of an operator's web console password."""
+        with self._lock:
+            n = self._db.execute("UPDATE operators SET pw_hash = ? WHERE op_id = ?", (pw_hash, op_id)).rowcount
+        if not n:
+            raise KeyStoreError(f"unknown operator {op_id!r}")
+
+    def operator_password(self, op_id: str) -> str | None:
+        """The stored password hash of ``op_id`` (None: no password set, or no such operator)."""
+        with self._lock:
+            row = self._db.execute("SELECT pw_hash FROM operators WHERE op_id = ?", (op_id,)).fetchone()
+        return row[0] if row else None
 
     def remove_operator(self, op_id: str) -> bool:
         with self._lock:

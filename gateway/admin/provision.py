@@ -10,7 +10,8 @@ Theory of operation:
   pinning, and optionally a client certificate (``client.crt``/``client.key``);
 - drones get a 32-byte MAVLink 2 signing secret (``kind="drone"``, ``meta.sysid``), serial recorders a 32-byte key
   (``kind="recorder"``); neither logs into the broker (the gateway bridges them), so neither gets a password;
-- an operator gets a token (the keystore keeps its SHA-256) that is also the operator's broker password;
+- an operator gets a token (the keystore keeps its SHA-256) that is also the operator's broker password, and
+  optionally a password for the web console (scrypt, gateway/admin/passwords.py), which can be set later too;
 - the gateway gets a broker login with the ``gateway`` role; its password goes into gateway.toml's ``[broker]``;
 - ``revoke`` removes the key and the login; regenerate the broker files and reload Mosquitto (SIGHUP) afterwards.
 
@@ -26,6 +27,7 @@ from pathlib import Path
 
 from lookout.gateway.admin.brokerconfig import pw_hash, random_password
 from lookout.gateway.admin.keystore import DEVICE_KINDS, Identity, KeyStore, KeyStoreError
+from lookout.gateway.admin.passwords import PasswordError, check_policy, hash_password
 from lookout.gateway.admin.pki import SiteCA
 
 DEFAULT_NODE = {"hb_s": 30, "loc_s": 5, "quiet_hours": [22, 6], "local_warning": {"enabled": False, "clip": "nofish"}}
@@ -145,15 +147,36 @@ def provision_gateway(ks: KeyStore, gateway_id: str, site: str, force: bool = Fa
     return password
 
 
-def provision_operator(ks: KeyStore, op_id: str, name: str, role: str = "operator", force: bool = False) -> str:
-    """Operator identity + broker login (own ``opreq``/``opres`` only); returns the token (= broker password)."""
+def provision_operator(ks: KeyStore, op_id: str, name: str, role: str = "operator", force: bool = False,
+                       password: str | None = None) -> str:
+    """Operator identity + broker login (own ``opreq``/``opres`` only); returns the token (= broker password).
+    With ``password``, also the operator's web console password (checked against the policy first)."""
+    if password is not None:
+        _password_ok(password, op_id)
     _claim(ks, op_id, force)
     try:
         token = ks.add_operator(op_id, name, role)
     except KeyStoreError as e:
         raise ProvisionError(str(e)) from None
     ks.set_mqtt_user(op_id, "operator", pw_hash(token))
+    if password is not None:
+        ks.set_operator_password(op_id, hash_password(password))
     return token
+
+
+def set_operator_password(ks: KeyStore, op_id: str, password: str) -> None:
+    """Set the web console password of an existing operator; its token stays valid."""
+    _password_ok(password, op_id)
+    if ks.get_operator(op_id) is None:
+        raise ProvisionError(f"no operator {op_id!r} (create it with `lookout provision operator` first)")
+    ks.set_operator_password(op_id, hash_password(password))
+
+
+def _password_ok(password: str, op_id: str) -> None:
+    try:
+        check_policy(password, op_id)
+    except PasswordError as e:
+        raise ProvisionError(str(e)) from None
 
 
 def provision_drone(ks: KeyStore, drone_id: str, site: str, sysid: int, force: bool = False) -> Identity:

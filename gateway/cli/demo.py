@@ -30,6 +30,8 @@ def _cmd(args: argparse.Namespace) -> int:
             data_dir=args.data_dir,
             refresh=args.refresh,
             verbose=args.verbose,
+            web=None if args.web == "off" else args.web,
+            linger=args.linger,
         )
     except ValueError as e:
         print(f"lookout demo: {e}", file=sys.stderr)
@@ -76,4 +78,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--refresh", type=_positive, default=None, help="device table redraw period in seconds")
     p.add_argument("-v", "--verbose", action="store_true", help="also show the gateway's and nodes' logs")
+    p.add_argument("--web", default="127.0.0.1:8080", metavar="HOST:PORT",
+                   help="the web console's address (default 127.0.0.1:8080, any free port if taken; off: none)")
+    p.add_argument("--linger", type=_positive, default=0.0, metavar="S",
+                   help="keep the web console up this many seconds after the script ends")
     p.set_defaults(func=_cmd)

@@ -163,15 +163,47 @@ def _cmd_gateway(args) -> int:
     return EXIT_OK
 
 
-def _cmd_operator(args) -> int:
-    from lookout.gateway.admin.provision import ProvisionError, provision_operator
+def _read_password(args) -> str:
+    """The new web console password: one line of stdin (--password-stdin) or typed twice at a prompt."""
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    import getpass
 
+    pw = getpass.getpass(f"web console password for {args.id}: ")
+    if getpass.getpass("again: ") != pw:
+        raise ValueError("the two passwords differ")
+    return pw
+
+
+def _cmd_operator(args) -> int:
+    from lookout.gateway.admin.provision import ProvisionError, provision_operator, set_operator_password
+
+    password = None
+    if args.password or args.password_stdin:
+        try:
+            password = _read_password(args)
+        except (ValueError, EOFError) as e:
+            return _err(str(e) or "no password given", EXIT_USAGE)
     audit = _audit(args, "provision operator")
     with _open_ks(args) as ks:
         audit.check_operator(ks)
-        facts = {"name": args.name, "role": args.role, "force": args.force}
+        if password is not None and not args.force and ks.get_operator(args.id) is not None:
+            try:  # an existing operator: set its web console password, keep its token
+                set_operator_password(ks, args.id, password)
+            except ProvisionError as e:
+                audit.record(f"web password of operator {args.id} not set: {e}", device=args.id,
+                             detail={"password": "refused", "outcome": "refused", "error": str(e)})
+                return _err(str(e), EXIT_USAGE)
+            audit.record(f"{audit.operator} set the web console password of operator {args.id}", device=args.id,
+                         detail={"password": "set", "outcome": "ok"})
+            print(f"web console password of operator {args.id} set (its token is unchanged)")
+            return EXIT_OK
+        if not args.name:
+            return _err("--name is required to create an operator", EXIT_USAGE)
+        facts = {"name": args.name, "role": args.role, "force": args.force,
+                 "password": "set" if password is not None else "none"}
         try:
-            token = provision_operator(ks, args.id, args.name, args.role, force=args.force)
+            token = provision_operator(ks, args.id, args.name, args.role, force=args.force, password=password)
         except ProvisionError as e:
             audit.record(f"provision operator {args.id} refused: {e}", device=args.id,
                          detail={**facts, "outcome": "refused", "error": str(e)})
@@ -382,9 +414,13 @@ def register(subparsers) -> None:
 
     o = ps.add_parser("operator", parents=[common], help="an operator: token + broker login for opreq/opres")
     o.add_argument("--id", required=True)
-    o.add_argument("--name", required=True)
+    o.add_argument("--name", help="the operator's name (required when creating)")
     o.add_argument("--role", choices=("operator", "admin"), default="operator")
     o.add_argument("--out", help="write the token to this 0600 JSON file instead of printing")
+    o.add_argument("--password", action="store_true",
+                   help="also set a web console password (prompted twice); on an existing operator without "
+                        "--force, set only the password and keep the token")
+    o.add_argument("--password-stdin", action="store_true", help="like --password, read from one line of stdin")
     o.add_argument("--force", action="store_true")
     o.set_defaults(func=_audited(_cmd_operator))
 

@@ -30,8 +30,13 @@ def cmd_gateway(args: argparse.Namespace) -> int:
             print(f"lookout gateway: linkage: {line}", file=sys.stderr)
         return EXIT_USAGE
     configure_logging(args.log_level or cfg.log_level, args.log_format or cfg.log_format)
+    attach: Any = None
+    if cfg.web.listen:
+        from lookout.gateway.web.server import web_console  # the duty console beside the gateway
+
+        attach = web_console
     try:
-        return asyncio.run(run(cfg, broker_url=args.broker))
+        return asyncio.run(run(cfg, broker_url=args.broker, attach=attach))
     except KeyboardInterrupt:
         return EXIT_OK
     except ListenError as e:  # a taken port: restarting will not fix it (systemd: RestartPreventExitStatus=2)

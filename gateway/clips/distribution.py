@@ -239,12 +239,29 @@ class ClipDistributor:
             self.journal.append("operator", f"{op_id} listed evidence", operator=op_id,
                                    detail={"sha256": a.get("sha256"), "count": len(ev)})
             return opapi.response(rid, "ok", {"evidence": ev})
+        if action == "custody":
+            return self._custody(op_id, a, rid)
         if action == "progress":
             d = self.dists.get(a["dist"])
             if d is None:
                 return opapi.response(rid, "bad_request", error=f"no distribution {a['dist']} on this gateway")
             return opapi.response(rid, "ok", self.view(d))
         return await self._distribute(op_id, a, rid)
+
+    def _custody(self, op_id: str, a: dict[str, Any], rid: str | None) -> dict[str, Any]:
+        """One evidence file with its custody trail (the journal's ``custody`` entries naming its hash); a
+        ``view`` or ``download`` is itself a custody event, journaled under the operator before the trail is
+        read, so the trail an operator sees already names their own access (evidence practice: every access is logged)."""
+        sha = a["sha256"]
+        ev = self.evidence.get(sha)
+        if ev is None:
+            return opapi.response(rid, "bad_request", error=f"no evidence {sha[:16]} on this gateway")
+        if a["access"] != "none":
+            did = "viewed" if a["access"] == "view" else "downloaded"
+            self.journal.append("custody", f"evidence {sha[:16]} {did} by {op_id}", operator=op_id,
+                                device=ev["device"], detail={"action": did, "sha256": sha, "file": ev["file"]})
+        trail = [e.to_dict() for e in self.journal.entries(kind="custody", detail_has=f'"sha256":"{sha}"')]
+        return opapi.response(rid, "ok", {"evidence": ev, "custody": trail})
 
     async def _put(self, op_id: str, a: dict[str, Any], rid: str | None) -> dict[str, Any]:
         clip, sha, size, chunk = a["clip"], a["sha256"], a["size"], a["chunk"]

@@ -198,6 +198,7 @@ class CommandService:
         self.active: dict[str, Command] = {}
         self._recent: dict[str, Command] = {}  # final commands kept for late lookups (bounded)
         self._listeners: list[Listener] = []
+        self._progress_listeners: list[Callable[[Command], None]] = []
         self._waiters: dict[str, list[tuple[str, _Wait]]] = {}
         self._bg: set[asyncio.Task[Any]] = set()
         self._sending: set[str] = set()  # ids whose transport send is in progress
@@ -241,6 +242,18 @@ class CommandService:
 
     def add_listener(self, fn: Listener) -> None:
         self._listeners.append(fn)
+
+    def add_progress_listener(self, fn: Callable[[Command], None]) -> None:
+        """``fn(command)`` for progress reports within ``accepted`` (``data`` changed, no status change): what
+        a screen needs to show "playing" between accepted and done; status listeners are not called for it."""
+        self._progress_listeners.append(fn)
+
+    def _progress(self, c: Command) -> None:
+        for fn in self._progress_listeners:
+            try:
+                fn(c)
+            except Exception:
+                log.exception("command progress listener failed")
 
     def _save(self, c: Command, sync: bool = True) -> None:
         """Store ``c``: now (``sync``), or with the next ``flush`` (``tick`` runs it every few hundred ms).
@@ -555,6 +568,8 @@ class CommandService:
         if status == "accepted":
             if c.status == "sent":
                 self._set(c, "accepted", now, msg.get("code"), msg.get("detail"))
+            elif c.status == "accepted" and msg.get("data") is not None:
+                self._progress(c)  # e.g. play's {"phase": "playing"}: the audio reached the DAC
         else:
             self._set(c, status, now, msg.get("code") or status, msg.get("detail"))
         return c

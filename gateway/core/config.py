@@ -11,6 +11,7 @@ to a default. The result is a tree of small frozen dataclasses; nothing else in 
 
 from __future__ import annotations
 
+import builtins
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -77,6 +78,20 @@ class CommandsConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    """The duty operator's web console (gateway/web/); off unless ``listen`` is set."""
+
+    listen: str | None = None  # "host:port"
+    lang: str = "zh-CN"  # default language of the console (each operator may switch)
+    timezone: str = "Asia/Shanghai"  # the site's time zone: every time on screen is shown in it
+    session_idle_s: int = 3600  # a session unused this long expires
+    session_max_s: int = 43200  # ... and any session after one 12-hour shift
+    site_map: Path | None = None  # GeoJSON: the site's outline (lines/polygons) and named points; None = grid
+    circle_m: int = 4200  # 15-minute enforcement circle: 15 min at 20 km/h on roads, / 1.2 road factor
+    cookie_secure: bool = False  # set when a TLS proxy serves the console: cookies then only travel over HTTPS
+
+
+@dataclass(frozen=True)
 class Config:
     gateway_id: str = "gw-1"
     site: str = "site"
@@ -92,6 +107,7 @@ class Config:
     zones: dict[str, tuple[str, ...]] = field(default_factory=dict)
     linkage: dict[str, Any] = field(default_factory=dict)  # [linkage] as written: gateway/linkage/rules.py checks it
     source: Path | None = None  # the gateway.toml this came from (SIGHUP re-reads its [linkage])
+    web: WebConfig = field(default_factory=WebConfig)
 
     @property
     def keystore_path(self) -> Path:
@@ -133,6 +149,14 @@ class _V:
             return default
         return v
 
+    def flag(self, key: builtins.str, default: bool) -> bool:
+        self.used.add(key)
+        v = self.table.get(key, default)
+        if not isinstance(v, bool):
+            self._err(key, f"expected true or false, got {v!r}")
+            return default
+        return v
+
     def finish(self) -> None:
         for k in self.table:
             if k not in self.used:
@@ -152,7 +176,18 @@ def _broker_url(v: str) -> bool:
         return False
 
 
-SECTIONS = ("gateway", "broker", "registry", "commands", "metrics", "coap", "zones", "linkage")
+SECTIONS = ("gateway", "broker", "registry", "commands", "metrics", "coap", "zones", "linkage", "web")
+
+
+
+def _timezone(v: str) -> bool:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(v)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
 
 
 def from_dict(d: dict[str, Any], base: Path | None = None) -> Config:
@@ -221,6 +256,19 @@ def from_dict(d: dict[str, Any], base: Path | None = None) -> Config:
     coap_listen = co.str("listen", None, _hostport, "host:port")
     co.finish()
 
+    w = _V(errors, "web", d.get("web"))
+    web_listen = w.str("listen", None, _hostport, "host:port")
+    web_lang = w.str("lang", "zh-CN", lambda s: s in ("zh-CN", "en"), "one of zh-CN, en")
+    web_tz = w.str("timezone", "Asia/Shanghai", _timezone, "an IANA time zone such as Asia/Shanghai")
+    web_idle = w.int("session_idle_s", 3600, 60, 86400)
+    web_max = w.int("session_max_s", 43200, 300, 7 * 86400)
+    web_map = w.str("site_map", None)
+    web_circle = w.int("circle_m", 4200, 100, 100_000)
+    web_secure = w.flag("cookie_secure", False)
+    if web_idle > web_max:
+        errors.append(f"[web].session_idle_s: must not exceed session_max_s ({web_max}), got {web_idle}")
+    w.finish()
+
     zones: dict[str, tuple[str, ...]] = {}
     zt = d.get("zones") or {}
     if not isinstance(zt, dict):
@@ -247,10 +295,16 @@ def from_dict(d: dict[str, Any], base: Path | None = None) -> Config:
     ks = Path(keystore) if keystore else None
     if ks is not None and base is not None and not ks.is_absolute():
         ks = base / ks
+    site_map = Path(web_map) if web_map else None
+    if site_map is not None and base is not None and not site_map.is_absolute():
+        site_map = base / site_map
+    web = WebConfig(listen=web_listen, lang=web_lang or "zh-CN", timezone=web_tz or "Asia/Shanghai",
+                    session_idle_s=web_idle, session_max_s=web_max, site_map=site_map, circle_m=web_circle,
+                    cookie_secure=web_secure)
     return Config(gateway_id=gid or "gw-1", site=site or "site", data_dir=ddir, keystore=ks,
                   log_level=level or "info", log_format=log_format or "text", broker=broker, registry=reg,
                   commands=cmds, metrics_listen=metrics_listen, coap_listen=coap_listen, zones=zones,
-                  linkage=linkage)
+                  linkage=linkage, web=web)
 
 
 def load(path: str | Path) -> Config:

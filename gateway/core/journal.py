@@ -518,9 +518,13 @@ class Journal:
             return self._db.execute(q, args).fetchall()
 
     def entries(self, since_ms: int | None = None, until_ms: int | None = None, kind: str | None = None,
-                device: str | None = None, limit: int | None = None, last: bool = False) -> list[Entry]:
+                device: str | None = None, limit: int | None = None, last: bool = False, *,
+                operator: str | None = None, after_seq: int | None = None, before_seq: int | None = None,
+                detail_has: str | None = None) -> list[Entry]:
+        """Entries in seq order; ``last``: the newest ``limit`` of them (still returned oldest first)."""
         cond, args = walstore.where(("ts >= ?", since_ms), ("ts < ?", until_ms), ("kind = ?", kind),
-                                    ("device = ?", device))
+                                    ("device = ?", device), ("operator = ?", operator), ("seq > ?", after_seq),
+                                    ("seq < ?", before_seq), ("instr(detail, ?) > 0", detail_has))
         q = f"SELECT {', '.join(COLUMNS)} FROM journal{cond} ORDER BY seq {'DESC' if last else 'ASC'}"
         if limit is not None:
             q += " LIMIT ?"

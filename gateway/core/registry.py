@@ -226,6 +226,7 @@ class Registry:
         self.cfg = cfg
         self.devices: dict[str, Device] = {}
         self._listeners: list[Listener] = []
+        self._watchers: list[Callable[[Device], None]] = []
         self._dirty: set[str] = set()
         # tick() skips the scan of every device until _due, the earliest deadline it found; each mutator lowers
         # it to the deadline of the device it touched (_track), rebase() resets it. A full scan still runs every
@@ -256,6 +257,11 @@ class Registry:
 
     def add_listener(self, fn: Listener) -> None:
         self._listeners.append(fn)
+
+    def add_watcher(self, fn: Callable[[Device], None]) -> None:
+        """``fn(device)`` after every input that touched a device (heartbeat, location...), transitions or not:
+        for views that show the latest values (the web console coalesces these before pushing them)."""
+        self._watchers.append(fn)
 
     def _emit(self, changes: list[Change]) -> list[Change]:
         for c in changes:
@@ -353,6 +359,8 @@ class Registry:
         due = next_due(dev, self.cfg)
         if due is not None and due < self._due:
             self._due = due
+        for fn in self._watchers:
+            fn(dev)
         return self._emit(changes)
 
     def tick(self, now_ms: int) -> list[Change]:

@@ -56,6 +56,8 @@ FW_MIN_HB_S = 5  # the firmware config validator's lower bound for hb_s
 AUDIBLE_M = 600  # design figure: a horn loudspeaker is intelligible ~600 m across open water
 WALK_MS = 1.2  # m/s, walking speed used for the officer-dispatch comparison
 EARTH_R = 6371008.8  # m, mean Earth radius (IUGG)
+WEB_LISTEN = "127.0.0.1:8080"  # the demo's web console (any free port if taken)
+WEB_PASSWORD = "duty-demo"  # the demo operator's console password (temporary key store)
 
 
 @dataclass(frozen=True)
@@ -156,7 +158,11 @@ class Demo:
         data_dir: str | None = None,
         refresh: float | None = None,
         out: TextIO | None = None,
+        web: str | None = WEB_LISTEN,
+        linger: float = 0.0,
     ) -> None:
+        self.web = web  # the web console's host:port (None: off); linger: seconds it stays up after the script
+        self.linger = linger
         if not 0.5 <= speed <= 1000:
             raise ValueError(f"--speed {speed!r}: expected 0.5..1000")
         if not MIN_NODES <= nodes <= MAX_NODES:
@@ -473,6 +479,23 @@ class Demo:
             rec.journal_kinds[e.kind] = rec.journal_kinds.get(e.kind, 0) + 1
         rec.steps["journal verified"] = bool(rec.journal and rec.journal.get("ok"))
 
+    async def _web_console(self, stack: contextlib.AsyncExitStack, ks: Any) -> None:
+        """The duty console beside the gateway (gateway/web/), its spots named on the map; the demo operator
+        signs in with a password set here (a temporary key store)."""
+        from lookout.gateway.admin.passwords import hash_password
+        from lookout.gateway.web.server import WebConsole
+        from lookout.gateway.web.sitemap import SiteMap
+
+        ks.set_operator_password(OPERATOR_ID, hash_password(WEB_PASSWORD))
+        sm = SiteMap()
+        sm.labels = {sp.id: sp.name for sp in self.spots.values()}
+        listen = self.web or WEB_LISTEN
+        try:
+            web = await stack.enter_async_context(WebConsole(self.gw, listen, sm))
+        except OSError:  # the port is taken (another demo?): any free port will do
+            web = await stack.enter_async_context(WebConsole(self.gw, listen.rpartition(":")[0] + ":0", sm))
+        self.say(f"web console  {web.url}  (sign in as {OPERATOR_ID}, password {WEB_PASSWORD})")
+
     # -- orchestration ---------------------------------------------------------------------------------------
     async def run(self) -> int:
         from lookout.gateway.admin.keystore import KeyStore
@@ -521,6 +544,8 @@ class Demo:
             self.gw.registry.add_listener(self._on_change)
             self.gw.commands.add_listener(self._on_command)
             gw_task = asyncio.create_task(self.gw.serve(), name="gateway")
+            if self.web:
+                await self._web_console(stack, ks)
 
             async def _stop_gw() -> None:
                 self.gw.stop()
@@ -558,6 +583,9 @@ class Demo:
                 table.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await table
+            if self.web and self.linger > 0:
+                self.say(f"web console stays up for {self.linger:g} s (Ctrl-C ends the demo)")
+                await asyncio.sleep(self.linger)
             self._closing = True  # shutdown deaths are not part of the story
             self.say(self.table())
             self.summary(ok)
@@ -650,11 +678,13 @@ def run(
     refresh: float | None = None,
     out: TextIO | None = None,
     verbose: bool = False,
+    web: str | None = WEB_LISTEN,
+    linger: float = 0.0,
 ) -> int:
     """Run the demo to completion in a fresh event loop; returns the exit code."""
     logging.basicConfig(
         level=logging.INFO if verbose else logging.ERROR,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
-    demo = Demo(speed, duration, nodes, broker, data_dir, refresh, out)
+    demo = Demo(speed, duration, nodes, broker, data_dir, refresh, out, web, linger)
     return asyncio.run(demo.run())

@@ -24,7 +24,7 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Self
 
 from lookout.gateway.core.clock import now_ms
@@ -555,14 +555,19 @@ def configure_logging(level: str, fmt: str = "text") -> None:
     logs.configure(level, fmt)
 
 
-async def run(cfg: Config, broker_url: str | None = None) -> int:
-    """The service entry point: SIGTERM/SIGINT stop it cleanly."""
+async def run(cfg: Config, broker_url: str | None = None,
+              attach: Callable[[Gateway], contextlib.AbstractAsyncContextManager[Any]] | None = None) -> int:
+    """The service entry point: SIGTERM/SIGINT stop it cleanly. ``attach(gw)``: a context that runs beside the
+    gateway for its lifetime (the CLI passes the web console when ``[web].listen`` is set; the service cannot
+    import it, being a layer below)."""
     loop = asyncio.get_running_loop()
     # the journal writer and the WAL checkpoint threads share the GIL with the event loop; with CPython's default
     # 5 ms switch interval the loop can wait that long for it back (p50 8 -> 5 ms at 1 ms, measured when paho still
     # had its own thread; the writer threads remain)
     sys.setswitchinterval(0.001)
-    async with Gateway(cfg, broker_url=broker_url) as gw:
+    async with Gateway(cfg, broker_url=broker_url) as gw, contextlib.AsyncExitStack() as extras:
+        if attach is not None:
+            await extras.enter_async_context(attach(gw))
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, gw.stop)

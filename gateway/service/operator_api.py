@@ -195,11 +195,19 @@ class OperatorAPI:
             data = {"ok": v.ok, "entries": v.entries, "bad_seq": v.bad_seq, "reason": v.reason, "head": v.head}
             return opapi.response(rid, "ok" if v.ok else "failed", data,
                                   error=None if v.ok else f"chain broken at seq {v.bad_seq}: {v.reason}")
-        rows, more = await asyncio.to_thread(self.journal.page, a["after"], a["limit"], a.get("from"), a.get("to"),
-                                             a.get("device"))
-        if a["after"] == 0:
+        desc = a.get("desc", False)  # newest first, below ``before``: the console's pages
+        rows = await asyncio.to_thread(  # a cursor page (limit + 1 rows), read off the event loop
+            self.journal.entries, a.get("from"), a.get("to"), kind=a.get("kind"), device=a.get("device"),
+            operator=a.get("operator"), after_seq=a["after"] or None, before_seq=a.get("before"),
+            limit=a["limit"] + 1, last=desc)
+        if desc:
+            rows.reverse()
+        more = len(rows) > a["limit"]
+        rows = rows[:a["limit"]]
+        if a["after"] == 0 and a.get("before") is None:  # the first page of a reading, not each page
             self.journal.append("operator", f"{op_id} read the journal", operator=op_id,
-                                detail={k: a.get(k) for k in ("from", "to", "device")})
+                                detail={k: a.get(k) for k in ("from", "to", "device", "kind", "operator")
+                                        if k in ("from", "to", "device") or a.get(k) is not None})
         seq, head = self.journal.head()
         return opapi.response(rid, "ok", {"entries": [e.to_dict() for e in rows], "more": more,
                                           "head_seq": seq, "head_hash": head})

@@ -142,3 +142,23 @@ def test_incident_ops_validate():
                             ("coverage", {"cutoff_s": 5}, "args.cutoff_s")):
         with raises(OpAPIError, match=field):
             v(opapi.request("x", op, "t", args))
+
+
+def test_journal_pages_and_custody_args_validate():
+    r = opapi.validate_request(opapi.request("x", "journal", "t", {"kind": "alert", "operator": "admin:root",
+                                                                  "desc": True, "before": 42}))
+    a = r["args"]
+    assert a["kind"] == "alert" and a["operator"] == "admin:root" and a["desc"] is True and a["before"] == 42
+    assert opapi.validate_request(opapi.request("x", "journal", "t", {}))["args"]["desc"] is False
+    for bad, field in (({"kind": "gossip"}, "args.kind"), ({"operator": "Op 1"}, "args.operator"),
+                       ({"desc": 1}, "args.desc"), ({"before": 0}, "args.before"), ({"before": "9"}, "args.before")):
+        with raises(OpAPIError, match=field):
+            opapi.validate_request(opapi.request("x", "journal", "t", bad))
+    sha = "ab" * 32
+    r = opapi.validate_request(opapi.request("x", "clips", "t", {"action": "custody", "sha256": sha}))
+    assert r["args"]["access"] == "none"
+    for bad, field in (({"action": "custody"}, "args.sha256"), ({"action": "custody", "sha256": "AB" * 32},
+                                                                "args.sha256"),
+                       ({"action": "custody", "sha256": sha, "access": "copy"}, "args.access")):
+        with raises(OpAPIError, match=field):
+            opapi.validate_request(opapi.request("x", "clips", "t", bad))

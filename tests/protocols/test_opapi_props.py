@@ -48,3 +48,24 @@ def test_response_round_trip(rid, code, data):
 def test_devices_request_round_trip(rid):
     req = opapi.request(rid, "devices", "tok")
     assert opapi.decode_request(opapi.encode_request(req))["op"] == "devices"
+
+
+@settings(max_examples=300)
+@given(st.fixed_dictionaries({}, optional={"kind": json_values, "operator": json_values, "desc": json_values,
+                                           "before": json_values, "after": json_values, "limit": json_values}))
+def test_journal_page_args_only_raise_opapi_error(args):
+    try:
+        a = opapi.validate_args("journal", dict(args))
+    except opapi.OpAPIError:
+        return
+    assert isinstance(a["desc"], bool) and (a.get("kind") is None or a["kind"] in opapi.JOURNAL_KINDS)
+
+
+@settings(max_examples=200)
+@given(json_values, json_values)
+def test_custody_args_only_raise_opapi_error(sha, access):
+    try:
+        a = opapi.validate_args("clips", {"action": "custody", "sha256": sha, "access": access})
+    except opapi.OpAPIError:
+        return
+    assert a["access"] in opapi.CUSTODY_ACCESS and len(a["sha256"]) == 64
