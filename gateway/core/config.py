@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from lookout.gateway.core.config_mavlink import MavlinkConfig
+from lookout.gateway.core.config_mavlink import parse as parse_mavlink
 from lookout.protocols.topics import is_valid_id
 
 
@@ -90,6 +92,7 @@ class Config:
     metrics_listen: str | None = None  # "host:port"
     coap_listen: str | None = None  # "host:port"
     zones: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    mavlink: MavlinkConfig | None = None  # [mavlink] + [[drone]]: the drone bridge (gateway/core/config_mavlink.py)
 
     @property
     def keystore_path(self) -> Path:
@@ -150,7 +153,7 @@ def _broker_url(v: str) -> bool:
         return False
 
 
-SECTIONS = ("gateway", "broker", "registry", "commands", "metrics", "coap", "zones")
+SECTIONS = ("gateway", "broker", "registry", "commands", "metrics", "coap", "zones", "mavlink", "drone")
 
 
 def from_dict(d: dict[str, Any], base: Path | None = None) -> Config:
@@ -232,6 +235,8 @@ def from_dict(d: dict[str, Any], base: Path | None = None) -> Config:
         else:
             zones[z] = tuple(members)
 
+    mavlink = parse_mavlink(d.get("mavlink"), d.get("drone"), errors)
+
     if errors:
         raise ConfigError(errors)
     ddir = Path(data_dir or "/var/lib/lookout")
@@ -242,7 +247,8 @@ def from_dict(d: dict[str, Any], base: Path | None = None) -> Config:
         ks = base / ks
     return Config(gateway_id=gid or "gw-1", site=site or "site", data_dir=ddir, keystore=ks,
                   log_level=level or "info", log_format=log_format or "text", broker=broker, registry=reg,
-                  commands=cmds, metrics_listen=metrics_listen, coap_listen=coap_listen, zones=zones)
+                  commands=cmds, metrics_listen=metrics_listen, coap_listen=coap_listen, zones=zones,
+                  mavlink=mavlink)
 
 
 def load(path: str | Path) -> Config:
