@@ -75,6 +75,7 @@ class Gateway:
         self._tasks: asyncio.Task[None] | None = None
         self._bg: set[asyncio.Task[Any]] = set()
         self.coap: Any = None
+        self.drones: Any = None  # the drone bridge, with [mavlink] in the config
         self.metrics_port: int | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------------------
@@ -161,6 +162,12 @@ class Gateway:
             host, _, coap_port = cfg.coap_listen.rpartition(":")
             self.coap = await self._stack.enter_async_context(
                 CoAPBridge(self._coap_publish, host, int(coap_port), keystore=self.keystore))
+        if cfg.mavlink is not None:  # drones: MAVLink vehicles as devices, proxied on MQTT (gateway/links/mavlink)
+            from lookout.gateway.links.mavlink import DroneBridge
+            self.drones = await self._stack.enter_async_context(DroneBridge(
+                cfg.mavlink, cfg.site, self.keystore, self.registry, self.journal, self._coap_publish,
+                metrics=self.metrics, data_dir=cfg.data_dir, clock=self.clock))
+            self.commands.register_transport("drone", self.drones.transport)
 
     async def __aexit__(self, *exc: object) -> None:
         self._stop.set()
