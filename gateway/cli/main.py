@@ -23,6 +23,8 @@ AREAS = (
     "lookout.gateway.cli.firmware",  # firmware build / flash
     "lookout.gateway.cli.demo",  # demo
     "lookout.gateway.cli.rotation",  # rotate-key
+    "lookout.gateway.cli.drone",  # drone goto / orbit / rtl / land / photo / mission / list
+    "lookout.gateway.cli.sim_drone",  # sim drone (registers a `sim` group of its own until the sim module does)
 )
 
 
