@@ -315,6 +315,7 @@ class DroneBridge:
         birth = messages.birth("drone", v.bdseq, flavour(v.autopilot), self.cfg.hb_s, ts=now, caps=CAPS,
                                site=self.site)
         self._send_mqtt(v, "state", messages.encode("birth", birth), retain=True)
+        self._offer(v, HB, now)  # at once: the link is "ok" again in the same breath as the birth
         if was == "lost" and lost_since is not None:
             self.journal.append("state", f"drone {v.id} link restored after {(now - lost_since) / 1000:.1f} s",
                                 device=v.id, ts=now, detail={"link": "up", "endpoint": ep, "sysid": v.sysid,
@@ -327,9 +328,6 @@ class DroneBridge:
 
     async def _on_link_up(self, v: Vehicle) -> None:
         """Ask for what we publish, at the rate we want it (MAVSDK: ask the autopilot before decimating)."""
-        await asyncio.sleep(0)
-        if v.link == "up":
-            self._offer(v, HB, self.clock())
         wanted = []
         if self.cfg.stream_hz:
             wanted.append(Spec(MAV.MAV_CMD_SET_MESSAGE_INTERVAL, MAV.MAVLINK_MSG_ID_GLOBAL_POSITION_INT,
