@@ -99,6 +99,17 @@ async def test_serial_pty_link_takeoff_goto_rtl_with_results(tmp_path):
             res = await command(w, "goto", {"lat": 302501000, "lon": 1201501000, "alt_m": 5})
             assert res[-1] == {**res[-1], "status": "done", "data": {"mav_result": "MAV_RESULT_ACCEPTED"}}
             assert sim.vehicle.target == (30.2501, 120.1501, 5.0)
+            for name, args in (("orbit", {"radius_m": 20}), ("hold", {}), ("video_start", {}), ("video_stop", {})):
+                assert (await command(w, name, args))[-1]["status"] == "done", name
+            assert sim.vehicle.mode == 5 and sim.vehicle.orbit is None  # hold = ArduCopter LOITER
+            res = await command(w, "mission", {"points": "30.2502,120.1502;30.2503,120.1503,6"})
+            assert [r["data"].get("phase") for r in res] == ["uploaded", None] and res[-1]["data"]["items"] == 3
+            assert sim.vehicle.mode == 3 and len(sim.vehicle.mission) == 4  # AUTO; home + 2 points + RTL
+            sim.vehicle._say(mav.MAV_SEVERITY_CRITICAL, "EKF variance")  # an autopilot emergency
+            await until(lambda: [e for e in w.got("uav-1", "evt") if e["kind"] == "autopilot"], 2, "the event")
+            evt = [e for e in w.got("uav-1", "evt") if e["kind"] == "autopilot"][0]
+            assert (evt["sev"], evt["detail"]) == ("critical", "EKF variance")
+            assert check_signature(w.ks, "uav-1", "evt", evt) is None
             res = await command(w, "rtl")
             assert res[-1]["status"] == "done" and sim.vehicle.mode == 6
             assert (await command(w, "takeoff", {"alt_m": 3}))[-1]["code"] == "denied"  # in RTL, not guided
@@ -272,3 +283,34 @@ async def test_decimation_publishes_a_50hz_stream_at_2hz_and_the_last_position_l
             assert [m["seq"] for m in locs] == list(range(1, len(locs) + 1))
     finally:
         w.close()
+
+
+@aio
+async def test_tcp_and_udpout_links_and_measured_faults(tmp_path):
+    """The other two transports (a TCP client to SITL's kind of port, udpout to a drone listening), and a lossy,
+    corrupting link: loss is measured from sequence gaps per drone and per link, corrupt frames are counted, and
+    the link stays up."""
+    async with SimDrone(Config(sysid=1), "tcpin:127.0.0.1:0") as tcp_sim, \
+            SimDrone(Config(sysid=2), "udpin:127.0.0.1:0") as udp_sim:
+        w = World(tmp_path, [{"name": "sitl", "url": f"tcp:127.0.0.1:{tcp_sim.link.local_port}"},
+                             {"name": "radio", "url": f"udpout:127.0.0.1:{udp_sim.link.local_port}"}],
+                  drones=({"id": "uav-1", "sysid": 1, "signed": False}, {"id": "uav-2", "sysid": 2, "signed": False}),
+                  stream_hz=50)
+        try:
+            async with w.bridge:
+                v1, v2 = w.bridge.vehicles["uav-1"], w.bridge.vehicles["uav-2"]
+                await until(lambda: v1.link == "up" and v2.link == "up", 5, "both links up")
+                assert (v1.route[0].name, v2.route[0].name) == ("sitl", "radio")
+                assert udp_sim.vehicle.rates["GLOBAL_POSITION_INT"] == 50  # SET_MESSAGE_INTERVAL was obeyed
+                udp_sim.faults.loss_pct, udp_sim.faults.corrupt_pct = 20, 5
+                r0, l0 = v2.received, v2.lost
+                await asyncio.sleep(2.0)
+                loss = 100 * (v2.lost - l0) / (v2.received - r0 + v2.lost - l0)
+                assert 12 < loss < 30, loss  # ~20 % dropped plus the corrupt ones, which count as lost too
+                radio = w.bridge.router.endpoints[1].stats
+                assert radio.bad > 0 and radio.lost > 0 and w.bridge.router.endpoints[0].stats.lost == 0
+                assert v2.link == "up"
+                hb = messages.validate("hb", v2.hb_message(0 + 1_800_000_000_000, 5))
+                assert hb["x_loss_pct"] > 5
+        finally:
+            w.close()
