@@ -1,6 +1,6 @@
 """Drone bridge throughput and latency: D simulated drones streaming MAVLink at 50 Hz into the gateway.
 
-    python bench/mavlink_bridge.py [--drones 20] [--rate 50] [--seconds 10] [--rounds 5] [--out bench/results/...]
+    python bench/mavlink_bridge.py [--drones 20] [--rate 50] [--seconds 20] [--rounds 5] [--out bench/results/...]
 
 The frames are made once, up front, by the drone simulator's aircraft model (simulators/drone/vehicle.py) in
 simulated time: each drone flying (so every position differs), GLOBAL_POSITION_INT at ``--rate`` Hz plus what an
@@ -194,8 +194,14 @@ def live(args: argparse.Namespace, frames: Frames, tmp: Path) -> dict:
     counts: dict[str, int] = {}
     sub = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-sub")
 
+    import threading
+
+    gw_up = threading.Event()
+
     def on_message(c, u, m):
         ch = m.topic.rsplit("/", 1)[1]
+        if m.topic.endswith("/gw-bench/state") and b'"online":true' in m.payload:
+            gw_up.set()
         counts[ch] = counts.get(ch, 0) + 1
         if ch == "loc":
             got.append((m.topic, m.payload, time.monotonic_ns()))
@@ -205,8 +211,8 @@ def live(args: argparse.Namespace, frames: Frames, tmp: Path) -> dict:
     sub.subscribe(f"lookout/v1/{SITE}/+/#", qos=0)
     sub.loop_start()
     try:
-        time.sleep(2.5)  # the gateway's start (imports, stores, broker connection)
-        if gw.poll() is not None:
+        gw_up.wait(20)  # the gateway's birth: it is connected and its bridge listens
+        if gw.poll() is not None or not gw_up.is_set():
             raise RuntimeError("gateway exited: " + (gw.stderr.read().decode() if gw.stderr else ""))
         parent, child = multiprocessing.Pipe()
         start_at = time.monotonic() + 0.5
@@ -275,7 +281,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--drones", type=int, default=20)
     ap.add_argument("--rate", type=int, default=50, help="GLOBAL_POSITION_INT per drone per second")
-    ap.add_argument("--seconds", type=float, default=10.0, help="stream length (each phase)")
+    ap.add_argument("--seconds", type=float, default=20.0, help="live stream length (the ingest rounds use half)")
     ap.add_argument("--warmup", type=float, default=2.0, help="seconds of the live stream not counted")
     ap.add_argument("--rounds", type=int, default=5, help="baseline/ingest alternate this many times")
     ap.add_argument("--skip-live", action="store_true")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 
 import pytest
 from aiowait import aio
@@ -328,3 +329,27 @@ def test_parser_survives_garbage_and_corrupt_frames():
     kinds = [m.get_type() for m in out]
     assert kinds.count("HEARTBEAT") == 2 and "BAD_DATA" in kinds
     assert hashlib.sha256(bytes(out[-1].get_msgbuf())).digest() == hashlib.sha256(good).digest()
+
+
+def test_the_documented_examples_are_true():
+    """deploy/gateway.example.toml's drone part, uncommented, is a valid config; the drone examples of
+    docs/PROTOCOL.md §16 carry MACs that verify with the key 00 01 .. 1f."""
+    import json
+    import tomllib
+    from pathlib import Path
+
+    from lookout.gateway.core.commands import mac_hex
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "deploy" / "gateway.example.toml").read_text()
+    part = text[text.index("# [mavlink]"):]
+    toml = "\n".join(ln[2:] if ln.startswith("# ") else "" if ln.startswith("#") else ln for ln in part.splitlines())
+    cfg = from_dict({**BASE, **tomllib.loads(toml)}).mavlink
+    assert [e.name for e in cfg.endpoints] == ["radio", "desk"] and cfg.drones[0].id == "uav-1" and cfg.area
+    doc = (root / "docs" / "PROTOCOL.md").read_text()
+    drones = doc[doc.index("## 16. Drones"):]
+    signed = [json.loads(b) for b in re.findall(r"```json lookout:(?:evt|res)\n(.*?)\n```", drones, re.S)]
+    assert len(signed) == 3
+    for m in signed:
+        purpose = "evt" if "kind" in m else "res"
+        assert m["mac"] == mac_hex(KEY, purpose, m)
