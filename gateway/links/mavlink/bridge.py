@@ -76,10 +76,7 @@ class DroneBridge:
         self.journal = journal
         self.publish = publish
         self.clock = clock
-        t = tuning or Tuning()
-        if tuning is None:
-            t = Tuning(ack_timeout_s=cfg.ack_timeout_ms / 1000)
-        self.tuning = t
+        t = self.tuning = tuning or Tuning(ack_timeout_s=cfg.ack_timeout_ms / 1000)
         self._state_path = data_dir / "mavlink.json" if data_dir is not None else None
         self.signing_clock = SigningClock()
         self.verifier = Verifier(self.signing_clock)
