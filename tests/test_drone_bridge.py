@@ -315,3 +315,36 @@ async def test_tcp_and_udpout_links_and_measured_faults(tmp_path):
                 assert hb["x_loss_pct"] > 5
         finally:
             w.close()
+
+
+@aio
+async def test_out_of_range_telemetry_is_dropped_and_counted_and_the_link_survives(tmp_path):
+    """A vehicle sending nonsense (a latitude of 200 degrees, a photo geotag off the globe) must not take the link
+    down (over TCP an exception in the protocol callback would close the connection): the bad value is dropped and
+    counted, everything after it still arrives."""
+    async with SimDrone(Config(sysid=1), "tcpin:127.0.0.1:0") as sim:
+        w = World(tmp_path, [{"name": "sitl", "url": f"tcp:127.0.0.1:{sim.link.local_port}"}],
+                  drones=({"id": "uav-1", "sysid": 1, "signed": False},), stream_hz=0)
+        try:
+            async with w.bridge:
+                v = w.bridge.vehicles["uav-1"]
+                await until(lambda: v.link == "up" and w.got("uav-1", "loc"), 5, "link up")
+                ep = w.bridge.router.endpoints[0]
+                transport = ep._transport
+                sim.vehicle.rates["GLOBAL_POSITION_INT"] = 0  # only our frames from now on
+                await asyncio.sleep(0.6)
+                n = len(w.got("uav-1", "loc"))
+                sim.emit(mav.MAVLink_global_position_int_message(0, 2_000_000_000, 1201500000, 0, 0, 0, 0, 0, 0))
+                sim.emit(mav.MAVLink_camera_image_captured_message(0, 0, 1, 2_000_000_000, 4_000_000_000 - 2**32, 0,
+                                                                   0, [1, 0, 0, 0], 7, 1, b"x"))
+                await asyncio.sleep(0.6)
+                sim.emit(mav.MAVLink_global_position_int_message(0, 302600000, 1201600000, 0, 0, 0, 0, 0, 0))
+                await until(lambda: len(w.got("uav-1", "loc")) > n, 3, "the good position after the bad one")
+                assert w.got("uav-1", "loc")[-1]["lat"] == 302600000
+                assert all(abs(m["lat"]) <= 900_000_000 for m in w.got("uav-1", "loc"))
+                assert ep._transport is transport and ep.up  # the same TCP connection: never dropped
+                assert v.dropped["invalid"] >= 1
+                photo = [e for e in w.got("uav-1", "evt") if e["kind"] == "photo"]
+                assert photo and "lat" not in photo[0]  # the event, without the impossible geotag
+        finally:
+            w.close()

@@ -49,8 +49,9 @@ from lookout.gateway.links.mavlink.router import Router
 from lookout.gateway.links.mavlink.sender import CommandSender, MissionUploader, Outcome, Spec
 from lookout.gateway.links.mavlink.signing import SigningClock, Verifier
 from lookout.gateway.links.mavlink.tuning import Tuning
-from lookout.gateway.links.mavlink.vehicle import HB, LOC, Vehicle
+from lookout.gateway.links.mavlink.vehicle import HB, LOC, Vehicle, valid_position
 from lookout.protocols import messages, topics
+from lookout.protocols.errors import LocalProtocolError
 
 log = logging.getLogger(__name__)
 autopilot_log = logging.getLogger("lookout.drone")
@@ -253,9 +254,21 @@ class DroneBridge:
     def _publish_topic(self, v: Vehicle, topic: str, now: int) -> None:
         msg = v.loc_message(now) if topic == LOC else v.hb_message(now, self.cfg.hb_s)
         if msg is not None:
-            self._send_mqtt(v, topic, messages.encode(topic, msg))
+            self._send_mqtt(v, topic, self._encode(v, topic, msg))
+
+    def _encode(self, v: Vehicle, kind: str, msg: dict[str, Any]) -> bytes:
+        """The message as the contract allows it, or b"" (not published) when a vehicle's value breaks a rule:
+        counted as ``invalid`` and logged, never raised into the link's receive path."""
+        try:
+            return messages.encode(kind, msg)
+        except LocalProtocolError as e:
+            v.dropped["invalid"] += 1
+            log.warning("%s: %s not published: %s", v.id, kind, e)
+            return b""
 
     def _send_mqtt(self, v: Vehicle, channel: str, payload: bytes, retain: bool = False) -> None:
+        if not payload:
+            return
         try:
             self.publish(topics.topic(self.site, v.id, channel), payload, topics.qos(channel), retain)
             self.published += 1
@@ -270,7 +283,7 @@ class DroneBridge:
         detail = (f"image {m.image_index}" + (f": {url}" if url else "")) if ok else f"capture {m.image_index} failed"
         evt: dict[str, Any] = {"kind": "photo" if ok else "photo_failed", "sev": "info", "detail": detail[:200],
                                "x_image": m.image_index, "x_alt_mm": m.alt, "x_rel_alt_mm": m.relative_alt}
-        if m.lat or m.lon:
+        if (m.lat or m.lon) and valid_position(m.lat, m.lon):
             evt["lat"], evt["lon"] = m.lat, m.lon
         if url:
             evt["x_url"] = url[:200]
@@ -295,10 +308,10 @@ class DroneBridge:
         seq = v.next_seq("evt")
         eid = f"{v.id}-{v.bdseq}-{seq}"
         msg = {"id": eid if len(eid) <= 48 else f"{v.id[:24]}-{v.bdseq}-{seq}", "seq": seq, "ts": now, **body}
-        if v.pos is not None and "lat" not in msg and (v.pos[0] or v.pos[1]):
+        if v.pos is not None and "lat" not in msg and (v.pos[0] or v.pos[1]) and valid_position(*v.pos[:2]):
             msg["lat"], msg["lon"] = v.pos[0], v.pos[1]
         msg["mac"] = mac_hex(v.key, "evt", msg)
-        self._send_mqtt(v, "evt", messages.encode("evt", msg))
+        self._send_mqtt(v, "evt", self._encode(v, "evt", msg))
 
     # -- link state ------------------------------------------------------------------------------------------
     def _link_up(self, v: Vehicle, now: int) -> None:

@@ -20,12 +20,15 @@ Frames from system ids the bridge does not know are routed (2, 4) but not bridge
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
 from lookout.gateway.links.mavlink.endpoints import Endpoint
 from lookout.gateway.links.mavlink.signing import Verifier
 from lookout.gateway.links.mavlink.vehicle import Vehicle
+
+log = logging.getLogger(__name__)
 
 OnVehicle = Callable[[Vehicle, Any, str, int], None]  # (vehicle, message, message type, now_ms)
 
@@ -82,7 +85,13 @@ class Router:
                 route = veh.route
                 if route is None or route[0] is not ep or route[1] != peer:
                     veh.route = (ep, peer)
-                self.on_vehicle(veh, m, t, now)
+                try:
+                    self.on_vehicle(veh, m, t, now)
+                except Exception:  # noqa: BLE001 - one frame must never take the link down (a bug shows here)
+                    veh.dropped["error"] += 1
+                    if veh.dropped["error"] & (veh.dropped["error"] - 1) == 0:  # 1st, 2nd, 4th, 8th ...
+                        log.exception("%s: %s frame could not be handled (%d so far)", veh.id, t,
+                                      veh.dropped["error"])
             else:
                 st.count_seq(sysid, compid, hdr.seq)
                 self.unknown[sysid] = self.unknown.get(sysid, 0) + 1

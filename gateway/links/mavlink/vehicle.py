@@ -39,6 +39,11 @@ UINT16_MAX = 0xFFFF
 LOC, HB = "loc", "hb"
 
 
+def valid_position(lat: int, lon: int) -> bool:
+    """A position the loc schema accepts (degE7 on the globe); anything else from a vehicle is dropped."""
+    return -900_000_000 <= lat <= 900_000_000 and -1_800_000_000 <= lon <= 1_800_000_000
+
+
 class Vehicle:
     """State of one configured drone (``DroneConfig``), updated message by message."""
 
@@ -158,6 +163,9 @@ class Vehicle:
             return None
         lat, lon, alt, rel, vx, vy, hdg = self.pos
         if lat == 0 and lon == 0:
+            return None
+        if not valid_position(lat, lon):
+            self.dropped["invalid"] += 1  # an autopilot's nonsense: no location rather than a wrong one
             return None
         m: dict[str, Any] = {"seq": self.next_seq("loc"), "ts": self.pos_ms or now_ms, "lat": lat, "lon": lon,
                              "alt_mm": max(-1_000_000, min(alt, 100_000_000)),
