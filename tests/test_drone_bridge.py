@@ -305,7 +305,10 @@ async def test_tcp_and_udpout_links_and_measured_faults(tmp_path):
                             "SET_MESSAGE_INTERVAL asked at link up and obeyed")
                 udp_sim.faults.loss_pct, udp_sim.faults.corrupt_pct = 20, 5
                 r0, l0 = v2.received, v2.lost
+                h0 = udp_sim.vehicle.gcs_heartbeats, tcp_sim.vehicle.gcs_heartbeats
                 await asyncio.sleep(2.0)
+                beats = (udp_sim.vehicle.gcs_heartbeats - h0[0], tcp_sim.vehicle.gcs_heartbeats - h0[1])
+                assert all(1 <= b <= 3 for b in beats), beats  # the bridge's own HEARTBEAT, 1 Hz, to each drone
                 loss = 100 * (v2.lost - l0) / (v2.received - r0 + v2.lost - l0)
                 assert 12 < loss < 45, loss  # ~20 % dropped plus the corrupt ones (a bad length byte can take more)
                 radio = w.bridge.router.endpoints[1].stats

@@ -82,6 +82,7 @@ class SimVehicle:
                        "BATT_CAPACITY": 5200.0, "FENCE_ENABLE": 0.0}
         self.last_step = now_s
         self.gcs_seen_s: float | None = None
+        self.gcs_heartbeats = 0
         self.commands_seen: list[tuple[int, int]] = []  # (command, confirmation) as received: tests read it
 
     # -- helpers ---------------------------------------------------------------------------------------------
@@ -181,6 +182,7 @@ class SimVehicle:
         if t == "HEARTBEAT":
             if msg.type == mav.MAV_TYPE_GCS:
                 self.gcs_seen_s = now_s
+                self.gcs_heartbeats += 1
             return []
         if t in ("COMMAND_LONG", "COMMAND_INT"):
             conf = msg.confirmation if t == "COMMAND_LONG" else 0
