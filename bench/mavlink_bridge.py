@@ -45,19 +45,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "support")]
 
-import paho.mqtt.client as paho  # noqa: E402
-from broker import Mosquitto  # noqa: E402
-from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
-from pymavlink.dialects.v20 import ardupilotmega as mav  # noqa: E402
+import paho.mqtt.client as paho
+from broker import Mosquitto
+from paho.mqtt.enums import CallbackAPIVersion
+from pymavlink.dialects.v20 import ardupilotmega as mav
 
-from lookout.gateway.admin.keystore import KeyStore  # noqa: E402
-from lookout.gateway.admin.provision import provision_drone  # noqa: E402
-from lookout.gateway.core.config import from_dict  # noqa: E402
-from lookout.gateway.core.journal import Journal  # noqa: E402
-from lookout.gateway.core.registry import Registry  # noqa: E402
-from lookout.gateway.links.mavlink import DroneBridge  # noqa: E402
-from lookout.gateway.links.mavlink.signing import now_10us  # noqa: E402
-from lookout.simulators.drone.vehicle import Config, SimVehicle  # noqa: E402
+from lookout.gateway.admin.keystore import KeyStore
+from lookout.gateway.admin.provision import provision_drone
+from lookout.gateway.core.config import from_dict
+from lookout.gateway.core.journal import Journal
+from lookout.gateway.core.registry import Registry
+from lookout.gateway.links.mavlink import DroneBridge
+from lookout.gateway.links.mavlink.signing import now_10us
+from lookout.simulators.drone.vehicle import Config, SimVehicle
 
 SITE = "bench"
 Frames = list[tuple[float, int, bytes, int | None]]  # (time s, sysid, frame, key of a position frame or None)

@@ -67,7 +67,7 @@ def drone_site(mosquitto, tmp_path, monkeypatch):
 
 
 def test_sim_drone_and_drone_commands_through_the_cli(drone_site, capsys):
-    gw, sim, port = drone_site
+    _gw, sim, port = drone_site
     assert sim.stdout is not None  # signed with the key provisioned for sysid 1, found through --config
     assert sim.stdout.readline().strip() == f"drone sysid 1 on udp:127.0.0.1:{port} (signed)"
     end = time.monotonic() + 15

@@ -438,4 +438,4 @@ def _text(raw: Any) -> str:
     return str(raw).rstrip("\0")
 
 
-__all__ = ["Config", "MODES", "SimVehicle"]
+__all__ = ["MODES", "Config", "SimVehicle"]

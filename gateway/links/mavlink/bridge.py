@@ -42,7 +42,8 @@ from lookout.gateway.core.clock import now_ms
 from lookout.gateway.core.commands import mac_hex
 from lookout.gateway.core.config_mavlink import DroneConfig, MavlinkConfig
 from lookout.gateway.core.registry import Device
-import lookout.gateway.links.mavlink.actions as actions
+from lookout.gateway.links.mavlink.actions import COMMANDS, Refused, mission_items, mode_spec, plan
+from lookout.gateway.links.mavlink.actions import check as check_command
 from lookout.gateway.links.mavlink.codec import MAV, SEVERITY_NAMES, Encoder, flavour
 from lookout.gateway.links.mavlink.endpoints import make
 from lookout.gateway.links.mavlink.router import Router
@@ -59,7 +60,7 @@ autopilot_log = logging.getLogger("lookout.drone")
 Publish = Callable[[str, bytes, int, bool], None]  # (topic, payload, qos, retain): the gateway's MQTT link
 STATUSTEXT_LEVELS = {0: logging.CRITICAL, 1: logging.CRITICAL, 2: logging.CRITICAL, 3: logging.ERROR,
                      4: logging.WARNING, 5: logging.INFO, 6: logging.INFO, 7: logging.DEBUG}
-CAPS = actions.COMMANDS
+CAPS = COMMANDS
 
 
 class BridgeError(Exception):
@@ -125,10 +126,8 @@ class DroneBridge:
         for t in [*self._tasks, *self._running.values(), *self._bg]:
             t.cancel()
         for t in [*self._tasks, *self._running.values(), *self._bg]:
-            try:
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # cancelled, or failed: we are stopping
                 await t
-            except BaseException:  # noqa: BLE001 - cancelled or already failed: we are stopping
-                pass
         now = self.clock()
         for v in self.vehicles.values():
             if v.link == "up":
@@ -415,7 +414,7 @@ class DroneBridge:
 
     # -- commands --------------------------------------------------------------------------------------------
     def check(self, device: Device, name: str, args: dict[str, Any]) -> tuple[str, str] | None:
-        return actions.check(name, args, self.cfg)
+        return check_command(name, args, self.cfg)
 
     async def start_command(self, v: Vehicle, cmd: dict[str, Any]) -> None:
         cid = cmd["id"]
@@ -439,15 +438,15 @@ class DroneBridge:
         home = (v.home[0], v.home[1], v.home[2] // 1000) if v.home else None
         self._photo_seq += 1
         try:
-            steps = actions.plan(name, args, self.cfg, home, self._photo_seq)
-        except actions.Refused as e:
+            steps = plan(name, args, self.cfg, home, self._photo_seq)
+        except Refused as e:
             self._result(v, cid, "rejected", e.code, e.detail)
             return
         out: Outcome | None = None
         data: dict[str, Any] = {}
         for i, step in enumerate(steps):
             if step.kind == "mission":
-                items = actions.mission_items(v.sysid, v.compid, step.points)
+                items = mission_items(v.sysid, v.compid, step.points)
                 out = await self.uploader.upload(v.sysid, v.compid, items)
                 if out.ok and i + 1 < len(steps):
                     self._result(v, cid, "accepted", None, f"mission of {len(items) - 1} items uploaded",
@@ -455,8 +454,8 @@ class DroneBridge:
                 data["items"] = len(items) - 1
             else:
                 try:
-                    spec = step.spec if step.kind == "cmd" else actions.mode_spec(v.autopilot, step.mode or "")
-                except actions.Refused as e:
+                    spec = step.spec if step.kind == "cmd" else mode_spec(v.autopilot, step.mode or "")
+                except Refused as e:
                     self._result(v, cid, "rejected", e.code, e.detail)
                     return
                 assert spec is not None

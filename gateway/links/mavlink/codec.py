@@ -117,5 +117,15 @@ def target_of(msg: Any) -> tuple[int, int]:
     return getattr(msg, "target_system", 0) or 0, getattr(msg, "target_component", 0) or 0
 
 
-__all__ = ["ARDUCOPTER_MODES", "MAV", "Encoder", "Parser", "RESULT_NAMES", "flavour", "known_modes", "mode_name",
-           "mode_number", "target_of"]
+__all__ = [
+    "ARDUCOPTER_MODES",
+    "MAV",
+    "RESULT_NAMES",
+    "Encoder",
+    "Parser",
+    "flavour",
+    "known_modes",
+    "mode_name",
+    "mode_number",
+    "target_of",
+]

@@ -87,7 +87,7 @@ class Router:
                     veh.route = (ep, peer)
                 try:
                     self.on_vehicle(veh, m, t, now)
-                except Exception:  # noqa: BLE001 - one frame must never take the link down (a bug shows here)
+                except Exception:
                     veh.dropped["error"] += 1
                     if veh.dropped["error"] & (veh.dropped["error"] - 1) == 0:  # 1st, 2nd, 4th, 8th ...
                         log.exception("%s: %s frame could not be handled (%d so far)", veh.id, t,

@@ -49,8 +49,7 @@ class SigningClock:
 
     def observe(self, ts: int) -> None:
         """The spec lets a signer move its clock up to the newest timestamp it accepted."""
-        if ts > self._last:
-            self._last = ts
+        self._last = max(self._last, ts)
 
 
 class Verifier:
