@@ -137,7 +137,7 @@ def report(resp: dict[str, Any], as_json: bool) -> int:
         extra = ""
         if st == "queued":
             extra = " - device offline: queued, will be sent on its next birth unless it expires first"
-        elif st == "refused":
+        elif st == "refused" and r.get("code") in (None, "offline"):
             extra = " - device offline: refused (not queued, --no-queue)"
         elif r.get("code") and r["code"] != st:
             extra = f" - {r['code']}" + (f": {r['detail']}" if r.get("detail") else "")

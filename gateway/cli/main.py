@@ -25,6 +25,7 @@ AREAS = (
     "lookout.gateway.cli.rotation",  # rotate-key
     "lookout.gateway.cli.incidents",  # incidents, incident show/ack/dispatch/close, coverage
     "lookout.gateway.cli.sim",  # sim node (and other simulated hardware: simulators/sim_<kind>.py)
+    "lookout.gateway.cli.drone",  # drone goto / orbit / rtl / land / photo / mission / list
 )
 
 

@@ -35,6 +35,7 @@ from lookout.gateway.cli.common import (
     run_report,
     ts,
 )
+from lookout.gateway.cli.drone import drone_table
 
 
 def device_table(devs: list[dict[str, Any]]) -> str:
@@ -49,6 +50,9 @@ def device_table(devs: list[dict[str, Any]]) -> str:
     for d in devs:
         counts[d["state"]] = counts.get(d["state"], 0) + 1
     lines.append(f"{len(devs)} device(s): " + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none"))
+    drones = drone_table(devs)  # battery, flight mode and link quality of the drones, if any
+    if drones:
+        lines += ["", drones]
     return "\n".join(lines)
 
 

@@ -15,7 +15,8 @@ Status machine (``STATUS_NEXT``)::
     queued -> sent -> accepted -> done | failed | rejected
        |        |         \\-> timeout (no final result by exp)
        |        +-> queued (target went offline before answering) / timeout (max_attempts, no answer)
-       +-> expired (exp passed while waiting)          refused (offline and queue=False)
+       +-> expired (exp passed while waiting)          refused (offline and queue=False, or the transport's
+                                                       ``check`` refused it: a drone's geofence, bad args)
 
 Delivery policy: re-send every ``retry_s`` while no result arrived, at most ``max_attempts`` times; a command
 whose target goes offline returns to the queue and is re-sent on the next birth unless expired. The queue is
@@ -83,7 +84,10 @@ class GroupRefused(CommandError):
 
 
 class Transport(Protocol):
-    """Moves one signed command to one device. ``send`` returns when the bytes left (MQTT: after PUBACK)."""
+    """Moves one signed command to one device. ``send`` returns when the bytes left (MQTT: after PUBACK).
+
+    A transport may also have ``check(device, name, args) -> (code, detail) | None``: a refusal there makes the
+    command ``refused`` with that code before anything is sent (the drone bridge's geofence and argument rules)."""
 
     async def send(self, device: Device, wire: bytes, cmd: dict[str, Any]) -> None: ...
 
@@ -410,19 +414,28 @@ class CommandService:
                               | {"mac": "0" * 64}, err=LocalProtocolError)
         except LocalProtocolError as e:
             raise CommandError(f"invalid command: {e}", "bad_request") from None
+        # a transport may refuse a command before it is stored as sendable (a drone: geofence, unknown command)
+        check = getattr(self.transports.get(dev.transport), "check", None)
+        refusal = check(dev, name, c.args) if check is not None else None
+        if refusal is not None:
+            return self._refuse(c, now, *refusal)
         if not dev.live and not queue:
-            c.status = "refused"
-            c.code = "offline"
-            c.detail = f"{device_id} is {dev.state}; not queued"
-            c.final_ms = now
-            c.seal()
-            self._save(c, sync=False)
-            self._recent[c.id] = c
-            for fn in self._listeners:
-                fn(c, "new")
-            return c
+            return self._refuse(c, now, "offline", f"{device_id} is {dev.state}; not queued")
         self.active[c.id] = c
         self._save(c, sync=not dev.live)  # live: sent at once; _transmit stores it with its bytes
+        for fn in self._listeners:
+            fn(c, "new")
+        return c
+
+    def _refuse(self, c: Command, now: int, code: str, detail: str) -> Command:
+        """Final at once, never sent: ``offline`` (and queue=False), or a transport's refusal (its code)."""
+        c.status = "refused"
+        c.code = code
+        c.detail = detail
+        c.final_ms = now
+        c.seal()
+        self._save(c, sync=False)
+        self._recent[c.id] = c
         for fn in self._listeners:
             fn(c, "new")
         return c

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from lookout.gateway.core.config_mavlink import MavlinkConfig
+from lookout.gateway.core.config_mavlink import parse as parse_mavlink
 from lookout.protocols.topics import is_valid_id
 
 
@@ -108,6 +110,7 @@ class Config:
     linkage: dict[str, Any] = field(default_factory=dict)  # [linkage] as written: gateway/linkage/rules.py checks it
     source: Path | None = None  # the gateway.toml this came from (SIGHUP re-reads its [linkage])
     web: WebConfig = field(default_factory=WebConfig)
+    mavlink: MavlinkConfig | None = None  # [mavlink] + [[drone]]: the drone bridge (gateway/core/config_mavlink.py)
 
     @property
     def keystore_path(self) -> Path:
@@ -176,7 +179,8 @@ def _broker_url(v: str) -> bool:
         return False
 
 
-SECTIONS = ("gateway", "broker", "registry", "commands", "metrics", "coap", "zones", "linkage", "web")
+SECTIONS = ("gateway", "broker", "registry", "commands", "metrics", "coap", "zones", "linkage", "web", "mavlink",
+            "drone")
 
 
 
@@ -286,6 +290,7 @@ def from_dict(d: dict[str, Any], base: Path | None = None) -> Config:
     if not isinstance(linkage, dict):
         errors.append(f"[linkage]: expected a table, got {linkage!r}")
         linkage = {}
+    mavlink = parse_mavlink(d.get("mavlink"), d.get("drone"), errors)
 
     if errors:
         raise ConfigError(errors)
@@ -304,7 +309,7 @@ def from_dict(d: dict[str, Any], base: Path | None = None) -> Config:
     return Config(gateway_id=gid or "gw-1", site=site or "site", data_dir=ddir, keystore=ks,
                   log_level=level or "info", log_format=log_format or "text", broker=broker, registry=reg,
                   commands=cmds, metrics_listen=metrics_listen, coap_listen=coap_listen, zones=zones,
-                  linkage=linkage, web=web)
+                  linkage=linkage, web=web, mavlink=mavlink)
 
 
 def load(path: str | Path) -> Config:

@@ -180,6 +180,24 @@ def on_alive(dev: Device, now_ms: int, seq: int | None = None, what: str = "hear
     return out
 
 
+EXT_MAX = 16  # x_ fields of a heartbeat kept in Device.info
+EXT_TEXT_MAX = 64
+
+
+def extensions(msg: dict[str, Any], taken: dict[str, Any]) -> dict[str, Any]:
+    """A heartbeat's vendor extensions (``x_armed`` ...) for ``Device.info`` under their names without ``x_``:
+    scalars only, text at most EXT_TEXT_MAX chars, at most EXT_MAX of them, never over a standard field. The
+    drone bridge reports mode, link and GPS this way (docs/PROTOCOL.md §19)."""
+    out: dict[str, Any] = {}
+    for k, v in msg.items():
+        if len(out) >= EXT_MAX:
+            break
+        if k.startswith("x_") and k[2:] not in taken and (isinstance(v, (bool, int)) or (
+                isinstance(v, str) and len(v) <= EXT_TEXT_MAX)):
+            out[k[2:]] = v
+    return out
+
+
 def deadlines(dev: Device, cfg: RegistryConfig) -> tuple[int, int] | None:
     """(stale_at_ms, offline_at_ms) for a live device, None otherwise."""
     if not dev.live or dev.last_seen_ms is None:
@@ -331,6 +349,7 @@ class Registry:
         dev.last_hb_ms = now_ms
         dev.info = {k: msg[k] for k in ("bat_mv", "bat_pct", "rssi", "temp_dc", "heap", "errs", "outbox",
                                          "dropped", "state", "up_s") if k in msg}
+        dev.info.update(extensions(msg, dev.info))
         return self._track(dev, out + on_alive(dev, now_ms, msg.get("seq")))
 
     def location(self, device_id: str, site: str, msg: dict[str, Any], now_ms: int) -> list[Change]:

@@ -93,6 +93,7 @@ class Gateway:
         self._opreq: dict[str, int] = {}  # operator id -> requests in progress
         self._opreq_refused = 0  # answered "busy"
         self.coap: Any = None
+        self.drones: Any = None  # the drone bridge, with [mavlink] in the config
         self.metrics_port: int | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------------------
@@ -200,6 +201,12 @@ class Gateway:
             with listening("[coap].listen", cfg.coap_listen):
                 self.coap = await self._stack.enter_async_context(  # 2.04 only once the broker has it (PUBACK)
                     CoAPBridge(mqttlink_publisher(self.link), host, int(coap_port), keystore=self.keystore))
+        if cfg.mavlink is not None:  # drones: MAVLink vehicles as devices, proxied on MQTT (gateway/links/mavlink)
+            from lookout.gateway.links.mavlink import DroneBridge
+            self.drones = await self._stack.enter_async_context(DroneBridge(
+                cfg.mavlink, cfg.site, self.keystore, self.registry, self.journal, self._publish_nowait,
+                metrics=self.metrics, data_dir=cfg.data_dir, clock=self.clock))
+            self.commands.register_transport("drone", self.drones.transport)
 
     async def __aexit__(self, *exc: object) -> None:
         self._stop.set()

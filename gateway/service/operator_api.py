@@ -236,7 +236,7 @@ def _aggregate(cmds: list[Command], wait: str) -> str:
     if len(cmds) == 1:
         s = st[0]
         if s == "refused":
-            return "offline"
+            return "offline" if cmds[0].code == "offline" else "failed"  # else the transport refused it
         if s in ("failed", "rejected"):
             return "failed"
         if s in ("expired", "timeout"):
