@@ -347,7 +347,7 @@ def test_the_documented_examples_are_true():
     cfg = from_dict({**BASE, **tomllib.loads(toml)}).mavlink
     assert [e.name for e in cfg.endpoints] == ["radio", "desk"] and cfg.drones[0].id == "uav-1" and cfg.area
     doc = (root / "docs" / "PROTOCOL.md").read_text()
-    drones = doc[doc.index("## 16. Drones"):]
+    drones = doc[doc.index("## 19. Drones"):]
     signed = [json.loads(b) for b in re.findall(r"```json lookout:(?:evt|res)\n(.*?)\n```", drones, re.DOTALL)]
     assert len(signed) == 3
     for m in signed:

@@ -16,8 +16,8 @@ class Tuning:
     command_retries: int = 3  # resends after the first attempt (MAVSDK MavlinkCommandSender::DEFAULT_RETRIES = 3)
     in_progress_s: float = 10.0  # silence allowed after MAV_RESULT_IN_PROGRESS before the next ACK (ours)
     command_cap_s: float = 120.0  # a command that keeps reporting IN_PROGRESS is given up after this (ours)
-    mission_timeout_s: float = 1.5  # per mission-protocol step (FIELD.md: ~1.5 s; QGC/MAVSDK use about that)
-    mission_retries: int = 5  # resends of one mission step (FIELD.md: up to 5)
+    mission_timeout_s: float = 1.5  # per mission-protocol step (~1.5 s, as QGC and MAVSDK use)
+    mission_retries: int = 5  # resends of one mission step (up to 5, as QGC and MAVSDK)
     watchdog_s: float = 0.1  # how often link loss is checked (a tenth of MAVSDK's 3 s loss time would be 0.3 s)
     tail_fraction: float = 0.5  # decimation: the held latest value goes out at most this many periods late
     tcp_retry_s: float = 2.0  # reconnect wait of a TCP or serial endpoint (doubling to 30 s; ours)
