@@ -30,11 +30,17 @@ at end of stream / idle, or when it reaches ``report_limit`` bytes, so a noisy l
 decisions depend only on the bytes, never on how they were chunked: feeding a buffer whole or byte by byte gives
 identical events.
 
-Delivery (windows, resends, duplicate suppression) is the gateway's business; this module defines only the
-ACK/NACK payloads (``encode_ack``/``decode_ack``, ``encode_nack``/``decode_nack``).
+Delivery (windows, resends, duplicate suppression, authentication) is ``protocols/serialsession.py``'s business;
+this module defines only the frames and the ACK/NACK payloads (``encode_ack``/``decode_ack``,
+``encode_nack``/``decode_nack``).
 """
 
 import struct
+
+try:  # CPython: binascii.crc_hqx is this CRC in C (poly 0x1021, no reflection); MicroPython has no crc_hqx
+    from binascii import crc_hqx as _crc_hqx
+except ImportError:
+    _crc_hqx = None
 
 from . import defaults
 from .errors import FrameError, LocalProtocolError
@@ -63,15 +69,20 @@ TYPE_RESULT = 0x08  # JSON command result (recorder -> gateway)
 TYPE_CLIP_OFFER = 0x10  # cliptransfer manifest (JSON)
 TYPE_CLIP_CHUNK = 0x11  # cliptransfer chunk (binary)
 TYPE_CLIP_DONE = 0x12  # cliptransfer status (JSON)
+TYPE_CLIP_DATA = 0x13  # cliptransfer data at a byte offset (binary, see cliptransfer.encode_data)
+TYPE_CATALOG = 0x14  # JSON clip catalogue (recorder -> gateway), protocols/serialsession.py
 
 TYPE_NAMES = {
     TYPE_HELLO: "HELLO", TYPE_HEARTBEAT: "HEARTBEAT", TYPE_LOCATION: "LOCATION", TYPE_EVENT: "EVENT",
     TYPE_ACK: "ACK", TYPE_NACK: "NACK", TYPE_COMMAND: "COMMAND", TYPE_RESULT: "RESULT",
     TYPE_CLIP_OFFER: "CLIP_OFFER", TYPE_CLIP_CHUNK: "CLIP_CHUNK", TYPE_CLIP_DONE: "CLIP_DONE",
+    TYPE_CLIP_DATA: "CLIP_DATA", TYPE_CATALOG: "CATALOG",
 }
 # Types the receiver must acknowledge (ACK or NACK). HEARTBEAT and LOCATION are periodic and superseded by the
 # next one; ACK/NACK are never acknowledged.
-NEEDS_ACK = (TYPE_HELLO, TYPE_EVENT, TYPE_COMMAND, TYPE_RESULT, TYPE_CLIP_OFFER, TYPE_CLIP_CHUNK, TYPE_CLIP_DONE)
+# Inside a session (serialsession.py) every frame but HELLO, ACK and NACK is sequenced and acknowledged.
+NEEDS_ACK = (TYPE_HELLO, TYPE_EVENT, TYPE_COMMAND, TYPE_RESULT, TYPE_CLIP_OFFER, TYPE_CLIP_CHUNK, TYPE_CLIP_DONE,
+             TYPE_CLIP_DATA, TYPE_CATALOG)
 
 # NACK reasons (one byte)
 NACK_BAD_CRC = 1  # frame arrived with a bad fcs (seq known from the valid header): resend now
@@ -109,8 +120,16 @@ CLOSED = _Sentinel("CLOSED")  # returned forever after receive_data(b"") once th
 def crc16(data, crc=0xFFFF):
     """CRC-16/IBM-3740 (CCITT-FALSE) of ``data``; pass a previous result as ``crc`` to continue.
 
-    Table-free byte-wise form of poly 0x1021 (no 512-byte table in a node's RAM).
+    Table-free byte-wise form of poly 0x1021 (no 512-byte table in a node's RAM); on CPython the C
+    ``binascii.crc_hqx`` (same polynomial, no reflection, no xor-out), ~100x faster at 921,600 baud.
     """
+    if _crc_hqx is not None:
+        return _crc_hqx(data, crc)
+    return crc16_portable(data, crc)
+
+
+def crc16_portable(data, crc=0xFFFF):
+    """The same CRC in plain Python (what MicroPython runs; tests compare it with the C one)."""
     for b in data:
         x = ((crc >> 8) ^ b) & 0xFF
         x ^= x >> 4
@@ -329,9 +348,11 @@ class FrameDecoder:
     def line_idle(self):
         """The line went quiet (the caller's inter-byte timeout): a partial frame held now is truncated.
 
-        Lets the gateway report and drop a half frame at once instead of when the next bytes fill it.
+        Lets the gateway report and drop a half frame at once instead of when the next bytes fill it, and
+        reports a pending run of rejected bytes (e.g. the last frame failed its CRC) without waiting for the
+        next good frame, so the receiver can NACK it at once.
         """
-        if self.buffered:
+        if self.buffered or self._run is not None:
             self._idle = True
 
     def _discard(self, n, reason, message, seq=None, ftype=None):
@@ -402,10 +423,13 @@ class FrameDecoder:
 def encode_ack(seq, mask=0):
     """ACK payload: ``seq`` (uint16 BE) received; ``mask`` bit i set = seq+1+i (mod 65536) received too.
 
-    A plain ACK is 2 bytes; with a non-zero mask (selective ack of the next 32 seqs) it is 6 bytes.
+    A plain ACK is 2 bytes; with a mask that fits 32 bits (selective ack of the next 32 seqs) it is 6 bytes, and
+    with a wider one (up to the next 64 seqs, for a session window of 64 frames) it is 10 bytes.
     """
     _check_int("seq", seq, 0, 0xFFFF)
-    _check_int("mask", mask, 0, 0xFFFFFFFF)
+    _check_int("mask", mask, 0, 0xFFFFFFFFFFFFFFFF)
+    if mask > 0xFFFFFFFF:
+        return struct.pack(">HII", seq, mask >> 32, mask & 0xFFFFFFFF)
     if mask:
         return struct.pack(">HI", seq, mask)
     return struct.pack(">H", seq)
@@ -418,7 +442,10 @@ def decode_ack(payload):
         return struct.unpack(">H", payload)[0], 0
     if n == 6:
         return struct.unpack(">HI", payload)
-    raise FrameError("ACK payload of %d bytes, expected 2 or 6" % n, field="ack")
+    if n == 10:
+        seq, hi, lo = struct.unpack(">HII", payload)
+        return seq, (hi << 32) | lo
+    raise FrameError("ACK payload of %d bytes, expected 2, 6 or 10" % n, field="ack")
 
 
 def acked_seqs(seq, mask):

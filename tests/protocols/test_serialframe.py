@@ -73,6 +73,8 @@ def test_crc_check_value():
     assert sf.crc16(b"56789", sf.crc16(b"1234")) == 0x29B1
     # residue: CRC over data + its big-endian CRC is 0
     assert sf.crc16(b"123456789\x29\xb1") == 0
+    assert sf.crc16_portable(b"123456789") == 0x29B1  # the plain loop (CPython's crc16 uses binascii)
+    assert sf.crc16_portable(b"56789", sf.crc16_portable(b"1234", 0)) == 0x31C3
 
 
 def test_golden_hello():
@@ -306,10 +308,12 @@ def test_ack_payloads():
     assert sf.encode_ack(0x1234, 0b101) == b"\x12\x34\x00\x00\x00\x05"
     assert sf.decode_ack(b"\x12\x34\x00\x00\x00\x05") == (0x1234, 5)
     assert sf.acked_seqs(65534, 0b111) == [65534, 65535, 0, 1]
-    with raises(FrameError, match="ACK payload of 3 bytes, expected 2 or 6"):
+    assert sf.encode_ack(7, 1 << 40) == b"\x00\x07\x00\x00\x01\x00\x00\x00\x00\x00"  # 64-bit mask form
+    assert sf.decode_ack(sf.encode_ack(7, (1 << 63) | 1)) == (7, (1 << 63) | 1)
+    with raises(FrameError, match="ACK payload of 3 bytes, expected 2, 6 or 10"):
         sf.decode_ack(b"\x00\x01\x02")
     with raises(LocalProtocolError, match="mask"):
-        sf.encode_ack(1, 1 << 32)
+        sf.encode_ack(1, 1 << 64)
 
 
 def test_nack_payloads():
