@@ -75,6 +75,7 @@ class Gateway:
         self._tasks: asyncio.Task[None] | None = None
         self._bg: set[asyncio.Task[Any]] = set()
         self.coap: Any = None
+        self.recorders: Any = None
         self.metrics_port: int | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------------------
@@ -110,7 +111,8 @@ class Gateway:
         from lookout.gateway.clips.distribution import ClipDistributor
         from lookout.gateway.clips.store import ClipStore
         self.clipstore = ClipStore(cfg.data_dir / "clips", self.journal, self.keystore, send=self._clip_status,
-                                   clock=self.clock)
+                                   clock=self.clock, retention_days=cfg.recorders.retention_days,
+                                   recorder_max_size=cfg.recorders.max_clip_mb << 20)
         self._stack.callback(self.clipstore.close)
         self.ops = OperatorAPI(cfg, self.registry, self.commands, self.journal, self.keystore, self.clock,
                                bdseq=lambda: self.bdseq)
@@ -143,6 +145,9 @@ class Gateway:
         await self._stack.enter_async_context(self.link)
         self._stack.push_async_callback(self._farewell)
         self.spawn(self.clipdist.run(), name="clips")
+        if cfg.recorders.devices:  # serial body-worn recorders: bridge, hot-plug, transport (service/recorders.py)
+            from lookout.gateway.service.recorders import RecorderService
+            self.recorders = await self._stack.enter_async_context(RecorderService(self))
 
         now = self.clock()
         me = self.registry.ensure(cfg.gateway_id, cfg.site, "gateway")
