@@ -411,6 +411,7 @@ class SerialSession:
         self._probe_at = None  # gateway: when a probe goes (None: none wanted)
         self._probe_ok = 0  # gateway: earliest time the next probe may go
         self._epoch = 0  # sessions opened so far; events of an older one never count for the new one
+        self._session_nr = None  # the recorder nonce of the open session (a resent hs1 of it is ignored)
         self._refused = False
         self._pending = None  # gateway: (dev, nr, ng, key, info) between hs2 and hs3
         self._nr = None
@@ -858,6 +859,12 @@ class SerialSession:
         self._ctl.append(self._hello_frame({"hs": 2, "gw": self.my_id, "nr": d["nr"], "err": code}))
 
     def _on_hs1(self, d, now):
+        nr = bytes.fromhex(d["nr"])
+        if self._pending is not None and self.state == HELLO and self._pending[1] == nr:
+            self._ctl.append(self._pending[8])  # the same hs1 again (it crossed our hs2): the same answer
+            return
+        if self.state == OPEN and self._session_nr == nr:
+            return  # a resent hs1 of the session we already have
         if self.state == OPEN:
             self._lose("rehello")
         self.state = IDLE
@@ -876,16 +883,17 @@ class SerialSession:
         win = d["win"]  # we send with the recorder's receive window; hs2 announces ours
         hs2 = {"hs": 2, "gw": self.my_id, "v": v, "mtu": mtu, "win": self.win, "ng": _hx(ng), "nr": d["nr"]}
         signing.sign(key, "hello", hs2)
-        self._pending = (d["dev"], bytes.fromhex(d["nr"]), ng, key, d, v, mtu, win)
+        frame = self._hello_frame(hs2)
+        self._pending = (d["dev"], nr, ng, key, d, v, mtu, win, frame)
         self.state = HELLO
-        self._ctl.append(self._hello_frame(hs2))
+        self._ctl.append(frame)
 
     def _on_hs3(self, d, now):
         p = self._pending
         if p is None or self.state != HELLO:
             self.stats["bad_hello"] += 1
             return
-        dev, nr, ng, key, info, v, mtu, win = p
+        dev, nr, ng, key, info, v, mtu, win, _frame = p
         if d["dev"] != dev or d["ng"] != _hx(ng) or d["nr"] != _hx(nr):
             self.stats["bad_hello"] += 1
             return
@@ -927,6 +935,7 @@ class SerialSession:
         self._open(d["gw"], d, self._key, ng, self._nr, d["v"], d["mtu"], d["win"])
 
     def _open(self, peer, info, key, ng, nr, v, mtu, win):
+        self._session_nr = nr
         ks = signing.hmac_sha256(key, b"lookout/1|serial|" + ng + nr)
         k_rg = _Mac(signing.hmac_sha256(ks, b"R>G"))
         k_gr = _Mac(signing.hmac_sha256(ks, b"G>R"))

@@ -249,6 +249,8 @@ class SimRecorder:
         self._up.cut = self._down.cut = False
         self.session = self._new_session()
         self.session.start(mono_ms())
+        if self.push is not None:  # an upload cut short goes on over the new session (offered again)
+            self.push.session = self.session
         self.established.clear()
         self._wake.set()
 

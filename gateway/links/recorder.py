@@ -102,6 +102,7 @@ class RecorderPort:
         self._writing = False
         self._timer: asyncio.TimerHandle | None = None
         self._idle: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.closed = True
         self.opened_ms = 0
         self.stats = {"bytes_in": 0, "bytes_out": 0, "bad_payloads": 0, "frames": 0}
@@ -121,7 +122,7 @@ class RecorderPort:
         self.closed = False
         self.opened_ms = mono_ms()
         self.session.start(self.opened_ms)  # a probe: a recorder that is already up says HELLO now
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         loop.add_reader(self.fd, self._readable)
         self._flush()
         log.info("recorder port %s open (%d baud)", self.path, cfg.baud)
@@ -130,11 +131,11 @@ class RecorderPort:
         if self.closed:
             return
         self.closed = True
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         for h in (self._timer, self._idle):
             if h is not None:
                 h.cancel()
-        if self.fd is not None:
+        if self.fd is not None and loop is not None:
             with contextlib.suppress(ValueError, OSError):
                 loop.remove_reader(self.fd)
             if self._writing:
@@ -176,7 +177,8 @@ class RecorderPort:
             if self._idle is not None:
                 self._idle.cancel()
             idle_s = max(0.005, IDLE_BYTES * 10 / self.bridge.baud)
-            self._idle = asyncio.get_running_loop().call_later(idle_s, self._line_idle)
+            assert self._loop is not None
+            self._idle = self._loop.call_later(idle_s, self._line_idle)
 
     def _line_idle(self) -> None:
         self._idle = None
@@ -202,7 +204,8 @@ class RecorderPort:
                 return
             self.stats["bytes_out"] += n
             self._out = self._out[n:]
-            loop = asyncio.get_running_loop()
+            loop = self._loop
+            assert loop is not None
             if self._out and not self._writing:
                 loop.add_writer(self.fd, self._flush)
                 self._writing = True
@@ -214,7 +217,8 @@ class RecorderPort:
             self._timer = None
         t = self.session.next_timer(now)
         if t is not None:
-            self._timer = asyncio.get_running_loop().call_later(max(t, 1) / 1000, self._on_timer)
+            assert self._loop is not None
+            self._timer = self._loop.call_later(max(t, 1) / 1000, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
