@@ -40,7 +40,7 @@ import struct
 try:  # CPython: binascii.crc_hqx is this CRC in C (poly 0x1021, no reflection); MicroPython has no crc_hqx
     from binascii import crc_hqx as _crc_hqx
 except ImportError:
-    _crc_hqx = None
+    _crc_hqx = None  # type: ignore[assignment]
 
 from . import defaults
 from .errors import FrameError, LocalProtocolError

@@ -240,7 +240,7 @@ async def test_a_clip_with_a_wrong_hash_is_never_published(mosquitto, tmp_path):
                 evidence = gw.clipstore.dir
                 assert [p.name for p in evidence.iterdir() if p.name != ".part"] == []
                 assert list((evidence / ".part").iterdir()) == []  # the partial was discarded
-                assert gw.clipstore.custody.list() == []  # nothing visible
+                assert gw.clipstore.custody.find() == []  # nothing visible
                 assert not [e for e in lis.on("gw-1", "evt") if e.get("kind") == "clip_stored"]
                 assert not sim.uploads  # the recorder was told: failed, not uploaded
     finally:

@@ -169,7 +169,7 @@ class Custody:
             raise CustodyError(f"{ref} matches more than one clip; give more digits")
         return str(rows[0][0])
 
-    def list(self, device: str | None = None, officer: str | None = None, state: str | None = "stored",
+    def find(self, device: str | None = None, officer: str | None = None, state: str | None = "stored",
              since_ms: int | None = None, until_ms: int | None = None, held: bool | None = None,
              limit: int = 100) -> list[dict[str, Any]]:
         cond, args = [], []

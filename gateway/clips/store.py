@@ -491,7 +491,10 @@ class ClipStore:
             self.stats["stray_chunks"] += 1
             return self._failed(tid, "x", "unknown_transfer")  # the recorder offers it again
         u.last_ms = now
-        before = u.rx.offset
+        n = len(data)
+        u.bytes_in += n  # counted before receive_at: the piece that completes the clip files it (and journals)
+        if 0 <= offset <= u.rx.offset:
+            u.dup_bytes += n - max(0, offset + n - u.rx.offset)
         try:
             r = u.rx.receive_at(offset, data)
         except TransferError as e:
@@ -511,8 +514,6 @@ class ClipStore:
             self.stats["errors"] += 1
             log.error("recorder upload %s/%d from %s: %s", u.manifest.clip_id, tid, device, e)
             return self._failed(tid, u.manifest.clip_id, "busy")
-        u.bytes_in += len(data)
-        u.dup_bytes += len(data) - (u.rx.offset - before)
         if r == cliptransfer.COMPLETE:
             return {"v": cliptransfer.VERSION, "tid": tid, "id": u.manifest.clip_id, "state": cliptransfer.COMPLETE,
                     "have": u.manifest.chunks, "off": u.manifest.size}

@@ -160,7 +160,7 @@ class RecorderPort:
         except (BlockingIOError, InterruptedError):
             return
         except OSError as e:  # EIO: the device went away (USB unplugged, pty closed)
-            self.close(f"read failed: {errno.errorcode.get(e.errno, e.errno)}")
+            self.close(f"read failed: {errno.errorcode.get(e.errno or 0, str(e.errno))}")
             self.bridge.port_failed(self)
             return
         if not data:
@@ -199,7 +199,7 @@ class RecorderPort:
             except (BlockingIOError, InterruptedError):
                 n = 0
             except OSError as e:
-                self.close(f"write failed: {errno.errorcode.get(e.errno, e.errno)}")
+                self.close(f"write failed: {errno.errorcode.get(e.errno or 0, str(e.errno))}")
                 self.bridge.port_failed(self)
                 return
             self.stats["bytes_out"] += n
