@@ -992,8 +992,8 @@ class SerialSession:
 # ---- one outgoing clip ------------------------------------------------------------------------------------------
 
 class ClipPush:
-    """Send one clip over a session: CLIP_OFFER, then pieces from the receiver's confirmed offset, until its
-    CLIP_DONE says ``complete`` (or ``failed``).
+    """Send one clip over a session: CLIP_OFFER, then pieces (from 0 at once for a fresh transfer, else from the
+    receiver's confirmed offset), until its CLIP_DONE says ``complete`` (or ``failed``).
 
     ``offer`` is the manifest payload to send (canonical JSON; a recorder signs it, purpose ``up``). The caller
     routes to it: ``on_status(status_dict)`` for CLIP_DONE frames of this tid, ``on_acked(ref)`` for Acked
@@ -1019,14 +1019,20 @@ class ClipPush:
     def tid(self):
         return self.manifest.tid
 
-    def start(self):
-        self.state = self.OFFERED
+    def start(self, fresh=True):
+        """Offer the clip. A ``fresh`` transfer (never offered before) streams from offset 0 at once, without
+        waiting a round trip for the status (the link delivers the offer first); a renewed offer waits for the
+        receiver's confirmed offset."""
         self.offers += 1
         self.session.send(sf.TYPE_CLIP_OFFER, self.offer)
+        if fresh and self.offers == 1:
+            self.state = self.SENDING
+        else:
+            self.state = self.OFFERED
 
     def on_session(self):
         if self.state in (self.OFFERED, self.SENDING):
-            self.start()
+            self.start(fresh=False)
 
     def on_status(self, st):
         if st["tid"] != self.manifest.tid or self.state in (self.DONE, self.FAILED):
@@ -1037,7 +1043,8 @@ class ClipPush:
         elif st["state"] == cliptransfer.FAILED:
             self.state = self.FAILED
             self.error = st.get("err") or "failed"
-        elif self.state == self.OFFERED:
+        elif self.state == self.OFFERED or st.get("off", 0) > self.stream.next:
+            # the receiver's confirmed offset (after a renewed offer, or it held more than we sent: resumed)
             try:
                 self.stream.resume(st.get("off", 0))
             except TransferError:

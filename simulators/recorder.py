@@ -48,7 +48,7 @@ from lookout.simulators.serialline import LineConfig, PacedLine, PtyCable
 
 log = logging.getLogger("lookout.sim.recorder")
 
-FIFO_BYTES = 2048  # a UART transmit FIFO plus driver buffer: what may wait to leave at most
+FIFO_BYTES = 4096  # a UART transmit FIFO plus the driver's buffer (Linux serial drivers keep 4 KB)
 VIDEO_KBPS = 4000  # a 1080p body-cam stream (the size of a recording that ran for some seconds)
 CATALOG_PER_FRAME = 4  # entries per CATALOG frame (~200 bytes each, a 1024-byte frame)
 COMMANDS = ("record_start", "record_stop", "mark", "dispatch", "clear", "play_voice", "status")
@@ -320,11 +320,13 @@ class SimRecorder:
             s.line_idle(now)
         self._drain_events()
         self._timers(now)
-        if self.push is not None:
-            self._pump()
-        room = FIFO_BYTES - self._up.backlog(now_s)
-        if room > 0:
-            out = s.data_to_send(now, limit=room)
+        for _ in range(64):  # fill the transmit FIFO: a piece is made only when the line can take it
+            if self.push is not None:
+                self._pump()
+            room = FIFO_BYTES - self._up.backlog(now_s)
+            out = s.data_to_send(now, limit=max(0, room))
+            if not out:
+                break
             self._up.push(out, now_s)
         arrived = self._pending_out + self._up.pop(now_s)
         if arrived:
@@ -476,7 +478,11 @@ class SimRecorder:
             self.push = serialsession.ClipPush(s, sender, self.manifest_for(meta, sender))
             self.push_clip = meta["id"]
             self.push_started_ms = now
-            self.push.start()
+            fresh = meta.get("offered") != meta["tid"]
+            if fresh:
+                meta["offered"] = meta["tid"]  # kept in flash: after a power loss the offer waits for the offset
+                self._write_meta(meta)
+            self.push.start(fresh=fresh)
             return
 
     def _on_status(self, st: dict[str, Any]) -> None:

@@ -430,3 +430,40 @@ def test_random_bytes_and_random_frames_never_crash_the_bridge(tmp_path):
 
 async def _open(bridge, path):
     return bridge.open_port(path)
+
+
+@aio
+async def test_lookout_sim_recorder_starts_recorders_a_gateway_picks_up(mosquitto, tmp_path):
+    """`lookout sim recorder` (its own process, keys from the gateway's key store): two recorders appear by
+    hot-plug, come online and upload their clips; the command registers into a `sim` group via register_sim."""
+    import argparse
+    import subprocess
+    import sys
+
+    from lookout.gateway.cli.sim_recorder import register_sim
+
+    parser = argparse.ArgumentParser(prog="lookout")
+    register_sim(parser.add_subparsers(dest="command").add_parser("sim").add_subparsers(dest="sim_cmd"))
+    ns = parser.parse_args(["sim", "recorder", "--count", "2", "--baud", "921600"])
+    assert ns.func.__name__ == "cmd_recorder" and ns.count == 2
+    ks = KeyStore(tmp_path / "ks.db")
+    for d in ("bwc-0001", "bwc-0002"):
+        provision_recorder(ks, d, SITE)
+    proc = subprocess.Popen([sys.executable, "-m", "lookout.gateway.cli.sim_recorder", "--count", "2",
+                             "--keystore", str(tmp_path / "ks.db"), "--dev-dir", str(tmp_path / "dev"),
+                             "--state-dir", str(tmp_path / "state"), "--baud", str(FAST), "--clips", "1",
+                             "--clip-size", "20000", "--hb-s", "2", "--duration", "20"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    cfg = from_dict({"gateway": {"id": "gw-1", "site": SITE, "data_dir": str(tmp_path / "data")},
+                     "broker": {"url": mosquitto.url},
+                     "recorders": {"devices": [str(tmp_path / "dev" / "bwc-*")], "scan_ms": 100}})
+    try:
+        async with serving(Gateway(cfg, keystore=ks)) as gw:
+            await until(lambda: len(gw.clipstore.custody.find()) == 2, 20, "both clips stored")
+            assert {r["device"] for r in gw.clipstore.custody.find()} == {"bwc-0001", "bwc-0002"}
+            assert all(gw.registry.get(d).state == "online" for d in ("bwc-0001", "bwc-0002"))
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=15)[0]
+        ks.close()
+    assert "bwc-0001" in out and "[recorders] devices" in out and "upload(s) finished" in out, out

@@ -196,6 +196,7 @@ class ClipStore:
                       "stray_chunks": 0, "bad_chunks": 0, "errors": 0}
         self._db = sqlite3.connect(str(self.root / "evidence.db"), isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")  # the project's storage policy (docs/ARCHITECTURE.md)
         self._db.execute("PRAGMA busy_timeout = 10000")  # `lookout clips` on the same host writes holds
         self._db.executescript(_SCHEMA)
         self.custody = Custody(self._db, journal, self.dir, clock, retention_days)

@@ -379,7 +379,8 @@ class RecorderPort:
 
     def _pump(self) -> None:
         for push, _fut in list(self._pushes.values()):
-            push.pump()
+            while push.pump():  # one piece per call (the session queues one bulk frame at a time)
+                self._flush()
         self._flush()
 
 
