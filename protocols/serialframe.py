@@ -36,6 +36,7 @@ this module defines only the frames and the ACK/NACK payloads (``encode_ack``/``
 """
 
 import struct
+import sys
 
 try:  # CPython: binascii.crc_hqx is this CRC in C (poly 0x1021, no reflection); MicroPython has no crc_hqx
     from binascii import crc_hqx as _crc_hqx
@@ -137,8 +138,61 @@ def crc16_portable(data, crc=0xFFFF):
     return crc
 
 
+_SYNDROMES = {}  # CPython: syndrome -> bit position, built once up to the largest frame seen (MicroPython: a loop)
+
+
+def _syndrome_position(syn, nbits):
+    """t such that x^t mod g == ``syn`` for t < nbits + 16, or -1 (g = 0x11021; no single-bit error fits)."""
+    if sys.implementation.name != "micropython":
+        tab = _SYNDROMES
+        if tab.get("_n", 0) < nbits + 16:
+            tab.clear()
+            r = 1
+            for t in range(nbits + 16):
+                tab.setdefault(r, t)
+                r = ((r << 1) ^ 0x1021) & 0xFFFF if r & 0x8000 else r << 1
+            tab["_n"] = nbits + 16
+        t = tab.get(syn, -1)
+        return t if t < nbits + 16 else -1
+    r = 1
+    for t in range(nbits + 16):
+        if r == syn:
+            return t
+        r = ((r << 1) ^ 0x1021) & 0xFFFF if r & 0x8000 else r << 1
+    return -1
+
+
+def correct_single_bit(data_and_fcs):
+    """Repair one flipped bit in ``payload + fcs`` (bytes-like); return the corrected payload, or None.
+
+    The CRC is linear: the syndrome ``crc16(payload) ^ fcs`` of a single flipped bit at distance k bits from the
+    end of the payload is ``x^(k+16) mod g``, and of a flipped fcs bit j it is ``x^j``. CRC-16/CCITT's Hamming
+    distance is 4 for frames up to 32,751 bits, so every 1-bit error is repaired and every 2-bit error is still
+    detected (ATM's header check does the same with its CRC-8). A 3-bit error can be "repaired" into a wrong
+    payload: only use this where a MAC checks the result, as the recorder session's tag does.
+    """
+    n = len(data_and_fcs) - TRAILER_LEN
+    if n < 0:
+        return None
+    payload = data_and_fcs[:n]
+    (fcs,) = struct.unpack_from(">H", data_and_fcs, n)
+    syn = crc16(payload) ^ fcs
+    if syn == 0:
+        return bytes(payload)
+    t = _syndrome_position(syn, n * 8)
+    if t < 0:
+        return None
+    out = bytearray(payload)
+    if t >= 16:  # a payload bit; t < 16: the fcs itself was hit and the payload is intact
+        k = t - 16
+        out[n - 1 - (k >> 3)] ^= 1 << (k & 7)
+    return bytes(out)
+
+
 class Frame:
-    """One good frame. ``payload`` is bytes."""
+    """One good frame. ``payload`` is bytes; ``corrected`` is True when one flipped payload bit was repaired."""
+
+    corrected = False
 
     def __init__(self, type, seq, payload=b"", version=VERSION):
         self.type = type
@@ -301,8 +355,10 @@ class FrameDecoder:
     ``report_limit``: a run of rejected bytes is reported once it reaches this many bytes.
     """
 
-    def __init__(self, max_payload=DEFAULT_MAX_PAYLOAD, max_buffer=None, report_limit=None):
+    def __init__(self, max_payload=DEFAULT_MAX_PAYLOAD, max_buffer=None, report_limit=None, correct=False):
         _check_int("max_payload", max_payload, 0, MAX_WIRE_PAYLOAD)
+        self.correct = correct  # repair a payload with one flipped bit (see correct_single_bit)
+        self.corrected = 0
         self.max_payload = max_payload
         self.max_frame = OVERHEAD + max_payload
         if max_buffer is None:
@@ -406,12 +462,21 @@ class FrameDecoder:
             r = _check_candidate(buf, p, avail, self.max_payload, final)
             if r is NEED_DATA:
                 return NEED_DATA
-            if r[0] is not None:
+            fixed = None
+            if r[0] == BAD_CRC and self.correct and r[4] in TYPE_NAMES:
+                n = struct.unpack_from(">H", buf, p + 6)[0]
+                fixed = correct_single_bit(memoryview(buf)[p + HEADER_LEN:p + OVERHEAD + n])
+            if fixed is None and r[0] is not None:
                 self._discard(r[2], r[0], r[1], r[3], r[4])  # a whole unknown-type frame goes at once
                 continue
-            n = r[1]
+            n = r[1] if fixed is None else len(fixed)
             ver, ftype, seq = struct.unpack_from(">BBH", buf, p + 2)
-            frame = Frame(ftype, seq, bytes(memoryview(buf)[p + HEADER_LEN:p + HEADER_LEN + n]), ver)
+            if fixed is None:
+                frame = Frame(ftype, seq, bytes(memoryview(buf)[p + HEADER_LEN:p + HEADER_LEN + n]), ver)
+            else:
+                frame = Frame(ftype, seq, fixed, ver)
+                frame.corrected = True
+                self.corrected += 1
             self._pos = p + OVERHEAD + n
             self.frames += 1
             if self._run is not None:

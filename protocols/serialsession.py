@@ -392,7 +392,7 @@ class SerialSession:
         self.hello_info = {"fw": fw, "boot": boot, "hb_s": hb_s}
         if officer:
             self.hello_info["officer"] = officer
-        self.decoder = sf.FrameDecoder(max_payload=mtu)
+        self.decoder = sf.FrameDecoder(max_payload=mtu, correct=True)  # 1-bit repairs are checked by the tag
         self.state = IDLE
         self.peer = None
         self.peer_info = None
@@ -424,7 +424,7 @@ class SerialSession:
         self.stats = {"frames_in": 0, "frames_out": 0, "bytes_out": 0, "frames_resent": 0, "bytes_resent": 0,
                       "losses": 0, "nacks_in": 0, "nacks_out": 0, "rto": 0, "bad_tags": 0, "duplicates": 0,
                       "out_of_window": 0, "no_session": 0, "frame_errors": 0, "bytes_skipped": 0,
-                      "handshakes": 0, "refused": 0, "bad_hello": 0, "bad_ack": 0}
+                      "handshakes": 0, "refused": 0, "bad_hello": 0, "bad_ack": 0, "corrected": 0}
 
     def _reset_window(self):
         self.tx_next = 1
@@ -611,6 +611,8 @@ class SerialSession:
                 return
             if isinstance(ev, sf.Frame):
                 self.stats["frames_in"] += 1
+                if ev.corrected:
+                    self.stats["corrected"] += 1
                 self._on_frame(ev, now)
             else:
                 self.stats["frame_errors"] += 1

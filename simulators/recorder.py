@@ -143,6 +143,8 @@ class SimRecorder:
         self._status_dirty = False
         self._started = mono_ms()
         self._pending_out = b""
+        self._last_rx = 0.0
+        self._idle_s = 0.02 + 2 * (self.mtu + sf.OVERHEAD) / self.line.bytes_per_s
         self.established = asyncio.Event()
         self.refused: list[str] = []
 
@@ -316,8 +318,9 @@ class SimRecorder:
         data = self._down.pop(now_s)
         if data:
             s.receive_data(data, now)
-        elif s.decoder.buffered:
-            s.line_idle(now)
+            self._last_rx = now_s
+        elif s.decoder.buffered and now_s - self._last_rx > self._idle_s:
+            s.line_idle(now)  # the UART's idle-line timeout: two frame times of silence
         self._drain_events()
         self._timers(now)
         for _ in range(64):  # fill the transmit FIFO: a piece is made only when the line can take it

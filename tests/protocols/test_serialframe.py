@@ -332,3 +332,27 @@ def test_type_numbers_are_stable():
     assert (sf.TYPE_CLIP_OFFER, sf.TYPE_CLIP_CHUNK, sf.TYPE_CLIP_DONE) == (0x10, 0x11, 0x12)
     assert sf.TYPE_ACK not in sf.NEEDS_ACK and sf.TYPE_HEARTBEAT not in sf.NEEDS_ACK
     assert sf.TYPE_EVENT in sf.NEEDS_ACK
+
+
+def test_single_bit_correction():
+    """correct_single_bit: CRC-16/CCITT syndromes locate one flipped bit (payload or fcs); two are detected."""
+    good = unhex(HELLO_HEX)
+    for i in (10, 20, 40, len(good) - 3, len(good) - 1):  # payload bits and both fcs bytes
+        for b in (0, 3, 7):
+            bad = bytearray(good)
+            bad[i] ^= 1 << b
+            assert sf.correct_single_bit(bad[sf.HEADER_LEN:]) == HELLO_PAYLOAD
+            dec = sf.FrameDecoder(correct=True)
+            dec.receive_data(bytes(bad))
+            dec.receive_data(b"")
+            f = dec.next_event()
+            assert f.payload == HELLO_PAYLOAD and f.corrected and dec.corrected == 1
+            plain = sf.FrameDecoder()  # off by default: the frame codec alone never guesses
+            plain.receive_data(bytes(bad))
+            plain.receive_data(b"")
+            assert isinstance(plain.next_event(), sf.FrameErrorEvent)
+    bad = bytearray(good)
+    bad[12] ^= 1
+    bad[30] ^= 0x80
+    assert sf.correct_single_bit(bad[sf.HEADER_LEN:]) is None
+    assert sf.correct_single_bit(good[sf.HEADER_LEN:]) == HELLO_PAYLOAD

@@ -220,7 +220,8 @@ def test_nack_resends_at_once_and_ack_waits_for_the_caller():
     p = bytearray(f.payload)
     p[0] ^= 0x40
     raw = bytearray(f.encode())
-    raw[sf.HEADER_LEN] ^= 0x40  # payload bit flip: header fine, CRC bad -> NACK
+    raw[sf.HEADER_LEN] ^= 0x40  # two payload bits flipped: header fine, CRC bad and beyond repair -> NACK
+    raw[sf.HEADER_LEN + 2] ^= 0x01
     gw.receive_data(bytes(raw), link.now + 100)
     gw.line_idle(link.now + 100)  # nothing follows: the decoder reports the bad frame now
     nack = sf.decode_frame(gw.data_to_send(link.now + 100))
@@ -377,3 +378,19 @@ def test_carry_over_keeps_events_and_drops_clip_pieces():
     got = [e.payload for e in link.gw_events if isinstance(e, serialsession.Received)]
     assert got[-1] == b'{"keep":1}'
     assert struct.unpack(">I", b"\x00" + bytes(3))[0] == 0
+
+
+def test_one_flipped_bit_is_repaired_without_a_resend():
+    """At BER 1e-5 nearly every damaged frame has one flipped bit: the CRC syndrome locates it, the tag confirms."""
+    rec, gw = ss.pair()
+    link = ss.Link(rec, gw)
+    ss.connect(link)
+    rec.send(sf.TYPE_EVENT, b'{"e":2}')
+    raw = bytearray(rec.data_to_send(link.now))
+    raw[sf.HEADER_LEN + 3] ^= 0x10
+    gw.receive_data(bytes(raw), link.now + 50)
+    ev = gw.next_event()
+    assert isinstance(ev, serialsession.Received) and ev.payload == b'{"e":2}'
+    assert gw.stats["corrected"] == 1 and gw.stats["frame_errors"] == 0
+    rec.receive_data(gw.data_to_send(link.now + 50), link.now + 100)
+    assert rec.in_flight == 0 and rec.stats["frames_resent"] == 0
