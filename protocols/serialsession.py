@@ -361,10 +361,11 @@ class SerialSession:
     A recorder passes its ``key`` (32 bytes); a gateway passes ``key_for(device_id) -> key or None``.
     ``rand(n)`` returns n random bytes (nonces). ``mtu``/``win``: this end's largest payload and window.
     A recorder also passes what its hs1 says: ``fw``, ``boot`` (boot counter), ``hb_s``, ``officer``.
+    ``repair``: fix single flipped bits from the CRC syndrome (serialframe; the tag checks the result).
     """
 
     def __init__(self, role, my_id, key=None, key_for=None, rand=None, mtu=sf.DEFAULT_MAX_PAYLOAD, win=None,
-                 fw="0", boot=0, hb_s=30, officer=None, versions=VERSIONS):
+                 fw="0", boot=0, hb_s=30, officer=None, versions=VERSIONS, repair=True):
         if role not in (RECORDER, GATEWAY):
             raise LocalProtocolError("role %r, expected recorder or gateway" % (role,), field="role")
         if not topics.is_valid_id(my_id):
@@ -392,7 +393,7 @@ class SerialSession:
         self.hello_info = {"fw": fw, "boot": boot, "hb_s": hb_s}
         if officer:
             self.hello_info["officer"] = officer
-        self.decoder = sf.FrameDecoder(max_payload=mtu, correct=True)  # 1-bit repairs are checked by the tag
+        self.decoder = sf.FrameDecoder(max_payload=mtu, correct=repair)  # 1-bit repairs are checked by the tag
         self.state = IDLE
         self.peer = None
         self.peer_info = None

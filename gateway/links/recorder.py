@@ -120,7 +120,7 @@ class RecorderPort:
         os.set_blocking(self.fd, False)
         self.session = serialsession.SerialSession(serialsession.GATEWAY, cfg.host.gateway_id,
                                                    key_for=cfg.host.key_for, rand=os.urandom, mtu=cfg.mtu,
-                                                   win=cfg.window)
+                                                   win=cfg.window, repair=cfg.repair)
         self.closed = False
         self.opened_ms = mono_ms()
         self.session.start(self.opened_ms)  # a probe: a recorder that is already up says HELLO now
@@ -390,8 +390,9 @@ class RecorderBridge:
     """All recorder ports. ``host``: the service side (RecorderHost). Ports come from ``RecorderWatcher``."""
 
     def __init__(self, host: RecorderHost, *, baud: int = 115200, mtu: int = 1024, window: int = 64,
-                 officer_of: Callable[[str, str | None], str | None] | None = None):
+                 officer_of: Callable[[str, str | None], str | None] | None = None, repair: bool = True):
         self.host = host
+        self.repair = repair  # single-bit CRC repair (off only to measure what it is worth: bench)
         self.baud, self.mtu, self.window = baud, mtu, window
         self.ports: dict[str, RecorderPort] = {}
         self.by_device: dict[str, RecorderPort] = {}
