@@ -138,7 +138,7 @@ def crc16_portable(data, crc=0xFFFF):
     return crc
 
 
-_SYNDROMES = {}  # CPython: syndrome -> bit position, built once up to the largest frame seen (MicroPython: a loop)
+_SYNDROMES = {}  # type: dict  # CPython: syndrome -> bit position, built once per size (MicroPython: a loop)
 
 
 def _syndrome_position(syn, nbits):
