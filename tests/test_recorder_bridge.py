@@ -121,6 +121,12 @@ async def test_recorder_online_upload_commands_and_voice_round_trip(mosquitto, t
                 [c] = await gw.commands.wait([c.id], "final", 15)
                 assert c.status == "done" and c.data["bytes"] == len(wav) and sim.played == ["gohome"]
 
+                # the officer presses SOS: the recorder's signed event reaches the journal as any node's would
+                eid = sim.press("sos", "serious", "需要支援")
+                await until(lambda: [e for e in gw.journal.entries(kind="alert", device="bwc-0001")
+                                     if json.loads(e.detail).get("id") == eid], 5, "sos alert")
+                assert json.loads(gw.journal.entries(kind="alert", device="bwc-0001")[-1].detail)["kind"] == "sos"
+
                 c = await gw.commands.issue("bwc-0001", "record_stop", {"size": 50_000})
                 [c] = await gw.commands.wait([c.id], "final", 10)
                 sha2 = c.data["sha256"]

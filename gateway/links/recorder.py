@@ -258,7 +258,8 @@ class RecorderPort:
             if isinstance(ev.ref, asyncio.Future) and not ev.ref.done():
                 ev.ref.set_exception(ConnectionError(f"recorder session ended ({ev.reason})"))
         elif isinstance(ev, serialsession.Established):
-            self._session_ended("rehello")  # a new handshake on this port replaces the old session
+            # a new handshake on this port replaces the old session (another recorder on the same port: offline)
+            self._session_ended("rehello" if self.device in (None, ev.peer) else "replaced on this port")
             self.device = ev.peer
             self.info = dict(ev.info)
             self.officer = self.bridge.officer_of(ev.peer, ev.info.get("officer"))
@@ -439,6 +440,7 @@ class RecorderBridge:
             old.device = None  # its session is stale; the recorder talks on the new port now
             if old.session is not None:
                 old.session.close("superseded")
+                old._events()  # commands waiting on the old port fail now (the command path re-sends them)
         self.by_device[port.device] = port
 
     def detach(self, port: RecorderPort, device: str) -> bool:
