@@ -356,3 +356,17 @@ def test_single_bit_correction():
     bad[30] ^= 0x80
     assert sf.correct_single_bit(bad[sf.HEADER_LEN:]) is None
     assert sf.correct_single_bit(good[sf.HEADER_LEN:]) == HELLO_PAYLOAD
+
+
+def test_line_idle_reports_a_bad_last_frame_at_once():
+    """A frame that failed its CRC and is followed by silence is reported when the line goes idle (so the
+    receiver can NACK it), even though none of its bytes are still buffered."""
+    bad = bytearray(unhex(HELLO_HEX))
+    bad[sf.HEADER_LEN] ^= 0x01
+    dec = sf.FrameDecoder()
+    dec.receive_data(bytes(bad))
+    assert dec.next_event() is sf.NEED_DATA and dec.buffered == 0
+    dec.line_idle()
+    ev = dec.next_event()
+    assert isinstance(ev, sf.FrameErrorEvent) and ev.reason == "bad_crc" and ev.seq == 1
+    assert dec.next_event() is sf.NEED_DATA
