@@ -21,6 +21,15 @@ sink's ``commit()`` (e.g. rename ``clip.part`` to ``clip``).
 of the ranges a status message lists), optionally into a preallocated buffer.
 
 Clip ids become file names on a node, so they are restricted to ``[A-Za-z0-9_.-]{1,48}`` without a leading dot.
+
+Streams (the serial link, protocols/serialsession.py): the link below is already reliable and in order, so data
+travels as *pieces* addressed by byte offset (``encode_data``: tid, offset, bytes) whose length the sender picks
+per frame (short pieces on a noisy line, long ones on a clean line, as ZMODEM does), instead of fixed chunks.
+``ClipReceiver.receive_at`` takes them; what the receiver holds is then a prefix of the clip, and its length
+``offset`` is the *confirmed offset* a transfer resumes from after a cable pull or a restart (the status carries
+it as ``off``, like ZMODEM's ZRPOS). ``ClipReceiver(..., offset=n)`` resumes a receiver whose sink already holds
+the first ``n`` bytes. ``StreamSender`` is the sending half: it hands out the next piece, tracks the confirmed
+offset, and counts bytes it sent twice, so a test can check that a resume never re-sends confirmed data.
 """
 
 import binascii
@@ -48,6 +57,9 @@ E_CHUNK = "bad_chunk"
 E_WRONG_TRANSFER = "wrong_transfer"
 E_HASH = "hash_mismatch"
 E_STATUS = "bad_status"
+E_OFFSET = "bad_offset"
+DATA_HEADER_LEN = 8
+DATA_HEADER_FMT = ">II"  # transfer id, byte offset
 
 # ClipReceiver.receive results and states
 ACCEPTED = "accepted"
@@ -253,6 +265,52 @@ def decode_chunk(payload):
     return Chunk(tid, index, memoryview(payload)[CHUNK_HEADER_LEN:])
 
 
+class DataPiece:
+    """Bytes of a stream at a byte offset. ``data`` is a memoryview into the decoded payload (no copy)."""
+
+    def __init__(self, tid, offset, data):
+        self.tid = tid
+        self.offset = offset
+        self.data = data
+
+    def __repr__(self):
+        return "DataPiece(tid=%d, offset=%d, %d bytes)" % (self.tid, self.offset, len(self.data))
+
+
+def encode_data_into(buf, tid, offset, data):
+    """Write a piece payload (tid u32 BE, offset u32 BE, data) into ``buf`` at 0; return its length."""
+    if type(tid) is not int or not 0 <= tid <= UINT32:
+        raise LocalProtocolError("must be an integer 0..%d, got %r" % (UINT32, tid), field="tid")
+    if type(offset) is not int or not 0 <= offset <= UINT32:
+        raise LocalProtocolError("must be an integer 0..%d, got %r" % (UINT32, offset), field="offset")
+    end = DATA_HEADER_LEN + len(data)
+    if not data:
+        raise LocalProtocolError("a piece carries at least one byte", field="data")
+    if end > len(buf):
+        raise LocalProtocolError("buffer of %d bytes too small for a %d-byte piece" % (len(buf), end), field="buf")
+    struct.pack_into(DATA_HEADER_FMT, buf, 0, tid, offset)
+    memoryview(buf)[DATA_HEADER_LEN:end] = data
+    return end
+
+
+def encode_data(tid, offset, data):
+    """The binary piece payload of a stream (serial frame type CLIP_DATA): tid(u32 BE) offset(u32 BE) data."""
+    buf = bytearray(DATA_HEADER_LEN + len(data))
+    encode_data_into(buf, tid, offset, data)
+    return bytes(buf)
+
+
+def decode_data(payload):
+    """DataPiece from its payload, or TransferError(code bad_chunk). Range checks need the manifest."""
+    if not isinstance(payload, (bytes, bytearray, memoryview)):
+        raise LocalProtocolError("must be bytes, got %s" % type(payload).__name__, field="data")
+    if len(payload) <= DATA_HEADER_LEN:
+        raise TransferError("%d bytes, a piece is the %d-byte header and at least one byte"
+                            % (len(payload), DATA_HEADER_LEN), field="data", code=E_CHUNK)
+    tid, offset = struct.unpack_from(DATA_HEADER_FMT, payload, 0)
+    return DataPiece(tid, offset, memoryview(payload)[DATA_HEADER_LEN:])
+
+
 class MemorySink:
     """In-memory sink (tests, small snapshots). A node's flash sink implements the same methods on a file."""
 
@@ -296,7 +354,7 @@ class ClipReceiver:
     called if present. Defaults to a MemorySink of the clip's size.
     """
 
-    def __init__(self, manifest, max_size, sink=None):
+    def __init__(self, manifest, max_size, sink=None, offset=0):
         if isinstance(manifest, (bytes, bytearray, memoryview)):
             manifest = decode_manifest(manifest)
         elif isinstance(manifest, dict):
@@ -318,6 +376,17 @@ class ClipReceiver:
         self.error = None  # TransferError code once FAILED
         self._h = hashlib.sha256()  # in-order running hash; None once a chunk arrived out of order
         self._next = 0
+        self.offset = 0  # bytes held as one prefix (pieces and in-order chunks): the confirmed offset
+        self.stream = False  # True once resumed or fed pieces: the status then carries ``off``
+        self._marked = 0  # chunks below this index are known to lie inside the prefix
+        if offset:
+            if type(offset) is not int or not 0 < offset < manifest.size:
+                raise LocalProtocolError("resume offset %r outside 1..%d" % (offset, manifest.size - 1),
+                                         field="offset")
+            self.offset = offset
+            self.stream = True
+            self._h = None  # the prefix is hashed again from the sink at completion
+            self._mark_prefix()
 
     @property
     def complete(self):
@@ -361,6 +430,11 @@ class ClipReceiver:
         self.sink.write_at(i * m.chunk_size, chunk.data)
         self._bits[i >> 3] |= 1 << (i & 7)
         self.received += 1
+        if i * m.chunk_size == self.offset:
+            self.offset += len(chunk.data)
+            while self.offset < m.size and self.has(self.offset // m.chunk_size) \
+                    and self.offset % m.chunk_size == 0:
+                self.offset += m.chunk_len(self.offset // m.chunk_size)
         if self._h is not None:
             if i == self._next:
                 self._h.update(chunk.data)
@@ -368,6 +442,54 @@ class ClipReceiver:
             else:
                 self._h = None
         if self.received < m.chunks:
+            return ACCEPTED
+        return self._verify()
+
+    def _mark_prefix(self):
+        """Set the bit of every chunk that lies wholly inside the prefix ``[0, offset)``."""
+        m = self.manifest
+        end = m.chunks if self.offset >= m.size else self.offset // m.chunk_size
+        i = self._marked
+        while i < end:
+            if not self.has(i):
+                self._bits[i >> 3] |= 1 << (i & 7)
+                self.received += 1
+            i += 1
+        if end > self._marked:
+            self._marked = end
+
+    def receive_at(self, offset, data):
+        """Store a piece of a stream (``decode_data``) at byte ``offset``; return ACCEPTED, DUPLICATE or COMPLETE.
+
+        Pieces must extend the prefix held: a piece starting beyond ``self.offset`` is a gap (TransferError
+        ``bad_offset``, state unchanged: the link below delivers in order, so a gap is a peer's bug); bytes before
+        ``self.offset`` are duplicates and skipped. The hash is computed on the way in unless the receiver was
+        resumed or took chunks out of order; completion verifies it exactly like ``receive``.
+        """
+        if self.state == FAILED:
+            raise LocalProtocolError("transfer %d already failed (%s); drop this receiver"
+                                     % (self.manifest.tid, self.error), field="state")
+        m = self.manifest
+        n = len(data)
+        if type(offset) is not int or offset < 0 or offset + n > m.size or n == 0:
+            raise TransferError("piece of %d bytes at %r outside the %d-byte clip" % (n, offset, m.size),
+                                field="offset", code=E_OFFSET)
+        if offset > self.offset:
+            raise TransferError("piece at %d leaves a gap after the %d bytes held" % (offset, self.offset),
+                                field="offset", code=E_OFFSET)
+        end = offset + n
+        self.stream = True
+        if end <= self.offset or self.state == COMPLETE:
+            self.duplicates += 1
+            return DUPLICATE
+        skip = self.offset - offset
+        piece = memoryview(data)[skip:] if skip else data
+        self.sink.write_at(self.offset, piece)
+        if self._h is not None:
+            self._h.update(piece)
+        self.offset = end
+        self._mark_prefix()
+        if self.offset < m.size:
             return ACCEPTED
         return self._verify()
 
@@ -421,6 +543,8 @@ class ClipReceiver:
             limit = defaults.CLIP_MAX_MISSING_RANGES
         d = {"v": VERSION, "tid": self.manifest.tid, "id": self.manifest.clip_id, "state": self.state,
              "have": self.received}
+        if self.stream:
+            d["off"] = self.offset
         if self.state == RECEIVING:
             d["missing"] = [[a, b] for a, b in self.missing(limit)]
         if self.error:
@@ -440,7 +564,7 @@ def decode_status(payload):
     if not isinstance(d, dict):
         raise TransferError("must be a JSON object", field="status", code=E_STATUS)
     for k in d:
-        if k not in ("v", "tid", "id", "state", "have", "missing", "err"):
+        if k not in ("v", "tid", "id", "state", "have", "missing", "err", "off"):
             raise TransferError("unknown field %r" % (str(k)[:32],), field="status", code=E_STATUS)
     if d.get("v") != VERSION or type(d.get("v")) is not int:
         raise TransferError("version %r, expected %d" % (d.get("v"), VERSION), field="v", code=E_STATUS)
@@ -456,6 +580,10 @@ def decode_status(payload):
     if type(have) is not int or not 0 <= have <= defaults.CLIP_MAX_CHUNKS:
         raise TransferError("must be an integer 0..%d, got %r" % (defaults.CLIP_MAX_CHUNKS, have), field="have",
                             code=E_STATUS)
+    off = d.get("off", 0)
+    if type(off) is not int or not 0 <= off <= UINT32:
+        raise TransferError("must be an integer 0..%d, got %r" % (UINT32, off), field="off", code=E_STATUS)
+    d["off"] = off
     err = d.get("err")
     if err is not None and (type(err) is not str or not 1 <= len(err) <= 32):
         raise TransferError("must be a short error code", field="err", code=E_STATUS)
@@ -555,3 +683,73 @@ class ClipSender:
         for start, stop in ranges:
             for i in range(start, min(stop, self.manifest.chunks)):
                 yield i, self.chunk(i)
+
+    def data_at(self, offset, n):
+        """Up to ``n`` bytes of the clip from byte ``offset`` (a stream piece)."""
+        m = self.manifest
+        if type(offset) is not int or not 0 <= offset < m.size:
+            raise LocalProtocolError("offset %r outside 0..%d" % (offset, m.size - 1), field="offset")
+        n = min(n, m.size - offset)
+        if self._data is not None:
+            return self._data[offset:offset + n]
+        self._reader.seek(offset)
+        piece = self._reader.read(n)
+        if len(piece) != n:
+            raise LocalProtocolError("reader returned %d bytes at %d, expected %d (file changed?)"
+                                     % (len(piece), offset, n), field="reader")
+        return piece
+
+
+class StreamSender:
+    """The sending half of a stream transfer: which bytes go next, which are confirmed, what was sent twice.
+
+    ``sender`` is a ClipSender. ``resume(off)`` (the receiver's status ``off``) restarts from that offset;
+    ``next_piece(max_len)`` returns ``(offset, data)`` or None when everything was handed out; ``confirmed(end)``
+    records that the receiver holds ``[0, end)`` (the link acknowledged the piece ending there).
+    ``resent_confirmed`` counts bytes handed out again although already confirmed (a correct resume keeps it
+    0); ``resent`` counts every byte handed out more than once (after a resume below what was sent).
+    """
+
+    def __init__(self, sender):
+        self.sender = sender
+        self.manifest = sender.manifest
+        self.next = 0  # next offset to hand out
+        self.acked = 0  # confirmed prefix
+        self.high = 0  # highest offset ever handed out
+        self.sent = 0
+        self.resent = 0
+        self.resent_confirmed = 0
+        self.resumes = 0
+
+    @property
+    def done_sending(self):
+        return self.next >= self.manifest.size
+
+    def resume(self, off):
+        if type(off) is not int or not 0 <= off <= self.manifest.size:
+            raise TransferError("resume offset %r outside 0..%d" % (off, self.manifest.size), field="off",
+                                code=E_STATUS)
+        self.resumes += 1
+        self.next = off
+        if off > self.acked:
+            self.acked = off
+
+    def next_piece(self, max_len):
+        if self.next >= self.manifest.size:
+            return None
+        off = self.next
+        data = self.sender.data_at(off, max_len)
+        end = off + len(data)
+        if off < self.high:
+            dup = min(end, self.high) - off
+            self.resent += dup
+            if off < self.acked:
+                self.resent_confirmed += min(end, self.acked) - off
+        self.high = max(self.high, end)
+        self.sent += len(data)
+        self.next = end
+        return off, data
+
+    def confirmed(self, end):
+        if end > self.acked:
+            self.acked = end

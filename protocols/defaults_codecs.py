@@ -36,6 +36,27 @@ NMEA_CENTURY_PIVOT = 80  # RMC dates carry a 2-digit year: yy < 80 -> 20yy, else
 # ---- Serial frames (body-worn recorders, protocols/serialframe.py) ----------------------------------------------
 SERIAL_MAX_PAYLOAD = 1024  # design choice: 1 KB blocks (little lost to stop-and-wait); ~90 ms at 115200 8N1
 SERIAL_RX_CHUNK = 4096  # implementation limit: largest single read the gateway hands to FrameDecoder.receive_data
+# Recorder link session (protocols/serialsession.py)
+SERIAL_WINDOW = 64  # frames a receiver buffers out of order (its window, announced in HELLO); the reach of the
+#                     widest ACK mask. A loss holds the window's base for about two round trips (NACK, resend,
+#                     ACK): ~130 ms at 921,600 baud with 50 ms of modem latency, 23 frames of 530 bytes, and far
+#                     more frames when a noisy line shortens them. 16 stalled the line 0.7 s per 300 KB at BER
+#                     1e-5 and 32 still 0.1 s (measured, tests/support/serialsim.py); a small recorder may announce
+#                     less, costing only its own receive direction
+SERIAL_TAG_LEN = 4  # bytes of truncated HMAC-SHA256 on every session frame (LoRaWAN's MIC and BLE's MIC are 4
+#                     bytes too): a forgery succeeds with p = 2**-32 per try, and each try costs a frame time
+SERIAL_HELLO_MS = 1000  # handshake resend period while no answer came (a 9600-baud HELLO round trip is ~0.3 s)
+SERIAL_HELLO_REFUSED_MS = 30000  # resend period after the gateway refused us (unknown device, bad key)
+SERIAL_PROBE_MS = 1000  # the gateway asks a recorder to say HELLO at most this often
+SERIAL_RTO_INIT_MS = 1000  # first retransmission timeout, before any round trip was measured (RFC 6298 §2.1)
+SERIAL_RTO_MIN_MS = 100  # floor of the computed timeout; RFC 6298's 1 s floor is for the Internet, a serial
+#                          line's round trip is a frame time plus the modem's latency (measured: 60-200 ms)
+SERIAL_RTO_MAX_MS = 8000  # ceiling after doubling (RFC 6298 §5.5 allows any ceiling >= 60 s; a dock is closer)
+SERIAL_MIN_PIECE = 128  # shortest clip piece the adaptive sizing picks: below it the 24-byte overhead dominates
+SERIAL_LOSS_HALFLIFE_BITS = 4000000  # the loss estimate forgets with this half-life (~4 s at 921,600 baud)
+SERIAL_MAX_TRIES = 10  # transmissions of one frame without an acknowledgement before the session is declared
+#                        lost (with RTO doubling to 8 s that is about a minute of silence): a new handshake follows
+SERIAL_MAX_QUEUE = 64  # frames queued behind the window; send() refuses more (the caller holds them)
 # ---- end serial frames ------------------------------------------------------------------------------------------
 
 # ---- Clip transfer (protocols/cliptransfer.py) ------------------------------------------------------------------

@@ -49,3 +49,4 @@ FrameError = _remote("FrameError", "bad_frame")
 CoAPError = _remote("CoAPError", "bad_coap")
 MQTTPacketError = _remote("MQTTPacketError", "bad_mqtt")
 TransferError = _remote("TransferError", "bad_transfer")
+SessionError = _remote("SessionError", "bad_session")  # a serial-link HELLO or catalogue is invalid

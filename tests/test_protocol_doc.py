@@ -57,6 +57,11 @@ def _decode_binary(kind: str, data: bytes):
     if kind == "clipchunk":
         from lookout.protocols import cliptransfer
         return cliptransfer.decode_chunk(data)
+    if kind == "clipdata":
+        from lookout.protocols import cliptransfer
+        p = cliptransfer.decode_data(data)
+        assert cliptransfer.encode_data(p.tid, p.offset, bytes(p.data)) == data
+        return p
     raise AssertionError("no decoder for example kind %r" % kind)
 
 
@@ -88,6 +93,16 @@ def test_example_decodes(lang: str, kind: str, body: str):
     elif kind == "clipstatus":
         from lookout.protocols import cliptransfer
         cliptransfer.decode_status(body.strip().encode())
+    elif kind in ("serialhello", "serialcatalog"):  # §20: HELLO steps (MACs with the example key) and catalogues
+        from lookout.protocols import serialsession
+        raw = body.strip().encode()
+        if kind == "serialhello":
+            d = serialsession.decode_hello(raw)
+            assert serialsession.encode_hello(d) == raw
+            if "mac" in d:
+                signing.verify(bytes(range(32)), "hello", d)
+        else:
+            assert serialsession.encode_catalog(serialsession.decode_catalog(raw)) == raw
     elif kind.endswith("-each"):  # one message per line
         assert lang == "hex"
         for line in body.strip().splitlines():

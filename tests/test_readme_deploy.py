@@ -42,7 +42,9 @@ VENV_BIN = Path(sys.executable).parent
 WAIT_S = 30.0
 # Deploy subsections run by other tests, with why: they need hardware this site does not have
 ELSEWHERE = {"### Drones": "a drone on a MAVLink link: tests/test_drone_cli.py runs these commands against "
-                           "`lookout sim drone` and a gateway with [mavlink]"}
+                           "`lookout sim drone` and a gateway with [mavlink]",
+             "### Body-worn recorders": "a recorder on a serial dock: tests/test_recorder_bridge.py runs the bridge, "
+                                        "its commands and `lookout sim recorder` against simulated recorders on ptys"}
 
 
 def readme_commands() -> list[list[str]]:

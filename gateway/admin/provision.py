@@ -29,6 +29,7 @@ from lookout.gateway.admin.brokerconfig import pw_hash, random_password
 from lookout.gateway.admin.keystore import DEVICE_KINDS, Identity, KeyStore, KeyStoreError
 from lookout.gateway.admin.passwords import PasswordError, check_policy, hash_password
 from lookout.gateway.admin.pki import SiteCA
+from lookout.protocols.topics import is_valid_id
 
 DEFAULT_NODE = {"hb_s": 30, "loc_s": 5, "quiet_hours": [22, 6], "local_warning": {"enabled": False, "clip": "nofish"}}
 
@@ -190,10 +191,14 @@ def provision_drone(ks: KeyStore, drone_id: str, site: str, sysid: int, force: b
     return ks.create(drone_id, site, "drone", meta={"sysid": sysid})
 
 
-def provision_recorder(ks: KeyStore, recorder_id: str, site: str, force: bool = False) -> Identity:
-    """A 32-byte key for a serial body-worn recorder (the recorder bridge signs/verifies frames with it)."""
+def provision_recorder(ks: KeyStore, recorder_id: str, site: str, force: bool = False,
+                       officer: str | None = None) -> Identity:
+    """A 32-byte key for a serial body-worn recorder (the recorder bridge signs/verifies frames with it);
+    ``officer``: the officer it is issued to (else whoever signs in on it, as its HELLO says)."""
+    if officer is not None and not is_valid_id(officer):
+        raise ProvisionError(f"officer {officer!r}: expected an id of 1-32 chars [a-z0-9_-]")
     _claim(ks, recorder_id, force)
-    return ks.create(recorder_id, site, "recorder")
+    return ks.create(recorder_id, site, "recorder", meta={"officer": officer} if officer else None)
 
 
 def revoke(ks: KeyStore, ident: str) -> str | None:

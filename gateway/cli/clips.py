@@ -1,4 +1,5 @@
-"""``lookout clips list|upload|evidence``: audio clips to loudspeakers, and the evidence store.
+"""``lookout clips list|upload|evidence``: audio clips to loudspeakers, and the evidence store; recorder clips
+(``list --recorded``, ``show``, ``export``, ``verify``, ``hold``, ``release``) are gateway/cli/clips_custody.py's.
 
 ``upload FILE --id ID [--to NODE|ZONE|SITE]`` checks the WAV locally, sends it to the gateway as ``clip_put``
 requests (8 KiB pieces, base64, a few in flight; the broker ACL lets an operator publish only its own ``opreq``),
@@ -18,6 +19,7 @@ import sys
 import time
 from typing import Any
 
+from lookout.gateway.cli import clips_custody
 from lookout.gateway.cli.common import (
     CODE_EXIT,
     EXIT_FAILED,
@@ -196,8 +198,8 @@ def _actions(p: argparse.ArgumentParser, conn: argparse.ArgumentParser, deliv: a
     sub-subcommand (``lookout clips --site s upload ...``) are not reset by the sub-parser's defaults."""
     for act in conn._actions:
         act.default = argparse.SUPPRESS
-    sp = p.add_subparsers(dest="clips_cmd", metavar="{list,upload,evidence}")
-    sp.add_parser("list", parents=[conn], help="audio clips stored on the gateway")
+    sp = p.add_subparsers(dest="clips_cmd", metavar="{list,upload,evidence,show,export,verify,hold,release}")
+    lp = sp.add_parser("list", parents=[conn], help="audio clips stored on the gateway (--recorded: recorder clips)")
     u = sp.add_parser("upload", parents=[conn, deliv], help="upload a WAV to the gateway and optionally to speakers")
     u.add_argument("file", help="WAV file: PCM 16-bit mono, 8 or 16 kHz recommended")
     u.add_argument("--id", required=True, help="clip id used by broadcast --clip ([a-z0-9_.-])")
@@ -205,12 +207,16 @@ def _actions(p: argparse.ArgumentParser, conn: argparse.ArgumentParser, deliv: a
     e = sp.add_parser("evidence", parents=[conn], help="evidence files uploaded by nodes (sha256, custody)")
     e.add_argument("--sha256", help="only this file")
     e.add_argument("--limit", type=int, default=100)
+    clips_custody.add_parsers(sp, lp)  # recorder clips: list --recorded, show, export, verify, hold, release
 
 
 __all__ = ["evidence", "register", "upload"]
 
 
 def cmd_clips(args: argparse.Namespace) -> int:
+    done = clips_custody.dispatch(args)
+    if done is not None:
+        return done
     if getattr(args, "clips_cmd", None) == "upload":
         return call(args, lambda: upload(args))
     if getattr(args, "clips_cmd", None) == "evidence":

@@ -229,7 +229,7 @@ def _cmd_keyed(args) -> int:
             if args.what == "drone":
                 ident = provision_drone(ks, args.id, args.site, args.sysid, force=args.force)
             else:
-                ident = provision_recorder(ks, args.id, args.site, force=args.force)
+                ident = provision_recorder(ks, args.id, args.site, force=args.force, officer=args.officer_id)
         except ProvisionError as e:
             audit.record(f"provision {args.what} {args.id} refused: {e}", device=args.id,
                          detail={**facts, "outcome": "refused", "error": str(e)})
@@ -430,6 +430,8 @@ def register(subparsers) -> None:
         k.add_argument("--site", required=True)
         if what == "drone":
             k.add_argument("--sysid", type=int, required=True, help="MAVLink system id 1..255")
+        else:
+            k.add_argument("--officer-id", help="the officer the recorder is issued to (警号-based id)")
         k.add_argument("--out", help="write the key to this 0600 JSON file instead of printing")
         k.add_argument("--force", action="store_true")
         k.set_defaults(func=_audited(_cmd_keyed))

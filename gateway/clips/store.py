@@ -29,6 +29,18 @@ arrived for ``stall_ms`` the store publishes the receiver's status (missing rang
 the only topic the node may read besides ``cmd`` — at most ``max_asks`` times; a transfer silent for
 ``expire_ms`` is abandoned and its temp file removed. Status messages a loudspeaker sends on ``up/<tid>`` while
 *downloading* a clip are handed to ``on_status`` (gateway/clipdist.py).
+
+Recorder uploads (the serial recorder bridge, gateway/links/recorder.py, calls ``recorder_offer`` and
+``recorder_piece``) are *streams*: pieces arrive in order by byte offset, so the temp file's length is the
+confirmed offset. They are resumable across cable pulls, recorder power losses and gateway restarts: the
+manifest and the temp file's name are kept in the ``partials`` table, the temp file is kept at start, and an offer
+of the same transfer is answered with the offset held (``off``), from which the recorder continues. A piece is
+written (``pwrite``, in the OS before the link acknowledges it) so a gateway crash never loses confirmed bytes.
+The manifest must carry the recorder's MAC (purpose ``up``); its ``x_*`` fields give start/end time, track
+summary, officer and the recorder's evidence mark. The custody steps of such a clip (recorded, uploaded,
+verified, ...), its metadata, holds and retention are gateway/clips/custody.py's; ``on_recording(info)`` is called
+when one is filed (the service announces it on MQTT). A partial upload silent for ``partial_expire_ms`` (a recorder
+left undocked for a week) is abandoned.
 """
 
 from __future__ import annotations
@@ -45,6 +57,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from lookout.gateway.clips.custody import RETENTION_DAYS, Custody
 from lookout.gateway.core.clock import now_ms
 from lookout.gateway.core.commands import check_signature
 from lookout.protocols import cliptransfer
@@ -60,6 +73,8 @@ MAX_ASKS = 3  # status requests before waiting out the expiry
 EXPIRE_MS = 120000  # abandoned after this long without a chunk
 FREE_MARGIN = 64 * 1024 * 1024  # keep this much disk free beyond an upload's size
 RECENT = 256  # finished (device, tid) pairs remembered so redelivered chunks are ignored quietly
+RECORDER_MAX_SIZE = 0xFFFFFFFF  # a recorder clip: the manifest's size field limit (4 GiB, ~2.5 h of 1080p)
+PARTIAL_EXPIRE_MS = 7 * 86_400_000  # a recorder's partial upload waits this long for the recorder to come back
 
 EXT = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp", "video/mp4": "mp4", "video/h264": "h264",
        "audio/wav": "wav", "audio/x-wav": "wav", "audio/mpeg": "mp3", "audio/g711a": "g711a",
@@ -77,6 +92,10 @@ CREATE TABLE IF NOT EXISTS links (
     linked INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS links_sha ON links (sha256);
+CREATE TABLE IF NOT EXISTS partials (
+    device TEXT NOT NULL, tid INTEGER NOT NULL, site TEXT NOT NULL, manifest TEXT NOT NULL, auth TEXT NOT NULL,
+    part TEXT NOT NULL, started_ms INTEGER NOT NULL, officer TEXT, PRIMARY KEY (device, tid)
+);
 """
 
 
@@ -92,12 +111,19 @@ def ext_for(mime: str) -> str:
 class TempSink:
     """cliptransfer sink on a gateway-named temp file; ``on_commit(sink)`` files it after the hash matched."""
 
-    def __init__(self, path: Path, size: int, on_commit: Callable[[TempSink], None]):
+    def __init__(self, path: Path, size: int, on_commit: Callable[[TempSink], None], resume: bool = False):
         self.path = path
         self.size = size
         self.on_commit = on_commit
-        self.fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        flags = os.O_RDWR if resume else os.O_RDWR | os.O_CREAT | os.O_EXCL
+        self.fd: int | None = os.open(path, flags, 0o600)
         self.committed = False
+
+    def close(self) -> None:
+        """Close without removing the file (a resumable upload outlives this process)."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
     def write_at(self, offset: int, data: Any) -> None:
         if self.fd is None or offset < 0 or offset + len(data) > self.size:
@@ -143,6 +169,13 @@ class Upload:
         self.finishing: concurrent.futures.Future[None] | None = None  # the last chunk, being filed in a thread
         self.filed: tuple[Path, bool] | None = None  # (final path, duplicate) once the file is in place
         self.recorded = False  # custody journaled
+        self.stream = False  # a recorder's resumable stream (recorder_offer / recorder_piece)
+        self.officer: str | None = None
+        self.meta: dict[str, Any] = {}
+        self.offers = 0
+        self.bytes_in = 0
+        self.dup_bytes = 0
+        self.restored = False
 
 
 class ClipStore:
@@ -152,14 +185,15 @@ class ClipStore:
                  send: Callable[[str, str, int, bytes], None] | None = None,
                  on_status: Callable[[str, str, int, dict[str, Any], int], None] | None = None,
                  clock: Callable[[], int] = now_ms, max_size: int = MAX_SIZE, stall_ms: int = STALL_MS,
-                 expire_ms: int = EXPIRE_MS, max_asks: int = MAX_ASKS,
+                 expire_ms: int = EXPIRE_MS, max_asks: int = MAX_ASKS, recorder_max_size: int = RECORDER_MAX_SIZE,
+                 partial_expire_ms: int = PARTIAL_EXPIRE_MS, retention_days: int = RETENTION_DAYS,
                  spawn: Callable[..., Any] | None = None):
         self.root = Path(root)
         self.dir = self.root / "evidence"
         self.tmp = self.dir / ".part"
         self.tmp.mkdir(parents=True, exist_ok=True)
-        for stale in self.tmp.iterdir():  # temp files of a previous run can never complete: not evidence
-            stale.unlink(missing_ok=True)
+        self.recorder_max_size, self.partial_expire_ms = recorder_max_size, partial_expire_ms
+        self.on_recording: Callable[[dict[str, Any]], None] | None = None
         self.journal = journal
         self.keystore = keystore
         self.send = send  # (site, device, tid, status payload) -> publish on the node's dl/<tid>
@@ -175,12 +209,22 @@ class ClipStore:
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="clipstore")
         self._db = sqlite3.connect(str(self.root / "evidence.db"), isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")  # the project's storage policy (docs/ARCHITECTURE.md)
+        self._db.execute("PRAGMA busy_timeout = 10000")  # `lookout clips` on the same host writes holds
         self._db.executescript(_SCHEMA)
+        self.custody = Custody(self._db, journal, self.dir, clock, retention_days)
+        keep = {r[0] for r in self._db.execute("SELECT part FROM partials")}
+        for stale in self.tmp.iterdir():  # node temp files of a previous run can never complete: not evidence
+            if stale.name not in keep:
+                stale.unlink(missing_ok=True)
+        self._restore_partials()
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)  # a file being filed is completed, and its custody recorded below
         for u in list(self.uploads.values()):
-            if u.finishing is not None and u.finishing.exception() is None and u.filed is not None:
+            if u.stream:
+                u.sink.close()  # resumable: the file and its partials row wait for the recorder
+            elif u.finishing is not None and u.finishing.exception() is None and u.filed is not None:
                 self._record(u)
             elif u.finishing is None:
                 u.sink.discard()
@@ -371,6 +415,12 @@ class ClipStore:
             os.close(dfd)
         u.filed = (final, dup)
 
+    def _file(self, sink: TempSink) -> None:
+        """Both steps at once, on the caller's thread: a recorder stream's completing piece (the serial session
+        hands pieces over one at a time on the event loop; its acknowledgement waits for the filing)."""
+        self._file_fs(sink)
+        self._record(sink.upload)  # type: ignore[attr-defined]
+
     def _record(self, u: Upload) -> None:
         """The filed upload's custody entry, index row and event links (on the event loop)."""
         if u.recorded or u.filed is None:
@@ -381,6 +431,9 @@ class ClipStore:
         now = self.clock()
         self.uploads.pop((u.device, u.tid), None)
         self._remember((u.device, u.tid), m.sha256)
+        if u.stream:
+            self._file_recording(u, final, dup, now)
+            return
         detail = {"action": "duplicate" if dup else "stored", "sha256": m.sha256, "size": m.size, "mime": m.mime,
                   "kind": m.kind, "clip": m.clip_id, "tid": u.tid, "auth": u.auth,
                   "file": final.name, "created_ms": m.created_ms, "received_ms": now,
@@ -397,6 +450,194 @@ class ClipStore:
                               u.auth, m.created_ms, now, e.seq))
         self._link_pending(m.sha256, now)
         log.info("evidence %s from %s %s (%s)", m.sha256[:16], u.device, "duplicate" if dup else "stored", u.auth)
+
+    def _file_recording(self, u: Upload, final: Path, dup: bool, now: int) -> None:
+        """A recorder clip matched its hash and is filed: index it, journal uploaded + verified, announce it."""
+        m = u.manifest
+        self._db.execute("DELETE FROM partials WHERE device = ? AND tid = ?", (u.device, u.tid))
+        self._db.execute("INSERT OR IGNORE INTO evidence VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                         (m.sha256, final.name, m.size, m.mime, m.kind, u.device, u.site, m.clip_id, u.tid,
+                          u.auth, m.created_ms, now, None))
+        self.custody.recorded(u.site, u.device, self._entry(u), u.officer, "offer", now)
+        transfer = {"clip": m.clip_id, "tid": u.tid, "size": m.size, "bytes_in": u.bytes_in,
+                    "duplicate_bytes": u.dup_bytes, "offers": u.offers, "transfer_ms": now - u.started_ms,
+                    "restored": u.restored, "auth": u.auth, "officer": u.officer, "same_content_stored": dup}
+        self.custody.stored(u.device, m.sha256, final.name, transfer, now)
+        self.stats["stored"] += 1
+        self._link_pending(m.sha256, now)
+        log.info("recorder clip %s from %s filed (%d B)", m.sha256[:16], u.device, m.size)
+        if self.on_recording is not None:
+            info = self.custody.get(m.sha256) or {}
+            try:
+                self.on_recording({**info, "tid": u.tid, "transfer_ms": now - u.started_ms})
+            except Exception:  # an announcement failing must not undo the filing
+                log.exception("announcing clip %s failed", m.sha256[:16])
+
+    @staticmethod
+    def _entry(u: Upload) -> dict[str, Any]:
+        m, x = u.manifest, u.meta
+        return {"id": m.clip_id, "sha256": m.sha256, "size": m.size, "kind": m.kind, "mime": m.mime,
+                "start": x.get("x_start", m.created_ms), "end": x.get("x_end"), "track": x.get("x_track"),
+                "mark": x.get("x_mark") is True}
+
+    # -- recorder streams (gateway/links/recorder.py) ------------------------------------------------------------
+    @staticmethod
+    def _stream_status(u: Upload) -> dict[str, Any]:
+        d = u.rx.status()
+        d.pop("missing", None)
+        d["off"] = u.rx.offset
+        return d
+
+    @staticmethod
+    def _failed(tid: int, clip: str, code: str) -> dict[str, Any]:
+        return {"v": cliptransfer.VERSION, "tid": tid, "id": clip if cliptransfer.is_safe_clip_id(clip) else "x",
+                "state": cliptransfer.FAILED, "have": 0, "err": code[:32]}
+
+    def recorder_offer(self, site: str, device: str, payload: bytes, officer: str | None = None,
+                       now: int | None = None) -> dict[str, Any]:
+        """A recorder's CLIP_OFFER: the status to answer (``receiving`` with ``off``, ``complete``, or ``failed``
+        with ``err``). Never raises."""
+        now = self.clock() if now is None else now
+        try:
+            return self._recorder_offer(site, device, payload, officer, now)
+        except Exception:  # the input is untrusted: a bug here must not take the bridge down
+            self.stats["errors"] += 1
+            log.exception("recorder offer from %s failed", device)
+            return self._failed(0, "x", "internal")
+
+    def _recorder_offer(self, site: str, device: str, payload: bytes, officer: str | None,
+                        now: int) -> dict[str, Any]:
+        try:
+            m = cliptransfer.decode_manifest(payload)
+        except TransferError as e:
+            self._refuse(device, None, e.code or "bad_manifest", str(e))
+            return self._failed(0, "x", e.code or "bad_manifest")
+        d = json.loads(payload)
+        p = check_signature(self.keystore, device, "up", d)
+        if p is not None:  # a recorder always signs: an unsigned manifest is refused like a forged one
+            self._refuse(device, m.tid, p.code, p.detail)
+            return self._failed(m.tid, m.clip_id, p.code)
+        meta = {k: d[k] for k in ("x_start", "x_end", "x_track", "x_officer", "x_mark") if k in d}
+        who = d.get("x_officer") if isinstance(d.get("x_officer"), str) else officer
+        key = (device, m.tid)
+        u = self.uploads.get(key)
+        if u is not None and u.stream and u.manifest == m:
+            u.offers += 1
+            u.last_ms = now
+            return self._stream_status(u)
+        if u is not None:  # the recorder reused a transfer id (it lost its state): the old partial cannot finish
+            self._abandon(key, u, now, "transfer id reused with another manifest")
+        entry = {"id": m.clip_id, "sha256": m.sha256, "size": m.size, "kind": m.kind, "mime": m.mime,
+                 "start": meta.get("x_start", m.created_ms), "end": meta.get("x_end"), "track": meta.get("x_track"),
+                 "mark": meta.get("x_mark") is True}
+        self.custody.recorded(site, device, entry, who, "offer", now)
+        stored = self.get(m.sha256)
+        if stored is not None and (self.dir / stored["file"]).exists():
+            self.custody.duplicate(device, m.sha256, m.clip_id, now)
+            self.custody.db.execute("UPDATE recordings SET state = 'stored', file = ?, stored_ms = "
+                                    "COALESCE(stored_ms, ?) WHERE sha256 = ? AND state = 'recorded'",
+                                    (stored["file"], now, m.sha256))
+            return {"v": cliptransfer.VERSION, "tid": m.tid, "id": m.clip_id, "state": cliptransfer.COMPLETE,
+                    "have": m.chunks, "off": m.size}
+        if m.size > self.recorder_max_size:
+            self._refuse(device, m.tid, "too_large", f"{m.size} bytes, gateway limit {self.recorder_max_size}")
+            return self._failed(m.tid, m.clip_id, "too_large")
+        if sum(1 for x in self.uploads.values() if x.device == device) >= MAX_OPEN_PER_DEVICE \
+                or len(self.uploads) >= MAX_OPEN:
+            return self._failed(m.tid, m.clip_id, "busy")
+        if shutil.disk_usage(self.dir).free < m.size + FREE_MARGIN:
+            self._refuse(device, m.tid, "no_space", f"{m.size} bytes would leave less than {FREE_MARGIN} free")
+            return self._failed(m.tid, m.clip_id, "no_space")
+        name = secrets.token_hex(8) + ".part"
+        sink = TempSink(self.tmp / name, m.size, self._file)
+        rx = cliptransfer.ClipReceiver(m, self.recorder_max_size, sink)
+        u = Upload(site, device, m.tid, m, "signed", rx, sink, now)
+        u.stream, u.officer, u.meta, u.offers = True, who, meta, 1
+        sink.upload = u  # type: ignore[attr-defined]
+        self.uploads[key] = u
+        self._db.execute("INSERT OR REPLACE INTO partials VALUES (?,?,?,?,?,?,?,?)",
+                         (device, m.tid, site, payload.decode(), "signed", name, now, who))
+        log.debug("recorder upload %s/%d from %s: %d bytes", m.clip_id, m.tid, device, m.size)
+        return self._stream_status(u)
+
+    def recorder_piece(self, device: str, tid: int, offset: int, data: Any,
+                       now: int | None = None) -> dict[str, Any] | None:
+        """One CLIP_DATA piece, written before this returns. Returns a status to send (complete, failed, or
+        ``receiving`` with the offset to go on from after a gap), or None while the transfer simply goes on."""
+        now = self.clock() if now is None else now
+        key = (device, tid)
+        u = self.uploads.get(key)
+        if u is None or not u.stream:
+            self.stats["stray_chunks"] += 1
+            return self._failed(tid, "x", "unknown_transfer")  # the recorder offers it again
+        u.last_ms = now
+        n = len(data)
+        u.bytes_in += n  # counted before receive_at: the piece that completes the clip files it (and journals)
+        if 0 <= offset <= u.rx.offset:
+            u.dup_bytes += n - max(0, offset + n - u.rx.offset)
+        try:
+            r = u.rx.receive_at(offset, data)
+        except TransferError as e:
+            if u.rx.state == cliptransfer.FAILED:  # hash mismatch: the sink was discarded, nothing filed
+                self.uploads.pop(key, None)
+                self._db.execute("DELETE FROM partials WHERE device = ? AND tid = ?", key)
+                self._remember(key, "failed")
+                self.stats["failed"] += 1
+                self._security(device, f"recorder clip {u.manifest.clip_id}/{tid} from {device} failed: {e.code}",
+                               {"code": e.code, "tid": tid, "clip": u.manifest.clip_id, "why": str(e)[:200],
+                                "sha256": u.manifest.sha256})
+                return self._failed(tid, u.manifest.clip_id, e.code or "failed")
+            self.stats["bad_chunks"] += 1
+            log.warning("piece from %s on transfer %d rejected: %s", device, tid, e)
+            return self._stream_status(u)  # where to go on from
+        except OSError as e:  # disk full: keep the partial (what is written is confirmed); the recorder retries
+            self.stats["errors"] += 1
+            log.error("recorder upload %s/%d from %s: %s", u.manifest.clip_id, tid, device, e)
+            return self._failed(tid, u.manifest.clip_id, "busy")
+        if r == cliptransfer.COMPLETE:
+            return {"v": cliptransfer.VERSION, "tid": tid, "id": u.manifest.clip_id, "state": cliptransfer.COMPLETE,
+                    "have": u.manifest.chunks, "off": u.manifest.size}
+        return None
+
+    def _restore_partials(self) -> None:
+        """Recorder uploads that were in progress when the gateway stopped: the temp file's length is the offset."""
+        for device, tid, site, manifest, auth, part, started, officer in self._db.execute(
+                "SELECT device, tid, site, manifest, auth, part, started_ms, officer FROM partials").fetchall():
+            path = self.tmp / part
+            try:
+                m = cliptransfer.decode_manifest(manifest.encode())
+                held = path.stat().st_size
+                sink = TempSink(path, m.size, self._file, resume=True)
+            except (TransferError, OSError) as e:
+                log.warning("partial upload %s/%d cannot resume (%s); dropped", device, tid, e)
+                self._db.execute("DELETE FROM partials WHERE device = ? AND tid = ?", (device, tid))
+                continue
+            off = min(held, m.size - 1)
+            rx = cliptransfer.ClipReceiver(m, self.recorder_max_size, sink, offset=off) if off > 0 else \
+                cliptransfer.ClipReceiver(m, self.recorder_max_size, sink)
+            rx.stream = True
+            u = Upload(site, device, tid, m, auth, rx, sink, self.clock())
+            u.started_ms = started
+            d = json.loads(manifest)
+            u.stream, u.officer, u.restored = True, officer, True
+            u.meta = {k: d[k] for k in ("x_start", "x_end", "x_track", "x_officer", "x_mark") if k in d}
+            sink.upload = u  # type: ignore[attr-defined]
+            self.uploads[(device, tid)] = u
+            log.info("resumable upload %s/%d from %s: %d of %d bytes held", m.clip_id, tid, device, off, m.size)
+
+    def _abandon(self, key: tuple[str, int], u: Upload, now: int, why: str) -> None:
+        self.uploads.pop(key, None)
+        u.sink.discard()
+        if u.stream:
+            self._db.execute("DELETE FROM partials WHERE device = ? AND tid = ?", key)
+        self._remember(key, "abandoned")
+        self.stats["abandoned"] += 1
+        self.journal.append("custody", f"upload {u.manifest.clip_id}/{u.tid} from {u.device} abandoned "
+                            f"({u.rx.received}/{u.manifest.chunks} chunks): {why}; nothing stored",
+                            device=u.device, ts=now,
+                            detail={"action": "abandoned", "sha256": u.manifest.sha256, "tid": u.tid,
+                                    "clip": u.manifest.clip_id, "have": u.rx.received, "n": u.manifest.chunks,
+                                    "asks": u.asks, "why": why, "offset": u.rx.offset})
 
     def _remember(self, key: tuple[str, int], what: str) -> None:
         self._recent[key] = what
@@ -422,17 +663,12 @@ class ClipStore:
             if u.finishing is not None:
                 continue  # complete, being filed
             idle = now - u.last_ms
+            if u.stream:  # the recorder drives its resumes; it may be away from any dock for days
+                if idle >= self.partial_expire_ms:
+                    self._abandon(key, u, now, f"no piece for {idle // 3_600_000} h")
+                continue
             if idle >= self.expire_ms:
-                self.uploads.pop(key, None)
-                u.sink.discard()
-                self._remember(key, "abandoned")
-                self.stats["abandoned"] += 1
-                self.journal.append("custody", f"upload {u.manifest.clip_id}/{u.tid} from {u.device} abandoned "
-                                    f"({u.rx.received}/{u.manifest.chunks} chunks); nothing stored",
-                                    device=u.device, ts=now,
-                                    detail={"action": "abandoned", "sha256": u.manifest.sha256, "tid": u.tid,
-                                            "clip": u.manifest.clip_id, "have": u.rx.received,
-                                            "n": u.manifest.chunks, "asks": u.asks})
+                self._abandon(key, u, now, "silent")
             elif idle >= self.stall_ms and now - u.last_ask_ms >= self.stall_ms and u.asks < self.max_asks:
                 u.asks += 1
                 u.last_ask_ms = now

@@ -94,6 +94,19 @@ class WebConfig:
 
 
 @dataclass(frozen=True)
+class RecordersConfig:
+    """Serial body-worn recorders (gateway/links/recorder.py). Empty ``devices``: no recorder bridge."""
+
+    devices: tuple[str, ...] = ()  # glob patterns of serial device paths, e.g. /dev/serial/by-id/usb-*Recorder*
+    baud: int = 115200  # USB-CDC ignores it; a UART or radio modem needs the right one
+    scan_ms: int = 1000  # hot-plug: how often the device paths are looked at (a dock is noticed within this)
+    mtu: int = 1024  # largest frame payload offered in HELLO (protocols/defaults: SERIAL_MAX_PAYLOAD)
+    window: int = 64  # frames buffered out of order (protocols/defaults: SERIAL_WINDOW)
+    retention_days: int = 183  # clips not held as evidence are removed after this (evidence practice: at least 6 months)
+    max_clip_mb: int = 4095  # largest clip accepted (the manifest's 32-bit size)
+
+
+@dataclass(frozen=True)
 class Config:
     gateway_id: str = "gw-1"
     site: str = "site"
@@ -111,6 +124,7 @@ class Config:
     source: Path | None = None  # the gateway.toml this came from (SIGHUP re-reads its [linkage])
     web: WebConfig = field(default_factory=WebConfig)
     mavlink: MavlinkConfig | None = None  # [mavlink] + [[drone]]: the drone bridge (gateway/core/config_mavlink.py)
+    recorders: RecordersConfig = field(default_factory=RecordersConfig)
 
     @property
     def keystore_path(self) -> Path:
@@ -180,7 +194,7 @@ def _broker_url(v: str) -> bool:
 
 
 SECTIONS = ("gateway", "broker", "registry", "commands", "metrics", "coap", "zones", "linkage", "web", "mavlink",
-            "drone")
+            "drone", "recorders")
 
 
 
@@ -291,6 +305,7 @@ def from_dict(d: dict[str, Any], base: Path | None = None) -> Config:
         errors.append(f"[linkage]: expected a table, got {linkage!r}")
         linkage = {}
     mavlink = parse_mavlink(d.get("mavlink"), d.get("drone"), errors)
+    recorders = _recorders(errors, d.get("recorders"))
 
     if errors:
         raise ConfigError(errors)
@@ -309,7 +324,22 @@ def from_dict(d: dict[str, Any], base: Path | None = None) -> Config:
     return Config(gateway_id=gid or "gw-1", site=site or "site", data_dir=ddir, keystore=ks,
                   log_level=level or "info", log_format=log_format or "text", broker=broker, registry=reg,
                   commands=cmds, metrics_listen=metrics_listen, coap_listen=coap_listen, zones=zones,
-                  linkage=linkage, web=web, mavlink=mavlink)
+                  linkage=linkage, web=web, mavlink=mavlink, recorders=recorders)
+
+
+def _recorders(errors: list[str], table: Any) -> RecordersConfig:
+    r = _V(errors, "recorders", table)
+    r.used.add("devices")
+    devs = r.table.get("devices", [])
+    if not isinstance(devs, list) or not all(isinstance(x, str) and x.startswith("/") for x in devs):
+        errors.append(f"[recorders].devices: expected a list of absolute device paths or globs, got {devs!r}")
+        devs = []
+    cfg = RecordersConfig(devices=tuple(devs), baud=r.int("baud", 115200, 300, 12_000_000),
+                          scan_ms=r.int("scan_ms", 1000, 50, 60_000), mtu=r.int("mtu", 1024, 512, 65535),
+                          window=r.int("window", 64, 1, 64), retention_days=r.int("retention_days", 183, 1, 36500),
+                          max_clip_mb=r.int("max_clip_mb", 4095, 1, 4095))
+    r.finish()
+    return cfg
 
 
 def load(path: str | Path) -> Config:

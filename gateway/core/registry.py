@@ -66,6 +66,7 @@ class Device:
     caps: list[str] = field(default_factory=list)
     transport: str = "mqtt"
     info: dict[str, Any] = field(default_factory=dict)  # last hb extras (bat_mv, rssi, ...)
+    officer: str | None = None  # a recorder's officer (its birth's x_officer)
 
     def to_dict(self) -> dict[str, Any]:
         """Shallow (``dataclasses.asdict`` deep-copies, ~50x slower; the result only feeds ``json.dumps``)."""
@@ -132,6 +133,8 @@ def on_birth(dev: Device, msg: dict[str, Any], cfg: RegistryConfig, now_ms: int)
     dev.kind = msg.get("kind", dev.kind)
     dev.fw = msg.get("fw", dev.fw)
     dev.caps = list(msg.get("caps") or dev.caps)
+    if isinstance(msg.get("x_officer"), str):
+        dev.officer = msg["x_officer"]
     old_bdseq = dev.bdseq
     dev.bdseq = msg.get("bdseq")
     dev.seqs = {}  # new session: sequences restart
@@ -348,7 +351,8 @@ class Registry:
             dev.fw = msg["fw"]
         dev.last_hb_ms = now_ms
         dev.info = {k: msg[k] for k in ("bat_mv", "bat_pct", "rssi", "temp_dc", "heap", "errs", "outbox",
-                                         "dropped", "state", "up_s") if k in msg}
+                                         "dropped", "state", "up_s", "x_pending", "x_free_mb", "x_rec", "x_task")
+                    if k in msg}
         dev.info.update(extensions(msg, dev.info))
         return self._track(dev, out + on_alive(dev, now_ms, msg.get("seq")))
 

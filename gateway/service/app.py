@@ -94,6 +94,7 @@ class Gateway:
         self._opreq_refused = 0  # answered "busy"
         self.coap: Any = None
         self.drones: Any = None  # the drone bridge, with [mavlink] in the config
+        self.recorders: Any = None
         self.metrics_port: int | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------------------
@@ -132,7 +133,8 @@ class Gateway:
         from lookout.gateway.clips.distribution import ClipDistributor
         from lookout.gateway.clips.store import ClipStore
         self.clipstore = ClipStore(cfg.data_dir / "clips", self.journal, self.keystore, send=self._clip_status,
-                                   clock=self.clock, spawn=self.spawn)
+                                   clock=self.clock, spawn=self.spawn, retention_days=cfg.recorders.retention_days,
+                                   recorder_max_size=cfg.recorders.max_clip_mb << 20)
         self._stack.callback(self.clipstore.close)
         self.ops = OperatorAPI(cfg, self.registry, self.commands, self.journal, self.keystore, self.clock,
                                bdseq=lambda: self.bdseq)
@@ -186,6 +188,9 @@ class Gateway:
         await self._stack.enter_async_context(self.link)
         self._stack.push_async_callback(self._farewell)
         self.spawn(self.clipdist.run(), name="clips")
+        if cfg.recorders.devices:  # serial body-worn recorders: bridge, hot-plug, transport (service/recorders.py)
+            from lookout.gateway.service.recorders import RecorderService
+            self.recorders = await self._stack.enter_async_context(RecorderService(self))
 
         now = self.clock()
         me = self.registry.ensure(cfg.gateway_id, cfg.site, "gateway")

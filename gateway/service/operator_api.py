@@ -26,6 +26,7 @@ from lookout.gateway.core.registry import Device, Registry
 from lookout.protocols import opapi
 
 NODE_KINDS = ("speaker", "sensor", "camera")
+RECORDER_BUSY = ("recording", "dispatched")  # a recorder's hb ``state`` values that make its officer busy
 
 
 class ClipOps(Protocol):
@@ -41,6 +42,10 @@ def device_view(d: Device) -> dict[str, Any]:
         v["loc"] = {k: d.last_loc[k] for k in ("lat", "lon", "alt_mm", "ts", "src") if k in d.last_loc}
     if d.info:
         v["info"] = d.info
+    if d.kind == "recorder":  # for dispatch: who carries it, and whether they are free (recording or on a task)
+        v["officer"] = d.officer
+        v["busy"] = d.info.get("state") in RECORDER_BUSY
+        v["recording"] = d.info.get("state") == "recording"
     return v
 
 

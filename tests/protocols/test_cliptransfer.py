@@ -342,3 +342,52 @@ def test_over_serial_frames_back_to_back():
     assert results[-1] == ct.COMPLETE and r.usable and r.sink.data == data
     done = ct.encode_status(r)
     assert len(sf.encode_frame(sf.TYPE_CLIP_DONE, seq, done)) < 100
+
+
+def test_stream_pieces_golden_and_resume_from_offset():
+    """Serial streams: pieces by byte offset (docs/PROTOCOL.md §12, "Streams"); the held prefix is the resume point."""
+    assert ct.encode_data(7, 1008, b"tail") == bytes.fromhex("00000007" "000003f0" "7461696c")
+    p = ct.decode_data(bytes.fromhex("00000007000003f07461696c"))
+    assert (p.tid, p.offset, bytes(p.data)) == (7, 1008, b"tail")
+    for bad in (b"", b"\x00" * 8):
+        with raises(TransferError) as e:
+            ct.decode_data(bad)
+        assert e.value.code == "bad_chunk"
+    data = bytes((i * 7) & 0xFF for i in range(1000))
+    s = ct.ClipSender(data, 128, "rec-1.mp4", 3, "video", "video/mp4", TS)
+    r = ct.ClipReceiver(s.manifest, 1 << 20)
+    assert r.receive_at(0, s.data_at(0, 300)) == ct.ACCEPTED
+    assert r.offset == 300 and r.received == 2  # chunks 0 and 1 lie inside the prefix
+    assert r.receive_at(100, s.data_at(100, 100)) == ct.DUPLICATE  # already held
+    with raises(TransferError) as e:
+        r.receive_at(400, s.data_at(400, 10))  # a gap: refused, nothing changes
+    assert e.value.code == "bad_offset" and r.offset == 300
+    assert r.receive_at(250, s.data_at(250, 150)) == ct.ACCEPTED  # overlap: only the new part is written
+    st = ct.decode_status(ct.encode_status(r))
+    assert st["off"] == 400 and st["state"] == "receiving"
+    # the gateway restarts: a new receiver over the same sink resumes at the length held
+    r2 = ct.ClipReceiver(s.manifest, 1 << 20, r.sink, offset=r.offset)
+    assert r2.received == 3 and ct.decode_status(ct.encode_status(r2))["off"] == 400
+    assert r2.receive_at(400, s.data_at(400, 600)) == ct.COMPLETE and r2.sink.data == data
+    bad = ct.ClipReceiver(s.manifest, 1 << 20, offset=500)  # a sink of zeros: the replayed hash fails
+    with raises(TransferError) as e:
+        bad.receive_at(500, s.data_at(500, 500))
+    assert e.value.code == "hash_mismatch" and bad.state == ct.FAILED
+    with raises(LocalProtocolError):
+        ct.ClipReceiver(s.manifest, 1 << 20, offset=1000)
+
+
+def test_stream_sender_counts_what_it_sends_twice():
+    data = bytes(range(256)) * 4
+    ss = ct.StreamSender(ct.ClipSender(data, 128, "a", 1, "video", "video/mp4", TS))
+    assert ss.next_piece(400) == (0, data[:400])
+    ss.confirmed(400)
+    assert ss.next_piece(400)[0] == 400
+    ss.resume(600)  # the receiver held 600 (more than we knew): nothing is resent
+    assert ss.next_piece(1000) == (600, data[600:]) and ss.done_sending
+    assert ss.resent == 200 and ss.resent_confirmed == 0  # 600..800 went twice, none of it confirmed before
+    ss.resume(300)  # a receiver that lost data: below what was confirmed
+    ss.next_piece(200)
+    assert ss.resent_confirmed == 200
+    with raises(TransferError):
+        ss.resume(5000)

@@ -115,3 +115,30 @@ def test_clip_id_rule_matches_regex(s):
             pass
         else:
             raise AssertionError("accepted %r" % s)
+
+
+@settings(max_examples=200, deadline=None)
+@given(clips(), st.lists(st.tuples(st.integers(0, 3000), st.integers(1, 900)), max_size=40))
+def test_stream_pieces_in_any_overlap_end_bit_exact(clip, cuts):
+    """Pieces that extend the prefix (with overlaps, duplicates, gaps refused) always leave exactly the clip."""
+    s, data = clip
+    r = ct.ClipReceiver(s.manifest, len(data))
+    for back, n in cuts + [(0, len(data))]:
+        off = max(0, r.offset - back)
+        if r.state == ct.COMPLETE or off >= len(data):
+            break
+        res = r.receive_at(off, s.data_at(off, n))
+        assert res in (ct.ACCEPTED, ct.DUPLICATE, ct.COMPLETE)
+    while r.state != ct.COMPLETE:
+        r.receive_at(r.offset, s.data_at(r.offset, 1000))
+    assert r.sink.data == data and r.offset == len(data) and r.received == s.manifest.chunks
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=64))
+def test_decode_data_raises_only_transfer_errors(b):
+    try:
+        p = ct.decode_data(b)
+    except TransferError:
+        return
+    assert ct.encode_data(p.tid, p.offset, bytes(p.data)) == b

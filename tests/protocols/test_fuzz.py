@@ -5,9 +5,10 @@ The CPython-only hypothesis modules (``*_props.py``) explore further; this one k
 
 from fuzz import only_raises
 
-from protocols import cliptransfer, coap, messages, mqttpacket, mqttserver, nmea, opapi, serialframe, signing, topics
-from protocols.errors import (CoAPError, FrameError, MessageError, MQTTPacketError, NMEAError, TopicError,
-                              TransferError)
+from protocols import (cliptransfer, coap, messages, mqttpacket, mqttserver, nmea, opapi, serialframe, serialsession,
+                       signing, topics)
+from protocols.errors import (CoAPError, FrameError, MessageError, MQTTPacketError, NMEAError, SessionError,
+                              TopicError, TransferError)
 
 T0 = 1764000000000
 KEY = bytes(range(32))
@@ -72,6 +73,33 @@ def test_serial_frames():
 
     only_raises(stream, golden, (), N, seed=3)
 
+    def repair(d):  # the single-bit repair never raises, whatever the bytes
+        serialframe.correct_single_bit(d)
+
+    only_raises(repair, [g[serialframe.HEADER_LEN:] for g in golden], (), N, seed=4)
+
+
+def test_serial_session_payloads_and_streams():
+    hello = b'{"dev":"bwc-0001","fw":"1","hs":1,"mtu":1024,"nr":"000102030405060708090a0b0c0d0e0f","v":[1],"win":8}'
+    cat = (b'{"clips":[{"end":2,"id":"a.mp4","kind":"video","mime":"video/mp4","sha256":"' + b"0" * 64
+           + b'","size":5,"start":1}],"v":1}')
+    only_raises(serialsession.decode_hello, [hello, b'{"gw":"gw-1","hs":0}'], SessionError, N)
+    only_raises(serialsession.decode_catalog, [cat], SessionError, N, seed=2)
+    keys = {"bwc-0001": bytes(range(32))}
+
+    def gateway_end(d):  # a gateway session fed mutated bytes: events, never an exception
+        g = serialsession.SerialSession("gateway", "gw-1", key_for=keys.get, rand=lambda n: bytes(n))
+        g.receive_data(d, 0)
+        g.line_idle(1)
+        for _ in range(50):
+            if g.next_event() is serialsession.NEED_DATA:
+                break
+        g.data_to_send(2)
+
+    frames = [serialframe.encode_frame(serialframe.TYPE_HELLO, 0, hello),
+              serialframe.encode_frame(serialframe.TYPE_CLIP_DATA, 3, b"\x00" * 12 + b"tail")]
+    only_raises(gateway_end, frames, (), N, seed=3)
+
 
 def test_clip_transfer():
     s = cliptransfer.ClipSender(bytes(range(200)), 64, "warn-01.wav", 7, "audio", "audio/wav", T0)
@@ -86,6 +114,7 @@ def test_clip_transfer():
         rx.receive_payload(d)
 
     only_raises(receive, golden[1:], TransferError, N, seed=4)
+    only_raises(cliptransfer.decode_data, [cliptransfer.encode_data(7, 1008, b"tail")], TransferError, N, seed=5)
 
 
 def test_coap():

@@ -73,6 +73,8 @@ def test_crc_check_value():
     assert sf.crc16(b"56789", sf.crc16(b"1234")) == 0x29B1
     # residue: CRC over data + its big-endian CRC is 0
     assert sf.crc16(b"123456789\x29\xb1") == 0
+    assert sf.crc16_portable(b"123456789") == 0x29B1  # the plain loop (CPython's crc16 uses binascii)
+    assert sf.crc16_portable(b"56789", sf.crc16_portable(b"1234", 0)) == 0x31C3
 
 
 def test_golden_hello():
@@ -306,10 +308,12 @@ def test_ack_payloads():
     assert sf.encode_ack(0x1234, 0b101) == b"\x12\x34\x00\x00\x00\x05"
     assert sf.decode_ack(b"\x12\x34\x00\x00\x00\x05") == (0x1234, 5)
     assert sf.acked_seqs(65534, 0b111) == [65534, 65535, 0, 1]
-    with raises(FrameError, match="ACK payload of 3 bytes, expected 2 or 6"):
+    assert sf.encode_ack(7, 1 << 40) == b"\x00\x07\x00\x00\x01\x00\x00\x00\x00\x00"  # 64-bit mask form
+    assert sf.decode_ack(sf.encode_ack(7, (1 << 63) | 1)) == (7, (1 << 63) | 1)
+    with raises(FrameError, match="ACK payload of 3 bytes, expected 2, 6 or 10"):
         sf.decode_ack(b"\x00\x01\x02")
     with raises(LocalProtocolError, match="mask"):
-        sf.encode_ack(1, 1 << 32)
+        sf.encode_ack(1, 1 << 64)
 
 
 def test_nack_payloads():
@@ -328,3 +332,41 @@ def test_type_numbers_are_stable():
     assert (sf.TYPE_CLIP_OFFER, sf.TYPE_CLIP_CHUNK, sf.TYPE_CLIP_DONE) == (0x10, 0x11, 0x12)
     assert sf.TYPE_ACK not in sf.NEEDS_ACK and sf.TYPE_HEARTBEAT not in sf.NEEDS_ACK
     assert sf.TYPE_EVENT in sf.NEEDS_ACK
+
+
+def test_single_bit_correction():
+    """correct_single_bit: CRC-16/CCITT syndromes locate one flipped bit (payload or fcs); two are detected."""
+    good = unhex(HELLO_HEX)
+    for i in (10, 20, 40, len(good) - 3, len(good) - 1):  # payload bits and both fcs bytes
+        for b in (0, 3, 7):
+            bad = bytearray(good)
+            bad[i] ^= 1 << b
+            assert sf.correct_single_bit(bad[sf.HEADER_LEN:]) == HELLO_PAYLOAD
+            dec = sf.FrameDecoder(correct=True)
+            dec.receive_data(bytes(bad))
+            dec.receive_data(b"")
+            f = dec.next_event()
+            assert f.payload == HELLO_PAYLOAD and f.corrected and dec.corrected == 1
+            plain = sf.FrameDecoder()  # off by default: the frame codec alone never guesses
+            plain.receive_data(bytes(bad))
+            plain.receive_data(b"")
+            assert isinstance(plain.next_event(), sf.FrameErrorEvent)
+    bad = bytearray(good)
+    bad[12] ^= 1
+    bad[30] ^= 0x80
+    assert sf.correct_single_bit(bad[sf.HEADER_LEN:]) is None
+    assert sf.correct_single_bit(good[sf.HEADER_LEN:]) == HELLO_PAYLOAD
+
+
+def test_line_idle_reports_a_bad_last_frame_at_once():
+    """A frame that failed its CRC and is followed by silence is reported when the line goes idle (so the
+    receiver can NACK it), even though none of its bytes are still buffered."""
+    bad = bytearray(unhex(HELLO_HEX))
+    bad[sf.HEADER_LEN] ^= 0x01
+    dec = sf.FrameDecoder()
+    dec.receive_data(bytes(bad))
+    assert dec.next_event() is sf.NEED_DATA and dec.buffered == 0
+    dec.line_idle()
+    ev = dec.next_event()
+    assert isinstance(ev, sf.FrameErrorEvent) and ev.reason == "bad_crc" and ev.seq == 1
+    assert dec.next_event() is sf.NEED_DATA

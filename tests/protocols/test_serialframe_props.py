@@ -39,6 +39,7 @@ def feed(data, cuts, **kw):
 def test_crc_matches_reference(data):
     # binascii.crc_hqx is the same poly without init/xorout: with init 0xFFFF it is CRC-16/IBM-3740
     assert sf.crc16(data) == binascii.crc_hqx(data, 0xFFFF)
+    assert sf.crc16_portable(data) == binascii.crc_hqx(data, 0xFFFF)  # the loop MicroPython runs
 
 
 @settings(max_examples=300, deadline=None)
@@ -122,3 +123,18 @@ def test_ack_nack_round_trip(seq, mask, nseq, reason):
     assert sf.decode_ack(sf.encode_ack(seq, mask)) == (seq, mask)
     assert len(sf.acked_seqs(seq, mask)) == 1 + mask.bit_count()
     assert sf.decode_nack(sf.encode_nack(nseq, reason)) == (nseq, reason)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=1024), st.data())
+def test_one_bit_repaired_two_bits_detected(payload, data):
+    wire = sf.encode_frame(sf.TYPE_EVENT, 1, payload)
+    body = bytearray(wire[sf.HEADER_LEN:])
+    nbits = len(body) * 8
+    a = data.draw(st.integers(0, nbits - 1))
+    one = bytearray(body)
+    one[a >> 3] ^= 1 << (a & 7)
+    assert sf.correct_single_bit(one) == payload
+    b = data.draw(st.integers(0, nbits - 1).filter(lambda x: x != a))
+    one[b >> 3] ^= 1 << (b & 7)
+    assert sf.correct_single_bit(one) is None  # Hamming distance 4: a 2-bit error is never "repaired"
