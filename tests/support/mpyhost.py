@@ -13,9 +13,11 @@ MQTT client's options, e.g. a shorter backoff; ``log``: print the node's log lin
 in use before the node's imports and after boot, both after ``gc.collect()``), answers ``{"ok": <command>,
 ...}``, and ``{"ev": "exit", "reason"}`` last. Commands, one a line:
 
-- ``heap``: ``{"heap", "free"}`` after ``gc.collect()``; first cuts the stand-in speaker's record of plays to
-  its last 4, so that a long run measures the node, not the test double's log;
-- ``status``: ``{"online", "outbox", "errs", "err", "plays"}``;
+- ``heap``: ``{"heap", "free"}`` after ``gc.collect()``;
+- ``meminfo``: ``micropython.mem_info()`` after ``gc.collect()``, printed as plain lines (fragmentation:
+  ``max free sz`` is the largest free block, in 16-byte blocks);
+- ``status``: ``{"online", "outbox", "errs", "err", "plays"}``; ``plays`` is the stand-in speaker's record of
+  its last 16 plays (bounded here, so that a long run measures the node, not the test double's log);
 - ``pir``: one PIR edge (a node booted with ``pir=True``);
 - ``net 0`` / ``net 1``: while 0, connection attempts fail (the link itself is left alone);
 - ``watch`` then ``peak``: sample the heap every 20 ms in between, answer the largest figure;
@@ -57,7 +59,16 @@ def _hal(root, speed, pir):
                 raise OSError("network down (test switch)")
             return await hal_host.HostHal.open_connection(self, host, port, ssl, server_hostname)
 
-    return NetHal(root, speed=speed, pir=pir)
+    hal = NetHal(root, speed=speed, pir=pir)
+    a = hal.audio
+    start = a.start
+
+    def start_bounded(*args, **kw):  # the stand-in speaker's log of plays: its last 16 only
+        del a.plays[:-15]
+        start(*args, **kw)
+
+    a.start = start_bounded
+    return hal
 
 
 async def _serve(node, hal):
@@ -73,9 +84,13 @@ async def _serve(node, hal):
         cmd = words[0]
         r = {"ok": cmd}
         if cmd == "heap":
-            del hal.audio.plays[:-4]
             r["heap"] = _heap()
             r["free"] = gc.mem_free()
+        elif cmd == "meminfo":  # the GC's own summary (largest free block...) as plain lines before the answer
+            gc.collect()
+            import micropython
+
+            micropython.mem_info()
         elif cmd == "status":
             r.update(online=node.online(), outbox=len(node.outbox), errs=node.errors, err=node.last_error,
                      plays=hal.audio.plays)
@@ -98,6 +113,10 @@ async def _serve(node, hal):
 
 async def _main(root, speed, pir, opts, log):
     base = _heap()
+    import os
+    th = os.getenv("MPY_GC_THRESHOLD")
+    if th:
+        gc.threshold(int(th))
     from lookout_node.node import Node
 
     hal = _hal(root, speed, pir)

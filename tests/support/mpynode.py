@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 import paho.mqtt.client as mqtt
 
+from lookout.gateway.links.mqtt import nodelay
 from lookout.protocols import messages, signing
 
 DEFAULT_HEAP_KB = 100  # a plain ESP32 without PSRAM leaves MicroPython about 100 KB
@@ -38,7 +39,8 @@ class MpyNode:
     ``opts`` are the MQTT client's options (node.py ``mqtt_opts``), e.g. a shorter reconnect backoff."""
 
     def __init__(self, exe: Path, root: Path, cfg: dict | None = None, heap_kb: int = DEFAULT_HEAP_KB,
-                 speed: int = 8, pir: bool = False, opts: dict | None = None, log: bool = True) -> None:
+                 speed: int = 8, pir: bool = False, opts: dict | None = None, log: bool = True,
+                 prelude: str = "sys.path[:] = ['.frozen']\n") -> None:
         self.exe = Path(exe)
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -46,6 +48,7 @@ class MpyNode:
             (self.root / "config.json").write_text(json.dumps(cfg))
         self.heap_kb = heap_kb
         self.args = {"speed": speed, "pir": pir, "opts": opts or {}, "log": log}
+        self.prelude = prelude  # run first: where modules come from (frozen by default; a ROMFS mount instead)
         self.events: list[dict] = []
         self.answers: list[dict] = []
         self.lines: collections.deque[str] = collections.deque(maxlen=200)
@@ -62,7 +65,7 @@ class MpyNode:
     def start(self, timeout: float = 10.0) -> dict:
         """Boot and wait until the node is online; returns the online event (heap figures in bytes)."""
         a = self.args
-        code = ("import sys\nsys.path[:] = ['.frozen']\nimport mpyhost\nmpyhost.main(%r, %d, %r, %r, %r)\n"
+        code = ("import sys\n" + self.prelude + "import mpyhost\nmpyhost.main(%r, %d, %r, %r, %r)\n"
                 % (str(self.root), a["speed"], a["pir"], a["opts"], a["log"]))
         self.proc = subprocess.Popen([str(self.exe), "-X", "heapsize=%dk" % self.heap_kb, "-c", code],
                                      cwd=self.root, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -170,6 +173,7 @@ class PahoGateway:
         self.c.on_subscribe = self._suback
         self.c.on_disconnect = self._gone
         self.c.on_message = self._on
+        self.c.on_socket_open = nodelay  # as the gateway's own link: no Nagle wait on small QoS 1 packets
         self.c.reconnect_delay_set(0.05, 0.5)
         self.c.connect(host, port)
         self.c.loop_start()
@@ -244,3 +248,21 @@ class PahoGateway:
         self.wait(lambda: any(messages.is_final(m["status"]) for m in self.res[cid]), timeout,
                   "final result of " + cid)
         return next(m for m in self.results(cid) if messages.is_final(m["status"]))
+
+
+def fetch_clip(gw: PahoGateway, device: str, cid: str, clip_id: str, data: bytes, tid: int, chunk: int = 4096,
+               sha256: str | None = None, timeout: float = 20.0) -> dict:
+    """The gateway's side of ``fetch_clip`` (docs/PROTOCOL.md §7): the signed command with the manifest, then,
+    once accepted, every chunk QoS 1 on ``dl/<tid>`` in one burst; returns the final result. ``sha256``
+    overrides the manifest's hash (a download that must fail)."""
+    from lookout.protocols import cliptransfer
+
+    s = cliptransfer.ClipSender(data, chunk, clip_id, tid, "audio", "audio/wav", 0)
+    m = s.manifest
+    gw.send(device, cid, "fetch_clip", {"clip": clip_id, "tid": tid, "size": m.size, "chunk": chunk,
+                                        "sha256": sha256 or m.sha256})
+    gw.wait(lambda: gw.res[cid], timeout, "fetch %s accepted" % cid)
+    if gw.res[cid][0]["status"] == "accepted":
+        for _, payload in s.chunks():
+            gw.c.publish(gw.topic(device, "dl/%d" % tid), payload, 1)
+    return gw.final(cid, timeout)
