@@ -134,9 +134,9 @@ def find_source(env: dict[str, str] | None = None, root: Path = ROOT) -> Source:
         "submodules")
 
 
-def frozen_key(root: Path = ROOT) -> str:
-    """Hash of the manifests and every file they freeze (paths and contents)."""
-    parts = []
+def frozen_key(root: Path = ROOT, manifest: Path = MANIFEST) -> str:
+    """Hash of the manifest's name, the manifests and every file they freeze (paths and contents)."""
+    parts = [manifest.name.encode()]
     for pattern in FROZEN_INPUTS:
         for p in sorted(root.glob(pattern)):
             parts += [str(p.relative_to(root)).encode(), p.read_bytes()]
@@ -210,26 +210,34 @@ def _prune(cache: Path, keep: str) -> None:
 def interpreters(env: dict[str, str] | None = None, root: Path = ROOT, build: bool = True) -> Interpreters:
     """Both interpreters, built first when the cache has none for this source and these firmware files."""
     source = find_source(env, root)
+    plain = _ensure(source, root, None, build)
+    return Interpreters(plain, _ensure(source, root, MANIFEST, build), source)
+
+
+def frozen_with(manifest: Path, env: dict[str, str] | None = None, root: Path = ROOT) -> Path:
+    """An interpreter with another manifest frozen in (the bench's flash figure: firmware/manifest_unix.py
+    alone, without the harness); cached like the others."""
+    return _ensure(find_source(env, root), root, manifest, True)
+
+
+def _ensure(source: Source, root: Path, manifest: Path | None, build: bool) -> Path:
     cache = root / ".cache" / "mpy32" / source.key
-    plain_dir = cache / "plain"
-    frozen_dir = cache / ("frozen-" + frozen_key(root))
-    plain, frozen = plain_dir / "micropython", frozen_dir / "micropython"
-    if plain.exists() and frozen.exists():
-        return Interpreters(plain, frozen, source)
+    out_dir = cache / ("plain" if manifest is None else "frozen-" + frozen_key(root, manifest))
+    exe = out_dir / "micropython"
+    if exe.exists():
+        return exe
     if not build:
         raise Mpy32Unavailable("the 32-bit Unix port is not built yet: run python tests/support/mpy32.py")
     check_toolchain()
     cache.mkdir(parents=True, exist_ok=True)
     with (cache / ".lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be building the same cache
-        mp = _extract(source.tarball, cache) if source.tarball is not None else source.path
-        log = cache / "build.log"
-        if not plain.exists():
-            _install(_make(mp, cache / "build", None, log), plain_dir)
-        if not frozen.exists():
-            _install(_make(mp, cache / "build", MANIFEST, log), frozen_dir)
-            _prune(cache, frozen_dir.name)
-    return Interpreters(plain, frozen, source)
+        if not exe.exists():
+            mp = _extract(source.tarball, cache) if source.tarball is not None else source.path
+            _install(_make(mp, cache / "build", manifest, cache / "build.log"), out_dir)
+            if manifest is not None:
+                _prune(cache, out_dir.name)
+    return exe
 
 
 def section_sizes(exe: Path) -> dict[str, int]:

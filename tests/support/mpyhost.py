@@ -113,10 +113,6 @@ async def _serve(node, hal):
 
 async def _main(root, speed, pir, opts, log):
     base = _heap()
-    import os
-    th = os.getenv("MPY_GC_THRESHOLD")
-    if th:
-        gc.threshold(int(th))
     from lookout_node.node import Node
 
     hal = _hal(root, speed, pir)

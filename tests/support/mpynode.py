@@ -158,7 +158,8 @@ class MpyNode:
 
 
 class PahoGateway:
-    """paho on a real broker standing in for the gateway: records ``lookout/#``, signs commands with ``key``."""
+    """paho on a real broker standing in for the gateway: records ``lookout/#``, signs commands with ``key``.
+    Results are filed by command id, so ids must be unique across devices (the real gateway's are)."""
 
     def __init__(self, host: str, port: int, site: str, key: bytes, client_id: str = "gw-mpy32") -> None:
         self.site = site
