@@ -6,8 +6,9 @@ run the node against a real Mosquitto with a board-sized heap. This port can: 32
 
 Where the source is, first match wins (``find_source``):
 
-1. ``$MICROPYTHON_SRC``: a v1.28 checkout (``git clone --branch v1.28.0 https://github.com/micropython/micropython``
-   then ``make submodules``), or a directory holding ``micropython-1.28.0-src.tar.gz`` like ``shared/micropython``;
+1. ``$MICROPYTHON_SRC``: a v1.28 checkout (``git clone --branch v1.28.0``
+   ``https://github.com/micropython/micropython``, then ``make -C ports/unix submodules``), or a directory
+   holding ``micropython-1.28.0-src.tar.gz`` like ``shared/micropython``;
 2. ``<repo>/../shared/micropython`` (CI: ``shared/`` beside the checkout);
 3. ``<repo>/../../shared/micropython`` (a worktree one level deeper, e.g. ``wt/<branch>/``).
 
@@ -130,8 +131,8 @@ def find_source(env: dict[str, str] | None = None, root: Path = ROOT) -> Source:
     raise Mpy32Unavailable(
         "MicroPython v1.28.0 source not found, needed for the 32-bit Unix port (tests/support/mpy32.py). "
         "Looked in: " + "; ".join("%s (%s)" % (p, label) for label, p in order) + ". Set MICROPYTHON_SRC to a "
-        "checkout: git clone --branch v1.28.0 https://github.com/micropython/micropython && make -C micropython "
-        "submodules")
+        "checkout: git clone --branch v1.28.0 https://github.com/micropython/micropython && make -C "
+        "micropython/ports/unix submodules")
 
 
 def frozen_key(root: Path = ROOT, manifest: Path = MANIFEST) -> str:
