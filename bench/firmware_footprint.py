@@ -1,4 +1,4 @@
-"""Firmware footprint: the loudspeaker's heap for three placements of its code, its smallest heap, its flash cost.
+"""Firmware footprint: the speaker's heap for three placements of its code, its smallest heap, its flash cost.
 
 Placements, all 32-bit like an ESP32, each run boots the speaker (``lookout_node.node.Node`` on ``hal_host``),
 waits until it is online, takes ``gc.mem_alloc()`` after ``gc.collect()`` (heap after boot), then plays a clip
@@ -8,9 +8,10 @@ through the real command path (a signed ``play``) sampling the live heap every 2
   (bytecode in the heap, as on a board running from its filesystem). The wasm port has no sockets, so the node
   talks to an in-process test broker whose own heap (code and an idle instance, measured separately on top of
   the node's modules) is subtracted;
-- ``romfs``: MicroPython 1.28's Unix port built 32-bit (tests/support/mpy32.py, plain), the same ``.mpy`` files
-  in a ROMFS image mounted at /rom (``flash --romfs``): bytecode executes in place, names are interned in RAM.
-  The image is read into a bytes object standing in for memory-mapped flash; its allocation is subtracted;
+- ``romfs``: MicroPython 1.28's Unix port built 32-bit (tests/support/mpy32.py, plain), the same ``.mpy``
+  files in a ROMFS image mounted at /rom (``flash --romfs``): bytecode executes in place, names are interned
+  in RAM. The image is read into a bytes object standing in for memory-mapped flash; its allocation is
+  subtracted;
 - ``frozen``: the same port with the node frozen in (firmware/manifest_unix.py, ``flash --frozen``).
 
 The two Unix-port placements run against a real Mosquitto over TCP, with the harness that steers the node
@@ -19,8 +20,9 @@ are absolute (the runtime's own baseline, asyncio included, is part of them and 
 
 ``min_heap_kb``: the smallest ``-X heapsize`` (1 KB steps, bisection, then passed a second time) at which the
 frozen speaker boots, connects to Mosquitto and completes 100 signed broadcasts and one clip fetch (4 KiB
-chunks, sent in one burst as the gateway's window does) with every result ``done`` and no error counted. ``flash``: what freezing the
-node's code adds to the interpreter's text+data (frozen bytecode, strings and constants are architecture
+chunks, sent in one burst as the gateway's window does) with every result ``done``, no error counted and no
+``MemoryError`` anywhere in its log (not even one it recovered from by reconnecting). ``flash``: what freezing
+the node's code adds to the interpreter's text+data (frozen bytecode, strings and constants are architecture
 independent; their tables hold 32-bit pointers, as on an ESP32), against the app partition of a 4 MB ESP32.
 
 Prints one JSON object on its last line (``heap_after_boot_kb`` is the frozen figure) and writes
@@ -246,7 +248,7 @@ def unix32_footprint(exe: Path, mosq: Mosquitto, work: Path, romfs: Path | None 
 
 def speaker_trial(exe: Path, mosq: Mosquitto, gw: PahoGateway, work: Path, heap_kb: int,
                   broadcasts: int = 100) -> dict:
-    """Boot the frozen speaker with ``heap_kb`` of heap, run ``broadcasts`` signed plays and one clip fetch."""
+    """Boot the frozen speaker with ``heap_kb`` of heap; ``broadcasts`` signed plays, then one clip fetch."""
     device = "spk-h%d" % heap_kb
     n = MpyNode(exe, work / device, speaker_cfg(device, mosq), heap_kb=heap_kb, speed=16, log=True)
     n.add_clip("beep", bytes(3200))  # 200 ms
@@ -267,9 +269,11 @@ def speaker_trial(exe: Path, mosq: Mosquitto, gw: PahoGateway, work: Path, heap_
         st = n.ask("status")
         out["errs"], out["err"] = st["errs"], st["err"]
         out["heap_after"] = n.heap()
-        out["ok"] = fin["status"] == "done" and st["errs"] == 0
+        memory_error = "MemoryError" in n.output()  # also one the node recovered from (a reconnect)
+        out["ok"] = fin["status"] == "done" and st["errs"] == 0 and not memory_error
         if not out["ok"]:
-            out["why"] = "fetch %s %s; errs %d %s" % (fin["status"], fin.get("code"), st["errs"], st["err"])
+            out["why"] = "fetch %s %s; errs %d %s; MemoryError seen: %s" % (
+                fin["status"], fin.get("code"), st["errs"], st["err"], memory_error)
     except (NodeDied, AssertionError) as e:
         out["why"] = str(e).splitlines()[0][:200]
         out["memory_error"] = "MemoryError" in n.output()
@@ -319,7 +323,8 @@ def flash_budget(plain: Path, node_only: Path) -> dict:
             "image_frozen_kb": _kb(b["text"] + b["data"]), "esp32_app_partition_kb": ESP32_APP_PARTITION_KB,
             "share_of_app_partition": round(added / 1024 / ESP32_APP_PARTITION_KB, 3),
             "esp32_stock_app_kb_v1_21": ESP32_STOCK_APP_KB,
-            "headroom_after_node_kb_v1_21": round(ESP32_APP_PARTITION_KB - ESP32_STOCK_APP_KB - added / 1024, 1)}
+            "headroom_after_node_kb_v1_21": round(ESP32_APP_PARTITION_KB - ESP32_STOCK_APP_KB - added / 1024,
+                                                  1)}
 
 
 def _kb(n: int) -> float:
@@ -328,7 +333,8 @@ def _kb(n: int) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--modules", action="store_true", help="also measure the heap each boot module costs (wasm)")
+    ap.add_argument("--modules", action="store_true",
+                    help="also measure the heap each boot module costs (wasm)")
     ap.add_argument("--no-min-heap", action="store_true", help="skip the bisection (the slowest part)")
     args = ap.parse_args()
     try:
@@ -378,7 +384,7 @@ def main() -> int:
             "played_ms": sum(p["ms"] for p in foot["plays"])}
     placements = {"mpy_files": wasm}
     for name, run, src in (("romfs", romfs, "ROMFS image at /rom (`flash --romfs`)"),
-                           ("frozen", frozen, "frozen modules (`flash --frozen`, firmware/manifest_unix.py)")):
+                           ("frozen", frozen, "frozen modules (`flash --frozen`, manifest_unix.py)")):
         placements[name] = {"runtime": "MicroPython 1.28 Unix port, 32-bit, Mosquitto over TCP",
                             "code_from": src, "heap_after_boot_kb": _kb(run["after_boot"]),
                             "heap_peak_playback_kb": _kb(run["peak"]),

@@ -6,7 +6,7 @@
 # micropython-lib packages it freezes anyway). Below that, the lines are firmware/manifest.py's own:
 # tests/test_firmware_code_in_flash.py checks that both manifests freeze the same node code.
 #
-#   make -C ports/unix CC="gcc -m32" LD="gcc -m32" FROZEN_MANIFEST=/path/to/lookout/firmware/manifest_unix.py ...
+#   make -C ports/unix CC="gcc -m32" LD="gcc -m32" FROZEN_MANIFEST=$PWD/firmware/manifest_unix.py ...
 
 include("$(PORT_DIR)/variants/standard/manifest.py")  # asyncio, as a board's own manifest brings it
 require("ntptime")  # micropython-lib: wall-clock time over WiFi before the first GPS fix

