@@ -380,7 +380,9 @@ class PacketReader:
                 return CLOSED
             self._buf = buf[h[1]:]
             self._head = None
-            return self.decode(buf[0], bytes(buf[h[0]:h[1]]))
+            # a view, not a copy: decode copies out only what it keeps (a 4 KB clip chunk is copied once, not
+            # three times, which on a node's fragmented heap is the difference between fitting and not)
+            return self.decode(buf[0], memoryview(buf)[h[0]:h[1]])
         except MQTTPacketError as e:
             self._error = e
             self._buf = bytearray()

@@ -26,3 +26,15 @@ def built(tmp_path_factory):
     out = tmp_path_factory.mktemp("fw")
     assert lookout(["firmware", "build", "--out", str(out)]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def mpy32():
+    """MicroPython's Unix port, 32-bit, plain and with the firmware frozen (tests/support/mpy32.py builds it
+    once and caches it); the test fails, naming what is missing, when the source or the toolchain is not here."""
+    import mpy32 as m
+
+    try:
+        return m.interpreters()
+    except m.Mpy32Unavailable as e:
+        pytest.fail(str(e), pytrace=False)

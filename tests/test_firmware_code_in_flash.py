@@ -132,8 +132,9 @@ def test_clean_up_script_removes_library_copies_under_micropython():
 
 # ---- frozen manifest ---------------------------------------------------------------------------------------
 
-def test_manifest_freezes_every_module_a_role_imports():
-    manifest = fb.ROOT / "firmware" / "manifest.py"
+@pytest.mark.parametrize("name", ["manifest.py", "manifest_unix.py"])  # a board's, and the Unix port's (tests)
+def test_manifest_freezes_every_module_a_role_imports(name):
+    manifest = fb.ROOT / "firmware" / name
     calls: list[tuple] = []
     env = {name: (lambda *a, _n=name, **kw: calls.append((_n, a, kw)))
            for name in ("include", "require", "package", "module", "freeze")}
