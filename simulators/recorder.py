@@ -620,10 +620,17 @@ class SimRecorder:
         if self.recording is not None:
             self._result(cid, "done", data={"clip": self.recording["id"], "already": True})
             return
-        self.recording = {"id": f"rec-{self.persist['tid']:04d}", "start": self.wall(), "t0": mono_ms(),
-                          "lat": self.walk.lat, "lon": self.walk.lon, "incident": args.get("incident")}
-        self.state = "recording"
-        self._result(cid, "done", data={"clip": self.recording["id"]})
+        self._result(cid, "done", data={"clip": self.start_recording(args.get("incident"))})
+
+    def start_recording(self, incident: str | None = None) -> str:
+        """The officer presses record (or ``record_start``): returns the recording's id."""
+        if self.recording is None:
+            self.recording = {"id": f"rec-{self.persist['tid']:04d}", "start": self.wall(), "t0": mono_ms(),
+                              "lat": self.walk.lat, "lon": self.walk.lon, "incident": incident}
+            self.state = "recording"
+            self._status_dirty = True
+            self._wake.set()
+        return str(self.recording["id"])
 
     def _cmd_record_stop(self, cid: str, args: dict[str, Any]) -> None:
         if self.recording is None:
