@@ -115,7 +115,7 @@ def check(o: Outcome, sc: Scenario) -> list[Check]:
     if x.warning_within_s is not None:
         w = o.since_detection_s("warned")
         out.append(Check("warning", w is not None and w <= x.warning_within_s,
-                         f"warned {w:.2f} s after the detection (limit {x.warning_within_s:g} s)" if w is not None
+                         f"warned {w * 1000:.0f} ms after the detection (limit {x.warning_within_s:g} s)" if w is not None
                          else "no speaker warned"))
     if x.broadcasts is not None:
         n = len(o.warnings)
