@@ -399,7 +399,8 @@ class Demo:
                     continue
                 cands = ", ".join((f"{c['officer']} ({c['device']})" if c.get("officer") else c["device"])
                                   + f" {c['eta_s'] * s:.0f} s" for c in r["candidates"]) or "none"
-                skipped = "; ".join(f"{x['device']}: {x['why']}" for x in r["skipped"])
+                skipped = "; ".join(f"{x['device']}" + (f" ({o_.id})" if (o_ := self.world.officer_of(x["device"]))
+                                                         else "") + f": {x['why']}" for x in r["skipped"])
                 say(f"ranking      {kind}s by ETA: {cands}" + (f"; skipped {skipped}" if skipped else ""))
             if inc.notified:
                 say(f"notified     {', '.join(inc.notified)} (phone got: "
