@@ -98,15 +98,15 @@ class LiveView:
     def devices(self) -> Table:
         d = self.demo
         gw, world = d.gw, d.world
-        t = self._table("devices", (("device", 9), ("kind", 8), ("state", 7), ("last seen", 9), ("position", 18),
-                                       ("status", 0), ("who / where", 0)))
+        t = self._table("devices", (("device", 9), ("kind", 8), ("state", 7), ("seen", 6), ("position", 18),
+                                       ("status", 19), ("who / where", 0)))
         now = int(time.time() * 1000)
         inc = d.story_incident()
         order: Callable[[Any], tuple[int, str]] = lambda v: (
             {"gateway": 0, "sensor": 1, "camera": 1, "speaker": 2, "recorder": 3, "drone": 4}.get(v.kind or "", 5),
             v.id)
         for dev in sorted(gw.registry.devices.values(), key=order):
-            seen = f"{(now - dev.last_seen_ms) / 1000:.1f} s" if dev.last_seen_ms and dev.kind != "gateway" else "-"
+            seen = f"{(now - dev.last_seen_ms) / 1000:.0f} s" if dev.last_seen_ms and dev.kind != "gateway" else "-"
             loc = dev.last_loc or {}
             pos = f"{loc['lat'] / 1e7:.5f},{loc['lon'] / 1e7:.5f}" if "lat" in loc and "lon" in loc else "-"
             status, who = "", ""
@@ -117,19 +117,21 @@ class LiveView:
                 status = str(info.get("state", "-"))
                 if info.get("task"):
                     status += f" {info['task']}"
-                who = f"{o.name} ({o.id})" if o else (dev.officer or "")
-                if p is not None and p.doing != "patrol":
-                    who += f": {p.doing.replace('_', ' ')}"
+                who = o.id if o else (dev.officer or "")
+                if p is not None:
+                    who += f" {p.doing.replace('_', ' ')}"
                     if p.doing == "going" and p.target:
                         who += f", {p.sim.walk.distance_m(*p.target):.0f} m to go"
+                if o is not None:
+                    who += f" · {o.name}"
             elif dev.kind == "drone":
                 alt = world.drone_alt_m(dev.id)
-                status = f"{info.get('state', '-')}{' armed' if info.get('armed') else ''}" + (
-                    f" {alt:.0f} m" if alt is not None and alt > 0.5 else "") + f" bat {info.get('bat_pct', '?')}%"
+                status = f"{info.get('state', '-')}" + (f" {alt:.0f} m" if alt is not None and alt > 0.5 else "") + (
+                    f" {info.get('bat_pct', '?')}%")
                 dn = next((x for x in d.sc.drones if x.id == dev.id), None)
                 who = dn.name if dn else ""
                 if inc is not None and inc.lat is not None and "lat" in loc and dev.id in inc.units:
-                    who += f": {haversine_m(inc.lat, inc.lon, loc['lat'], loc['lon']):.0f} m from {inc.id}"
+                    who = f"{haversine_m(inc.lat, inc.lon, loc['lat'], loc['lon']):.0f} m from {inc.id} · " + who
             elif dev.kind == "gateway":
                 who = "township command center"
             else:
@@ -151,7 +153,9 @@ class LiveView:
             units = []
             for dev, u in inc.units.items():
                 name = u.get("officer") or dev
-                units.append(f"{name} " + ("on scene" if u.get("arrived_ms") else f"ETA {u.get('eta_s', '?')} s"))
+                eta = u.get("eta_s")
+                units.append(f"{name} " + ("on scene" if u.get("arrived_ms") else
+                                           f"ETA {eta * d.speed:.0f} s" if isinstance(eta, int) else "sent"))
             end = inc.at("closed") or int(time.time() * 1000)
             what = f"{inc.sev} {inc.kind} at {inc.zone or inc.source}"
             ev = ", ".join(e["sha256"][:12] + "…" for e in inc.evidence) or "-"
