@@ -312,6 +312,32 @@ async def test_a_drone_on_the_ground_is_launched_first_and_a_refused_step_ends_t
 
 
 @aio
+async def test_an_officers_clip_is_the_evidence_and_closes_the_incident_on_scene(tmp_path):
+    for close in (True, False):
+        views = SPEAKERS + [view("rec-2", "recorder", 299060000, 1196110000, officer="li")]
+        t = table(close_on_evidence=close, rule=[{"name": "r", "match": {"kind": "presence"}, "act": {"officer": True}}])
+        w = World(tmp_path / str(close), t, views)
+        inc = w.event()
+        await settle()
+        w.result(w.calls[0]["id"], "accepted")
+        assert inc.state == "dispatched"
+        clip = {"device": "rec-2", "sha256": "ab" * 32, "clip": "c.mp4", "size": 10, "officer": "li"}
+        w.link.on_evidence({**clip, "end_ms": w.now - 60_000})  # recorded before the dispatch: not this case's
+        w.link.on_evidence({**clip, "device": "rec-9", "end_ms": w.now})  # another recorder: not its officer
+        assert inc.evidence == [] and inc.state == "dispatched"
+        w.views[-1]["loc"] = {"lat": FERRY[0] + 200, "lon": FERRY[1]}  # ~2 m away
+        w.now += 30_000
+        w.link.on_location("rec-2")
+        assert inc.state == "on_scene" and inc.units["rec-2"]["arrived_m"] <= 3
+        w.link.on_evidence({**clip, "end_ms": w.now})
+        assert [e["sha256"] for e in inc.evidence] == ["ab" * 32]
+        assert inc.state == ("closed" if close else "on_scene")
+        assert any("evidence from rec-2" in e.summary for e in w.entries())
+        await settle()
+        assert [c["name"] for c in w.calls[2:]] == (["clear"] if close else [])
+
+
+@aio
 async def test_no_escalation_once_dispatched_and_failed_order_releases_the_unit(tmp_path):
     views = SPEAKERS + [view("rec-2", "recorder", 299060000, 1196110000, officer="li")]
     w = World(tmp_path, views=views)
