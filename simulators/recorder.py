@@ -65,17 +65,42 @@ def wall_ms() -> int:
 
 @dataclass
 class OfficerWalk:
-    """An officer on foot: ~1.4 m/s, heading drifting a few degrees per fix. Coordinates in degE7 (WGS-84)."""
+    """An officer on foot: ~1.4 m/s, heading drifting a few degrees per fix; or, once ``head_to`` gave a
+    destination (the place a dispatch order named), straight there at ``speed_cms`` and standing still on
+    arrival. Coordinates in degE7 (WGS-84)."""
 
     lat: int = 301234560  # 30.123456 N (a reservoir shore)
     lon: int = 1201234560  # 120.123456 E
     speed_cms: int = 140
     heading_cd: int = 9000
     seed: int = 1
+    target: tuple[int, int] | None = None
+
+    def head_to(self, lat: int, lon: int, speed_cms: int | None = None) -> None:
+        self.target = (lat, lon)
+        if speed_cms is not None:
+            self.speed_cms = speed_cms
+
+    def distance_m(self, lat: int, lon: int) -> float:
+        dn = (lat - self.lat) / 1e7 * 111320
+        de = (lon - self.lon) / 1e7 * 111320 * math.cos(math.radians(self.lat / 1e7))
+        return math.hypot(dn, de)
 
     def step(self, dt_s: float) -> None:
         import random
 
+        if self.target is not None:
+            tl, to = self.target
+            left = self.distance_m(tl, to)
+            d = self.speed_cms / 100 * dt_s
+            if left <= d:
+                self.lat, self.lon = tl, to
+                return
+            self.heading_cd = round(math.degrees(math.atan2(
+                (to - self.lon) * math.cos(math.radians(self.lat / 1e7)), tl - self.lat)) * 100) % 36000
+            self.lat += round((tl - self.lat) * d / left)
+            self.lon += round((to - self.lon) * d / left)
+            return
         r = random.Random(self.seed + self.lat + self.lon)
         self.heading_cd = (self.heading_cd + r.randint(-1500, 1500)) % 36000
         d = self.speed_cms / 100 * dt_s
@@ -595,23 +620,38 @@ class SimRecorder:
         if self.recording is not None:
             self._result(cid, "done", data={"clip": self.recording["id"], "already": True})
             return
-        self.recording = {"id": f"rec-{self.persist['tid']:04d}", "start": self.wall(), "t0": mono_ms(),
-                          "lat": self.walk.lat, "lon": self.walk.lon, "incident": args.get("incident")}
-        self.state = "recording"
-        self._result(cid, "done", data={"clip": self.recording["id"]})
+        self._result(cid, "done", data={"clip": self.start_recording(args.get("incident"))})
+
+    def start_recording(self, incident: str | None = None) -> str:
+        """The officer presses record (or ``record_start``): returns the recording's id."""
+        if self.recording is None:
+            self.recording = {"id": f"rec-{self.persist['tid']:04d}", "start": self.wall(), "t0": mono_ms(),
+                              "lat": self.walk.lat, "lon": self.walk.lon, "incident": incident}
+            self.state = "recording"
+            self._status_dirty = True
+            self._wake.set()
+        return str(self.recording["id"])
 
     def _cmd_record_stop(self, cid: str, args: dict[str, Any]) -> None:
-        r = self.recording
-        if r is None:
+        if self.recording is None:
             self._result(cid, "failed", code="not_recording", detail="no recording in progress")
             return
+        clip_id = self.stop_recording(int(args.get("size") or 0) or None)
+        meta = self.clip(clip_id)
+        self._result(cid, "done", data={"clip": clip_id, "size": meta["size"] if meta else None,
+                                        "sha256": meta["sha256"] if meta else None})
+
+    def stop_recording(self, size: int | None = None) -> str:
+        """The officer presses stop (or ``record_stop``): the recording becomes a clip of ``size`` bytes (default:
+        its length at VIDEO_KBPS), hashed at the source and queued for upload. Returns the clip id."""
+        r = self.recording
+        if r is None:
+            raise RuntimeError(f"recorder {self.id} is not recording")
         self.recording = None
         self.state = "dispatched" if self.dispatch else "idle"
         secs = max(1, (mono_ms() - r["t0"]) // 1000)
-        size = int(args.get("size") or secs * VIDEO_KBPS * 125)
-        clip_id = self.record_clip(size, duration_s=secs, mark=bool(r.get("mark")))
-        meta = self.clip(clip_id)
-        self._result(cid, "done", data={"clip": clip_id, "size": size, "sha256": meta["sha256"] if meta else None})
+        self._status_dirty = True
+        return self.record_clip(size or secs * VIDEO_KBPS * 125, duration_s=secs, mark=bool(r.get("mark")))
 
     def _cmd_mark(self, cid: str, args: dict[str, Any]) -> None:
         if self.recording is not None:

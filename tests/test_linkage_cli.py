@@ -101,7 +101,8 @@ def test_incident_commands_coverage_and_sighup(running, mosquitto, capsys):
         n = nodes[dev] = FakeNode(mosquitto.host, mosquitto.port, dev, "dongshan", keys[dev], kind=kind).start()
         n.location(lat, lon)
     drone = nodes["uav-1"]
-    hb = messages.encode("hb", {"seq": 1, "up_s": 1, "hb_s": 30, "bat_pct": 90})
+    hb = messages.encode("hb", {"seq": 1, "up_s": 1, "hb_s": 30, "bat_pct": 90, "state": "loiter", "x_armed": True,
+                                "x_link": "ok"})  # in the air, holding: ordered straight to the place
     drone._client.publish("lookout/v1/dongshan/uav-1/hb", hb, 0)
     wait_for(lambda: all(d.get("loc") and d["state"] == "online" for i, d in devices(capsys).items()
                          if i in SPOTS) and len(devices(capsys)) == 5, 10, "nodes online with positions")
@@ -134,7 +135,8 @@ def test_incident_commands_coverage_and_sighup(running, mosquitto, capsys):
     assert main(["incident", "dispatch", inc["id"], "--to", "uav-1"]) == 0
     capsys.readouterr()
     [order] = drone.received
-    assert order["name"] == "orbit" and order["op"] == "op-1" and order["args"]["incident"] == inc["id"]
+    assert order["name"] == "orbit" and order["op"] == "op-1" and set(order["args"]) == {"lat", "lon", "alt_m",
+                                                                                           "radius_m"}
     assert (order["args"]["lat"], order["args"]["lon"]) == SPOTS["sen-01"][1:]
     drone.location(299050100, 1196100100)
     wait_for(lambda: run_json(capsys, ["incident", "show", inc["id"]])[1]["data"]["state"] == "on_scene", 5,

@@ -17,6 +17,9 @@ def v(dev, kind, lat, lon, state="online", ts=None, **info):
     d = {"id": dev, "site": "dongshan", "kind": kind, "state": state, "loc": {"lat": lat, "lon": lon}}
     if ts is not None:
         d["loc"]["ts"] = ts
+    for k in ("officer", "busy"):  # top level in a device view (operator_api.device_view), like the bridges fill it
+        if k in info:
+            d[k] = info.pop(k)
     if info:
         d["info"] = info
     return d

@@ -30,6 +30,9 @@ def view(dev, kind, lat, lon, state="online", ts=None, **info):
     v = {"id": dev, "site": "dongshan", "kind": kind, "state": state, "loc": {"lat": lat, "lon": lon}}
     if ts is not None:
         v["loc"]["ts"] = ts
+    for k in ("officer", "busy"):  # top level in a device view (operator_api.device_view), like the bridges fill it
+        if k in info:
+            v[k] = info.pop(k)
     if info:
         v["info"] = info
     return v
@@ -220,7 +223,7 @@ async def test_escalation_dispatches_nearest_officer_and_drone_and_notifies(tmp_
         view("rec-3", "recorder", 299050500, 1196100500, officer="zhao", busy=True),
         view("rec-4", "recorder", 299050500, 1196100500, state="offline", officer="qian"),
         view("rec-5", "recorder", 299600000, 1196100000, officer="sun"),  # 6 km: beyond 15 min at 2.5x road
-        view("uav-1", "drone", 299000000, 1196000000, bat_pct=90, link="ok"),
+        view("uav-1", "drone", 299000000, 1196000000, bat_pct=90, link="ok", armed=True),  # in the air: no launch
         view("uav-2", "drone", 299050000, 1196100000, bat_pct=20, link="ok"),
         view("uav-3", "drone", 299050000, 1196100000, bat_pct=90, link="lost"),
     ]
@@ -239,7 +242,8 @@ async def test_escalation_dispatches_nearest_officer_and_drone_and_notifies(tmp_
     assert names == [("rec-2", "dispatch"), ("rec-2", "record_start"), ("uav-1", "orbit")], names
     d = w.calls[1]["args"]
     assert d["incident"] == inc.id and (d["lat"], d["lon"]) == FERRY and d["eta_s"] == round(145.3 * 2.5 / 8.3)
-    assert w.calls[3]["args"]["radius_m"] == 50
+    assert w.calls[3]["args"] == {"lat": FERRY[0], "lon": FERRY[1], "alt_m": 60, "radius_m": 50}  # MAVLink's
+    assert "请前往 29.90500,119.61000" in d["text"] and "Go to" in d["text"] and len(d["text"]) <= 200
     # the journal explains the officer choice: candidates with ETAs, the others with reasons
     [ex] = [json.loads(e.detail) for e in w.entries() if "dispatch officer li" in e.summary]
     assert [c["device"] for c in ex["candidates"]] == ["rec-2", "rec-1"]
@@ -267,7 +271,70 @@ async def test_escalation_dispatches_nearest_officer_and_drone_and_notifies(tmp_
     assert [h["by"] for h in inc.history] == ["rule.night-ferry", "rule.night-ferry", "rule.night-ferry",
                                                 "rec-2", "op-1"]
     assert notify.decode(w.published[-1][1])["state"] == "closed"
+    await settle()  # closing releases the units: the officer's recorder is cleared, the drone flies home
+    assert [(c["to"], c["name"], c["op_id"]) for c in w.calls[-2:]] == [("rec-2", "clear", "op-1"),
+                                                                         ("uav-1", "rtl", "op-1")]
     assert w.journal.verify().ok
+
+
+@aio
+async def test_a_drone_on_the_ground_is_launched_first_and_a_refused_step_ends_the_order(tmp_path):
+    views = SPEAKERS + [view("uav-1", "drone", 299000000, 1196000000, bat_pct=90, link="ok", armed=False)]
+    w = World(tmp_path, table(rule=[{"name": "drone-only", "match": {"kind": "presence"},
+                                     "act": {"drone": {"action": "goto", "alt_m": 40}}}]), views)
+    done: dict[str, str] = {}
+
+    async def issue(op_id, op, a, name, args, rid):  # the autopilot's verdict on each step, at once
+        r = await World.issue(w, op_id, op, a, name, args, rid)
+        status = done.get(name, "done")
+        w.result(w.calls[-1]["id"], status)
+        return r if status == "done" else {"code": "failed", "error": status}
+
+    w.link.issue = issue
+    inc = w.event()
+    for _ in range(10):
+        await settle()
+    assert [(c["name"], c["args"]) for c in w.calls] == [
+        ("set_mode", {"mode": "guided"}), ("arm", {}), ("takeoff", {"alt_m": 40}),
+        ("goto", {"lat": FERRY[0], "lon": FERRY[1], "alt_m": 40})]
+    assert inc.state == "dispatched" and inc.history[-1]["why"] == "uav-1 accepted the drone order"
+    await w.link.handle_op("op-1", "incident", {"action": "close", "incident": inc.id}, None)
+    await settle()
+    assert [(c["name"], c["to"]) for c in w.calls[4:]] == [("rtl", "uav-1")]
+    # another incident, the drone's arming refused (low battery, say): no take-off, the unit released
+    done["arm"] = "rejected"
+    inc2 = w.event(dev="sen-north", latlon=(299125000, 1196080000))
+    for _ in range(10):
+        await settle()
+    assert [c["name"] for c in w.calls[5:]] == ["set_mode", "arm"]
+    assert inc2.units == {} and inc2.state == "open"
+    assert any("arm to uav-1 for launch: failed" in e.summary for e in w.entries())
+
+
+@aio
+async def test_an_officers_clip_is_the_evidence_and_closes_the_incident_on_scene(tmp_path):
+    for close in (True, False):
+        views = SPEAKERS + [view("rec-2", "recorder", 299060000, 1196110000, officer="li")]
+        t = table(close_on_evidence=close, rule=[{"name": "r", "match": {"kind": "presence"}, "act": {"officer": True}}])
+        w = World(tmp_path / str(close), t, views)
+        inc = w.event()
+        await settle()
+        w.result(w.calls[0]["id"], "accepted")
+        assert inc.state == "dispatched"
+        clip = {"device": "rec-2", "sha256": "ab" * 32, "clip": "c.mp4", "size": 10, "officer": "li"}
+        w.link.on_evidence({**clip, "end_ms": w.now - 60_000})  # recorded before the dispatch: not this case's
+        w.link.on_evidence({**clip, "device": "rec-9", "end_ms": w.now})  # another recorder: not its officer
+        assert inc.evidence == [] and inc.state == "dispatched"
+        w.views[-1]["loc"] = {"lat": FERRY[0] + 200, "lon": FERRY[1]}  # ~2 m away
+        w.now += 30_000
+        w.link.on_location("rec-2")
+        assert inc.state == "on_scene" and inc.units["rec-2"]["arrived_m"] <= 3
+        w.link.on_evidence({**clip, "end_ms": w.now})
+        assert [e["sha256"] for e in inc.evidence] == ["ab" * 32]
+        assert inc.state == ("closed" if close else "on_scene")
+        assert any("evidence from rec-2" in e.summary for e in w.entries())
+        await settle()
+        assert [c["name"] for c in w.calls[2:]] == (["clear"] if close else [])
 
 
 @aio

@@ -66,7 +66,8 @@ def test_wheel_has_only_lookout_at_the_top(wheel):
                 "lookout/firmware/speaker/main.py", "lookout/firmware/speaker/package.json",
                 "lookout/firmware/manifest.py", "lookout/gateway/service/app.py", "lookout/tools/firmware_build.py",
                 "lookout/gateway/web/templates/map.html", "lookout/gateway/web/static/sitemap.js",
-                "lookout/gateway/web/static/console.css", "lookout/gateway/web/i18n/zh-CN.json"):
+                "lookout/gateway/web/static/console.css", "lookout/gateway/web/i18n/zh-CN.json",
+                "lookout/gateway/demo/scenarios/night_ferry.toml"):
         assert rel in names, rel
     assert not [n for n in names if "/tests/" in n or n.startswith("build/") or "__pycache__" in n]
 
@@ -84,6 +85,9 @@ def test_installed_outside_the_checkout(fresh, tmp_path):
                     "import lookout.gateway.service.app, lookout.protocols.messages, lookout.simulators.node, "
                     "lookout.tools.firmware_build as fb; print(fb.PROTOCOLS)"], cwd=tmp_path).stdout
     assert str(fresh) in imported and str(ROOT) not in imported  # the installed copy, not the checkout
+    shipped = run([str(bin_ / "python"), "-c", "from lookout.gateway.demo import scenario as s; "
+                   "print(s.load().name, s.shipped())"], cwd=tmp_path).stdout
+    assert shipped.startswith("night-ferry ") and "north_bank_busy.toml" in shipped  # `lookout demo`'s scenarios
 
     out = tmp_path / "fw"
     run([str(bin_ / "lookout"), "firmware", "build", "--out", str(out)], cwd=tmp_path)

@@ -1,4 +1,4 @@
-"""`lookout demo`: registers the subcommand (gateway/demo.py does the work)."""
+"""`lookout demo`: registers the subcommand (gateway/demo/script.py does the work)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def _cmd(args: argparse.Namespace) -> int:
         return demo.run(
             speed=args.speed,
             duration=args.duration,
-            nodes=args.nodes,
+            scenario=args.scenario,
             broker=args.broker,
             data_dir=args.data_dir,
             refresh=args.refresh,
@@ -48,25 +48,29 @@ def _cmd(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "demo",
-        help="run the whole system on this machine with a scripted incident (start here)",
-        description="Embedded broker, the gateway and simulated nodes running the real firmware at spots on "
-        "a reservoir map; a detection, a broadcast from the nearest loudspeaker, a node going silent; "
-        "then a summary. Exit code 0 when every scripted step happened.",
+        help="run the whole system on this machine through a reservoir scenario (start here)",
+        description="Embedded broker, the gateway with its linkage rules, and a simulated reservoir: nodes running "
+        "the real firmware, officers with body-worn recorders, drones. A night detection at the ferry, the "
+        "nearest loudspeaker's warning, the escalation, officer and drone dispatched, the cadre notified, on "
+        "scene, the officer's clip verified, the incident closed; a node going silent. Every decision is the "
+        "gateway's. Ends with a summary; exit code 0 when every expected outcome held.",
     )
     p.add_argument(
         "--speed",
         type=_positive,
-        default=10.0,
-        help="time compression: heartbeat 30 s / SPEED (min 5 s), clip playback / SPEED (default 10)",
+        default=15.0,
+        help="time compression: the world, and the rules' delays and speeds, run SPEED times faster; node "
+        "heartbeat 30 s / SPEED (min 5 s) (default 15: the default story takes ~25 s)",
     )
     p.add_argument(
         "--duration",
         type=_positive,
         default=None,
-        help="upper bound on the run in seconds (default max(90, 5 x heartbeat + 60)); the script "
+        help="upper bound on the run in seconds (default 60 + the scenario's end_s / SPEED); the story "
         "normally ends well before it",
     )
-    p.add_argument("--nodes", type=int, default=5, help="number of nodes on the map, 3..8 (default 5)")
+    p.add_argument("--scenario", metavar="FILE", default=None,
+                   help="a scenario file (TOML; default: the built-in night_ferry.toml, see docs/GATEWAY.md \"Demo\")")
     p.add_argument(
         "--broker",
         metavar="URL",
@@ -76,7 +80,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--data-dir", default=None, help="keep key store, registry and journal here (default: temp)"
     )
-    p.add_argument("--refresh", type=_positive, default=None, help="device table redraw period in seconds")
+    p.add_argument("--refresh", type=_positive, default=None,
+                   help="seconds between the plain-text table blocks when stdout is not a terminal (default 5)")
     p.add_argument("-v", "--verbose", action="store_true", help="also show the gateway's and nodes' logs")
     p.add_argument("--web", default="127.0.0.1:8080", metavar="HOST:PORT",
                    help="the web console's address (default 127.0.0.1:8080, any free port if taken; off: none)")

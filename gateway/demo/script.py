@@ -1,31 +1,31 @@
-"""`lookout demo`: the whole system on one machine, a scripted incident, a summary. The README's first
-command.
+"""`lookout demo`: the whole scenario on one machine — the real gateway deciding, a simulated reservoir around it.
+The README's first command.
 
 Theory of operation
 -------------------
 One asyncio loop runs everything, for real, on loopback:
 
-- the embedded broker (gateway/broker.py, amqtt) unless ``--broker`` names one;
-- a key store in a temporary data directory with a demo identity per node (``KeyStore.ensure``) and a demo
-  operator (``add_operator``), as ``lookout provision`` would make them;
-- the gateway (gateway/service.py ``Gateway``, exactly what ``lookout gateway`` runs);
-- the nodes: ``SimNode`` = the real firmware (``lookout_node.node.Node``) over the host hardware layer, one
-  per named spot on a small map of 东山水库;
-- the operator side goes through the real operator API over MQTT (gateway/opclient.py), like ``lookout
-  broadcast`` from another machine; an observer link shows the nodes' events and results as they arrive.
+- the embedded broker (gateway/links/broker.py, amqtt) unless ``--broker`` names one;
+- a key store in a temporary data directory with an identity per device (as ``lookout provision`` makes them)
+  and a demo operator;
+- the gateway (``Gateway``, exactly what ``lookout gateway`` runs) configured with the scenario's ``[zones]`` and
+  ``[linkage]`` rules, a recorder bridge watching the pseudo-terminals the officers' recorders appear on, and a
+  MAVLink endpoint the drones talk to; its web console beside it;
+- the world (world.py ``SimWorld``): nodes running the real firmware, officers with body-worn recorders, drones,
+  the intruder, a node that hangs.
 
-The script (``Demo.script``): wait for every node online -> a PIR detection at the ferry landing -> signed
-event
--> rank loudspeakers by straight-line distance (sound crosses water in a straight line; walking time is shown
-for contrast: dispatch of people ranks by travel time) -> signed ``play`` to the nearest one in range
--> accepted, playing, done
--> a node's app hangs (tasks frozen, TCP session kept alive by the MQTT keepalive, so no last will can fire)
--> stale, then offline by heartbeat timeout -> ``journal verify`` -> summary. Exit 0 only if every step
-  happened.
+The demo then only *watches*: every decision (which speaker warns, the escalation, who is dispatched, the drone's
+orders, the cadre's notification, on scene, the evidence, closing) is the gateway's, from the rules, so the same
+scenario file can drive a real deployment's rules. Lines tagged WORLD are the simulation; GATEWAY lines are the
+duty journal's incident and custody entries as the gateway writes them; COMMAND, STATE, EVENT and PHONE lines are
+what the command path, the registry, the sensors and a cadre's phone (an MQTT client on its notify topic) show.
+The story is over when the incident is closed and every hung node is offline; then the demo operator checks the
+journal (``journal verify`` over the operator API), outcome.py reads the result from the gateway's records and
+checks the scenario's ``[expect]``, and a summary prints the times (detection → warning → dispatch → on scene →
+closed, in scenario seconds), the rankings, the clip's SHA-256 and every check. Exit 0 only if every check held.
 
-Time: ``--speed X`` divides the 30 s heartbeat (the firmware refuses ``hb_s`` < 5, so it is clamped there)
-and the clip's playback time; the registry gets ``min_hb_s = 1`` and a grace of ~1.5 s. The table is redrawn
-as plain text blocks (no cursor tricks), so the output reads the same in a terminal and in a CI log.
+Time: ``--speed S`` runs the world S times faster and gives the gateway the rules with their delays divided and
+speeds multiplied by S (timescale.py); node heartbeats are 30/S s but never under the firmware's 5 s.
 """
 
 from __future__ import annotations
@@ -34,450 +34,238 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import tempfile
 import time
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from lookout.gateway.demo import outcome as outcomes
+from lookout.gateway.demo import scenario as scenarios
+from lookout.gateway.demo import timescale
+from lookout.gateway.demo.world import SimWorld
 from lookout.protocols import signing, topics
 
 log = logging.getLogger("lookout.demo")
 
-SITE = "dongshan"
-SITE_NAME = "东山水库 Dongshan reservoir"
 GATEWAY_ID = "gw-demo"
 OPERATOR_ID = "op-demo"
-CLIP = "nofish"  # "禁止钓鱼，请离开" -- no fishing, please leave
-CLIP_MS = 6000  # length of the warning clip in real time
-HB_S = 30  # real-time heartbeat period (what body-worn camera simulators for GB/T 28181 use)
-FW_MIN_HB_S = 5  # the firmware config validator's lower bound for hb_s
-AUDIBLE_M = 600  # design figure: a horn loudspeaker is intelligible ~600 m across open water
-WALK_MS = 1.2  # m/s, walking speed used for the officer-dispatch comparison
-EARTH_R = 6371008.8  # m, mean Earth radius (IUGG)
 WEB_LISTEN = "127.0.0.1:8080"  # the demo's web console (any free port if taken)
 WEB_PASSWORD = "duty-demo"  # the demo operator's console password (temporary key store)
-
-
-@dataclass(frozen=True)
-class Spot:
-    id: str
-    role: str  # speaker | sensor | camera
-    name: str
-    lat: int  # degE7, WGS-84
-    lon: int
-    detour: float  # walking distance along the shore / straight line (road ~1.2x in towns, far more around water)
-
-
-# A small reservoir in the Zhejiang hills (WGS-84). Ferry landing on the south-east bank; the west shore is
-# across the water from it (close as the crow flies, far on foot).
-SPOTS = (
-    Spot("sen-ferry", "sensor", "渡口 ferry landing (PIR)", 299050000, 1196100000, 1.0),
-    Spot("spk-ferry", "speaker", "渡口 ferry landing", 299062000, 1196108000, 1.3),
-    Spot("spk-dam", "speaker", "北坝 north dam", 299140000, 1196120000, 1.6),
-    Spot("spk-west", "speaker", "西岸 west shore", 299065000, 1196060000, 4.5),
-    Spot("cam-inlet", "camera", "南入水口 south inlet", 298990000, 1196070000, 1.4),
-    Spot("sen-east", "sensor", "东湾 east cove", 299080000, 1196170000, 1.5),
-    Spot("spk-east", "speaker", "东湾 east cove", 299092000, 1196176000, 1.5),
-    Spot("sen-north", "sensor", "北岸 north bank", 299125000, 1196080000, 2.0),
-)
-TRIGGER = "sen-ferry"
-MIN_NODES, MAX_NODES = 3, len(SPOTS)
-
-
-def haversine_m(lat1_e7: int, lon1_e7: int, lat2_e7: int, lon2_e7: int) -> float:
-    """Great-circle distance in metres between two WGS-84 points given in degE7."""
-    p1, p2 = math.radians(lat1_e7 / 1e7), math.radians(lat2_e7 / 1e7)
-    dp, dl = p2 - p1, math.radians((lon2_e7 - lon1_e7) / 1e7)
-    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
-    return 2 * EARTH_R * math.asin(min(1.0, math.sqrt(a)))
-
-
-@dataclass
-class Candidate:
-    id: str
-    name: str
-    state: str
-    dist_m: float
-    walk_s: float
-    in_range: bool
-
-
-def rank_speakers(
-    lat: int, lon: int, speakers: list[dict[str, Any]], spots: dict[str, Spot]
-) -> list[Candidate]:
-    """Online/stale speakers with a known position, nearest first by straight line."""
-    out = []
-    for d in speakers:
-        loc = d.get("loc")
-        if not loc or d.get("state") not in ("online", "stale"):
-            continue
-        dist = haversine_m(lat, lon, loc["lat"], loc["lon"])
-        sp = spots.get(d["id"])
-        detour = sp.detour if sp else 1.5
-        out.append(
-            Candidate(
-                d["id"], sp.name if sp else "?", d["state"], dist, dist * detour / WALK_MS, dist <= AUDIBLE_M
-            )
-        )
-    return sorted(out, key=lambda c: c.dist_m)
-
-
-def scaled_hb_s(speed: float) -> int:
-    return max(FW_MIN_HB_S, round(HB_S / speed))
+DEFAULT_SPEED = 15.0  # the default story (about 5 scenario minutes) takes ~25 s of wall time
+STARTUP_S = 60.0  # wall seconds allowed for start-up and the closing checks, beyond the story's end_s / speed
+SETTLE_S = 1.0  # after closing: let the release orders (clear, rtl) get their answers before the summary
+AREA_MARGIN_DEG = 0.02  # the drones' geofence: the scenario's points plus this margin
 
 
 @dataclass
 class Record:
-    """What the summary reports; filled as things happen."""
+    """What the demo saw happen (for the live view); the outcome itself is read from the gateway."""
 
     t0: float = field(default_factory=time.monotonic)
-    events: list[dict[str, Any]] = field(default_factory=list)
-    results: list[tuple[float, str, dict[str, Any]]] = field(default_factory=list)  # (t, device, res)
-    commands: list[dict[str, Any]] = field(default_factory=list)
+    commands: dict[str, Any] = field(default_factory=dict)  # id -> Command, in order of creation
     changes: list[tuple[float, str, str, str, str]] = field(default_factory=list)  # (t, dev, old, new, why)
-    ranking: list[Candidate] = field(default_factory=list)
-    chosen: str | None = None
-    silent: str | None = None
-    journal: dict[str, Any] | None = None
-    journal_kinds: dict[str, int] = field(default_factory=dict)
-    steps: dict[str, bool] = field(default_factory=dict)
+    phones: dict[str, list[str]] = field(default_factory=dict)  # contact -> incident states it was told
+    story_s: float | None = None  # wall seconds the story took
 
     def t(self) -> float:
         return time.monotonic() - self.t0
 
 
+def night_zone(hour: int, now: datetime | None = None) -> str:
+    """An IANA fixed-offset zone in which it is now ``hour`` o'clock (Etc/GMT-N is UTC+N): so a rule's
+    ``hours`` window can be shown at any time of day."""
+    utc = (now or datetime.now(UTC)).hour
+    off = (hour - utc) % 24
+    if off > 14:
+        off -= 24
+    return "Etc/GMT" if off == 0 else f"Etc/GMT{-off:+d}"
+
+
 class Demo:
-    def __init__(
-        self,
-        speed: float = 10.0,
-        duration: float | None = None,
-        nodes: int = 5,
-        broker: str | None = None,
-        data_dir: str | None = None,
-        refresh: float | None = None,
-        out: TextIO | None = None,
-        web: str | None = WEB_LISTEN,
-        linger: float = 0.0,
-    ) -> None:
-        self.web = web  # the web console's host:port (None: off); linger: seconds it stays up after the script
-        self.linger = linger
-        if not 0.5 <= speed <= 1000:
-            raise ValueError(f"--speed {speed!r}: expected 0.5..1000")
-        if not MIN_NODES <= nodes <= MAX_NODES:
-            raise ValueError("--nodes %r: expected %d..%d" % (nodes, MIN_NODES, MAX_NODES))
+    def __init__(self, speed: float = DEFAULT_SPEED, duration: float | None = None, scenario: str | None = None,
+                 broker: str | None = None, data_dir: str | None = None, refresh: float | None = None,
+                 out: TextIO | None = None, web: str | None = WEB_LISTEN, linger: float = 0.0) -> None:
+        if not 0.5 <= speed <= 100:
+            raise ValueError(f"--speed {speed!r}: expected 0.5..100")
         if duration is not None and duration <= 0:
             raise ValueError(f"--duration {duration!r}: expected > 0 seconds")
+        try:
+            self.sc = scenarios.load(scenario)
+        except scenarios.ScenarioError as e:
+            raise ValueError("scenario: " + "\n  ".join(e.errors)) from None
         self.speed = speed
-        self.hb_s = scaled_hb_s(speed)
-        # long enough for start-up, the broadcast and 3 missed heartbeats, with a wide margin
-        self.duration = duration if duration is not None else max(90.0, 5.0 * self.hb_s + 60.0)
-        self.spots = {s.id: s for s in SPOTS[:nodes]}
+        self.duration = duration if duration is not None else STARTUP_S + self.sc.end_s / speed
         self.broker_url = broker
         self.data_dir = data_dir
-        self.refresh = refresh if refresh is not None else max(1.0, min(5.0, self.hb_s))
+        self.refresh = refresh if refresh is not None else 5.0
         self.out = out
+        self.web = web  # the web console's host:port (None: off); linger: seconds it stays up after the story
+        self.linger = linger
         self.rec = Record()
-        self.sims: dict[str, Any] = {}
         self.gw: Any = None
         self.op: Any = None
-        self._evt = asyncio.Event()
-        self._offline: dict[str, asyncio.Event] = {}
+        self.world: SimWorld
+        self.view: Any = None
+        self.result: outcomes.Outcome | None = None
         self._closing = False
+        self._journal_seq = 0
 
     # -- output ----------------------------------------------------------------------------------------------
     def say(self, text: str = "") -> None:
-        import sys
+        if self.view is not None:
+            self.view.line(text)
+        else:
+            import sys
 
-        print(text, file=self.out or sys.stdout, flush=True)
+            print(text, file=self.out or sys.stdout, flush=True)
 
     def note(self, text: str) -> None:
         self.say(f"[t+{self.rec.t():5.1f}s] {text}")
 
-    def table(self) -> str:
-        now = int(time.time() * 1000)
-        devs = sorted(self.gw.registry.devices.values(), key=lambda d: (d.kind != "gateway", d.id))
-        counts: dict[str, int] = {}
-        for d in devs:
-            counts[d.state] = counts.get(d.state, 0) + 1
-        head = "── %s · t+%.1f s · %d devices: %s " % (
-            SITE_NAME,
-            self.rec.t(),
-            len(devs),
-            ", ".join("%d %s" % (n, s) for s, n in sorted(counts.items())),
-        )
-        lines = [
-            head + "─" * max(0, 100 - len(head)),
-            " %-10s %-8s %-8s %8s %8s %6s %5s  %-20s %s"
-            % ("device", "kind", "state", "last seen", "hb", "bat V", "rssi", "position", "spot"),
-        ]
-        for d in devs:
-            seen = (
-                "%.1f s" % ((now - d.last_seen_ms) / 1000) if d.last_seen_ms and d.kind != "gateway" else "-"
-            )
-            bat = "%.1f" % (d.info["bat_mv"] / 1000) if d.info.get("bat_mv") else "-"
-            rssi = str(d.info.get("rssi", "-"))
-            pos = (
-                "{:.5f},{:.5f}".format(d.last_loc["lat"] / 1e7, d.last_loc["lon"] / 1e7)
-                if d.last_loc
-                else "-"
-            )
-            sp = self.spots.get(d.id)
-            spot = sp.name if sp else ("township center" if d.kind == "gateway" else "")
-            lines.append(
-                " %-10s %-8s %-8s %8s %6s s %6s %5s  %-20s %s"
-                % (d.id, d.kind, d.state, seen, d.hb_s or "-", bat, rssi, pos, spot)
-            )
-        return "\n".join(lines)
+    def story_incident(self) -> Any:
+        incs = self.gw.linkage.store.list("all", 100) if self.gw is not None else []
+        return min(incs, key=lambda i: i.opened_ms) if incs else None
 
-    async def _table_loop(self) -> None:
-        while True:
-            self.say(self.table())
-            await asyncio.sleep(self.refresh)
-
-    # -- hooks -----------------------------------------------------------------------------------------------
+    # -- hooks (the demo watches; it never acts for the gateway) --------------------------------------------
     def _on_change(self, c: Any) -> None:
         if not c.transition or self._closing:
             return
         self.rec.changes.append((self.rec.t(), c.device, c.old, c.new, c.what))
         if c.device != GATEWAY_ID and not (c.old == "unknown" and c.new == "online"):
             self.note(f"STATE   {c.device} {c.old} -> {c.new} ({c.what})")
-        if c.new == "offline" and c.device in self._offline:
-            self._offline[c.device].set()
 
     def _on_command(self, c: Any, old: str) -> None:
-        if self._closing:
+        self.rec.commands[c.id] = c
+        if self._closing or c.status in ("new", "queued", "sent"):
             return
-        self.note(
-            "COMMAND {} {} -> {}: {}{}".format(
-                c.id, c.name, c.device, c.status, f" ({c.code})" if c.code and c.code != c.status else ""
-            )
-        )
+        self.note(f"COMMAND {c.id} {c.name} -> {c.device} by {c.op or '-'}: {c.status}"
+                  + (f" ({c.code})" if c.code and c.code != c.status else ""))
 
     def _on_observed(self, topic: str, payload: bytes, retained: bool) -> None:
         try:
             _site, dev, ch, _ = topics.parse(topic)
             msg = json.loads(payload)
-        except Exception:  # observer only: anything odd is the gateway's business, not the demo's
+        except Exception:  # noqa: BLE001 - observer only: anything odd is the gateway's business
             return
-        if ch == "evt":
+        if ch == "notify":
+            self.rec.phones.setdefault(dev, []).append(str(msg.get("state")))
+            self.note(f"PHONE   {dev}'s phone: {msg.get('text')}")
+        elif ch == "evt" and msg.get("kind") in ("presence", "motion", "intrusion"):
             ident = self.gw.keystore.get(dev)
             try:
                 signing.verify(ident.hmac_key, "evt", msg)
                 mac = "MAC ok"
-            except Exception:
+            except Exception:  # noqa: BLE001 - any failure to verify is what the line reports
                 mac = "MAC BAD"
-            msg["_dev"], msg["_t"], msg["_mac"] = dev, self.rec.t(), mac
-            self.rec.events.append(msg)
-            self.note(
-                "EVENT   {} {} sev={} conf={} at {:.5f},{:.5f} ({}, signed by {})".format(
-                    dev,
-                    msg.get("kind"),
-                    msg.get("sev"),
-                    msg.get("conf"),
-                    msg.get("lat", 0) / 1e7,
-                    msg.get("lon", 0) / 1e7,
-                    mac,
-                    dev,
-                )
-            )
-            if dev == TRIGGER and msg.get("kind") != "broadcast":
-                self._evt.set()
-        elif ch == "res":
-            self.rec.results.append((self.rec.t(), dev, msg))
-            phase = (msg.get("data") or {}).get("phase")
-            self.note(
-                "RESULT  {} {} {}{}{}".format(
-                    dev,
-                    msg.get("id"),
-                    msg.get("status"),
-                    f" phase={phase}" if phase else "",
-                    " played_ms={}".format(msg["data"]["played_ms"])
-                    if (msg.get("data") or {}).get("played_ms") is not None
-                    else "",
-                )
-            )
+            self.note(f"EVENT   {dev} {msg.get('kind')} sev={msg.get('sev')} conf={msg.get('conf')} "
+                      f"id={msg.get('id')} ({mac})")
+
+    def _journal_lines(self) -> None:
+        """The gateway's own account as it writes it: incident and custody entries of the duty journal."""
+        try:
+            entries = self.gw.journal.entries(after_seq=self._journal_seq)
+        except Exception:  # noqa: BLE001 - a read racing the journal's close is not the demo's business
+            return
+        for e in entries:
+            self._journal_seq = max(self._journal_seq, e.seq)
+            if e.kind in ("incident", "custody"):
+                self.note(f"GATEWAY {e.summary}" + (f"  [{e.operator}]" if e.operator else ""))
 
     # -- setup -----------------------------------------------------------------------------------------------
+    def _area(self) -> list[list[float]]:
+        pts = self.sc.points()
+        la = [p[0] / 1e7 for p in pts]
+        lo = [p[1] / 1e7 for p in pts]
+        m = AREA_MARGIN_DEG
+        return [[min(la) - m, min(lo) - m], [min(la) - m, max(lo) + m], [max(la) + m, max(lo) + m],
+                [max(la) + m, min(lo) - m]]
+
     def _gateway_config(self, data: Path, url: str) -> Any:
-        from lookout.gateway.core.config import BrokerConfig, CommandsConfig, Config, RegistryConfig
+        from lookout.gateway.core.config import from_dict
 
-        return Config(
-            gateway_id=GATEWAY_ID,
-            site=SITE,
-            data_dir=data,
-            log_level="warning",
-            broker=BrokerConfig(url=url, keepalive_s=30),
-            registry=RegistryConfig(
-                offline_after_missed=3,
-                stale_after_missed=1,
-                grace_ms=1500,
-                min_hb_s=1,
-                max_hb_s=3600,
-                default_hb_s=self.hb_s,
-            ),
-            commands=CommandsConfig(
-                default_ttl_s=120, retry_s=max(2, round(10 / self.speed * 3)), max_attempts=3, wait_s=30
-            ),
-        )
+        hb = timescale.hb_s(self.speed)
+        d: dict[str, Any] = {
+            "gateway": {"id": GATEWAY_ID, "site": self.sc.site, "data_dir": str(data), "log_level": "warning"},
+            "broker": {"url": url, "keepalive_s": 30},
+            "registry": {"offline_after_missed": 3, "stale_after_missed": 1, "grace_ms": 1500, "min_hb_s": 1,
+                         "max_hb_s": 3600, "default_hb_s": hb},
+            "commands": {"default_ttl_s": 120, "retry_s": max(2, round(30 / self.speed)), "max_attempts": 3,
+                         "wait_s": 30},
+            "zones": self.sc.zones,
+            "linkage": self.sc.linkage,
+            "recorders": {"devices": [self.world.recorder_glob()], "scan_ms": 100},
+        }
+        if self.sc.drones:
+            d["mavlink"] = {"endpoint": [{"name": "radio", "url": "udpin:127.0.0.1:0"}], "area": self._area(),
+                            "max_alt_m": 120, "ack_timeout_ms": 500, "loc_hz": 4}
+            d["drone"] = [{"id": x.id, "sysid": x.sysid} for x in self.sc.drones]
+        return from_dict(d)
 
-    def _start_nodes(self, data: Path, url: str, ks: Any) -> None:
-        from urllib.parse import urlsplit
+    def _tune_linkage(self) -> None:
+        """The rules at the world's speed, and the site's clock at the scenario's hour (timescale.py)."""
+        cfg = timescale.linkage(self.gw.linkage.cfg, self.speed)
+        h = self.sc.world.local_hour
+        if h is not None:
+            zone = night_zone(h)
+            cfg = replace(cfg, timezone=zone, site_timezones={})
+            now = datetime.now(UTC).astimezone(cfg.tz(self.sc.site))
+            self.say(f"local time   {now:%H:%M} at {self.sc.site_name} for this run (the site's clock set to {zone}; "
+                     "the rules' hours are local time)")
+        self.gw.linkage.cfg = cfg
 
-        from lookout.simulators.node import SimNode, make_config, wav_bytes
+    # -- the story -------------------------------------------------------------------------------------------
+    def _online(self) -> bool:
+        reg = self.gw.registry
+        want = [n.id for n in self.sc.nodes] + [o.recorder for o in self.sc.officers] + [x.id for x in self.sc.drones]
+        for dev in want:
+            d = reg.get(dev)
+            if d is None or d.state != "online" or not d.last_loc:
+                return False
+        return all("bat_pct" in (reg.get(x.id).info or {}) for x in self.sc.drones)
 
-        u = urlsplit(url)
-        for sp in self.spots.values():
-            ident = ks.ensure(sp.id, SITE, sp.role)
-            cfg = make_config(
-                sp.id,
-                SITE,
-                sp.role,
-                ident.hmac_key.hex(),
-                u.hostname,
-                u.port or 1883,
-                hb_s=self.hb_s,
-                loc_s=max(1, round(5 / self.speed)),
-                position={"lat": sp.lat, "lon": sp.lon, "alt_mm": 112000},
-            )
-            cfg["broker"]["keepalive"] = 30
-            sensorish = sp.role in ("sensor", "camera")
-            sim = SimNode(
-                data / "nodes" / sp.id, cfg, speed=self.speed, pir=sensorish, camera=sp.role == "camera"
-            )
-            if sp.role == "speaker":
-                sim.add_clip(CLIP, wav_bytes(CLIP_MS))
-            self.sims[sp.id] = sim
+    def _over(self) -> bool:
+        inc = self.story_incident()
+        if inc is None or inc.state != "closed":
+            return False
+        return all((d := self.gw.registry.get(dev)) is not None and d.state == "offline"
+                   for dev in self.world.silenced)
 
-    # -- the script ------------------------------------------------------------------------------------------
-    async def script(self) -> None:
-        rec = self.rec
-        # 1. every node online
-        want = set(self.spots)
-        while True:
-            online = {d.id for d in self.gw.registry.devices.values() if d.state == "online"}
-            if want <= online and all(self.gw.registry.get(i).last_loc for i in want):
-                break
+    async def _watch(self, until: Any, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._journal_lines()
+            if self.view is not None:
+                self.view.tick()
+            if until():
+                return True
             await asyncio.sleep(0.1)
-        rec.steps["nodes online"] = True
-        self.note("all %d nodes online (birth received, fixed position reported)" % len(want))
-        self.say(self.table())
+        return False
 
-        # 2. a person at the ferry landing: two PIR edges 0.4 s apart (sensitivity 50 needs 2 within 3 s)
-        self.note(f"SCRIPT  someone walks onto the ferry landing: PIR at {TRIGGER}")
-        self.sims[TRIGGER].trigger_pir()
-        await asyncio.sleep(0.4)
-        self.sims[TRIGGER].trigger_pir()
-        await self._evt.wait()
-        ev = next(e for e in rec.events if e["_dev"] == TRIGGER)
-        rec.steps["event"] = True
-
-        # 3. the operator ranks the loudspeakers
-        resp = await self.op.request("devices", {"kind": "speaker"})
-        lat, lon = ev.get("lat") or self.spots[TRIGGER].lat, ev.get("lon") or self.spots[TRIGGER].lon
-        rec.ranking = rank_speakers(lat, lon, resp["data"]["devices"], self.spots)
-        self.say("")
-        self.say(f"Nearest loudspeaker to the detection ({lat / 1e7:.5f}, {lon / 1e7:.5f}):")
-        self.say("  %-10s %-22s %8s %9s  %s" % ("speaker", "spot", "straight", "on foot*", "audible"))
-        for c in rec.ranking:
-            self.say(
-                "  %-10s %-22s %6.0f m %7.1f min  %s"
-                % (c.id, c.name, c.dist_m, c.walk_s / 60, "yes" if c.in_range else "no (> %d m)" % AUDIBLE_M)
-            )
-        self.say(
-            "  Sound crosses the water in a straight line, so speakers rank by straight-line distance within"
-        )
-        self.say(
-            "  audible range (%d m). *On-foot time (shore detour / %.1f m/s) is what officer dispatch would"
-            % (AUDIBLE_M, WALK_MS)
-        )
-        self.say("  rank by (travel time, not distance); it is shown for contrast and not used for a loudspeaker.")
-        best = next((c for c in rec.ranking if c.in_range), None)
-        if best is None:
-            self.note("no loudspeaker in audible range: the operator would dispatch an officer instead")
-            return
-        rec.chosen = best.id
-        self.note(f"DECIDE  {best.id}: nearest loudspeaker, {best.dist_m:.0f} m straight line")
-
-        # 4. signed broadcast, wait for the final result
-        t_issue = rec.t()
-        resp = await self.op.request(
-            "broadcast",
-            {
-                "to": best.id,
-                "clip": CLIP,
-                "repeat": 1,
-                "priority": "normal",
-                "wait": "final",
-                "wait_s": 30,
-                "ttl_s": 120,
-            },
-            timeout=40,
-        )
-        for r in resp.get("data", {}).get("results", []):
-            c = self.gw.commands.get(r["id"])
-            acc = None
-            if c is not None and c.accepted_ms and c.first_sent_ms:
-                acc = c.accepted_ms - c.first_sent_ms
-            playing = next(
-                (
-                    t
-                    for t, dev, m in rec.results
-                    if dev == r["device"]
-                    and m.get("id") == r["id"]
-                    and (m.get("data") or {}).get("phase") == "playing"
-                ),
-                None,
-            )
-            done = next(
-                (
-                    m
-                    for _t, dev, m in rec.results
-                    if dev == r["device"]
-                    and m.get("id") == r["id"]
-                    and m.get("status") in ("done", "failed", "rejected")
-                ),
-                None,
-            )
-            rec.commands.append(
-                {
-                    "id": r["id"],
-                    "device": r["device"],
-                    "status": r["status"],
-                    "latency_ms": r.get("latency_ms"),
-                    "accepted_ms": acc,
-                    "playing_s": None if playing is None else playing - t_issue,
-                    "played_ms": ((done or {}).get("data") or {}).get("played_ms"),
-                    "code": resp.get("code"),
-                }
-            )
-        sim = self.sims[best.id]
-        rec.steps["broadcast done"] = any(c["status"] == "done" for c in rec.commands) and bool(sim.plays)
-
-        # 5. a node's app hangs: its TCP session stays up (MQTT keepalive), so only the heartbeat timeout
-        # tells
-        victim = "cam-inlet" if "cam-inlet" in self.spots else "spk-dam"
-        rec.silent = victim
-        self._offline[victim] = asyncio.Event()
-        node = self.sims[victim].node
-        for t in list(node.tasks):
-            t.cancel()  # heartbeat, location, sender... gone; the MQTT client keeps pinging: no last will
-        hb = self.gw.registry.get(victim).hb_s
-        self.note(
-            "SCRIPT  %s hangs: application tasks frozen, TCP session kept alive by MQTT keepalive (no last "
-            "will); heartbeat every %d s -> stale after 1 missed, offline after 3 missed (+1.5 s grace)"
-            % (victim, hb)
-        )
-        await self._offline[victim].wait()
-        rec.steps["silent node offline"] = True
-
-        # 6. journal verify, as `lookout journal verify` does
-        resp = await self.op.request("journal", {"verify": True})
-        rec.journal = resp.get("data")
-        for e in self.gw.journal.entries():
-            rec.journal_kinds[e.kind] = rec.journal_kinds.get(e.kind, 0) + 1
-        rec.steps["journal verified"] = bool(rec.journal and rec.journal.get("ok"))
+    async def story(self) -> bool:
+        self.note(f"waiting for {len(self.sc.nodes)} nodes, {len(self.sc.officers)} recorders and "
+                  f"{len(self.sc.drones)} drones to come online with positions")
+        if not await self._watch(self._online, 30):
+            self.note("TIMEOUT not every device came online within 30 s")
+            return False
+        self.note("all devices online; the story begins (scenario time 0)")
+        if self.view is not None:
+            self.view.block()
+        self.world.begin()
+        stop = asyncio.Event()
+        task = asyncio.create_task(self.world.play(stop), name="world")
+        try:
+            done = await self._watch(self._over, self.sc.end_s / self.speed)
+        finally:
+            stop.set()
+            await task
+        self.rec.story_s = self.world.scenario_s() / self.speed
+        if not done:
+            self.note(f"TIMEOUT the story did not end within {self.sc.end_s:g} scenario seconds")
+        await self._watch(lambda: False, SETTLE_S)
+        return done
 
     async def _web_console(self, stack: contextlib.AsyncExitStack, ks: Any) -> None:
         """The duty console beside the gateway (gateway/web/), its spots named on the map; the demo operator
@@ -488,7 +276,8 @@ class Demo:
 
         ks.set_operator_password(OPERATOR_ID, hash_password(WEB_PASSWORD))
         sm = SiteMap()
-        sm.labels = {sp.id: sp.name for sp in self.spots.values()}
+        sm.labels = {n.id: n.name for n in self.sc.nodes} | {o.recorder: o.name for o in self.sc.officers} | {
+            x.id: x.name for x in self.sc.drones}
         listen = self.web or WEB_LISTEN
         try:
             web = await stack.enter_async_context(WebConsole(self.gw, listen, sm))
@@ -499,6 +288,7 @@ class Demo:
     # -- orchestration ---------------------------------------------------------------------------------------
     async def run(self) -> int:
         from lookout.gateway.admin.keystore import KeyStore
+        from lookout.gateway.demo.view import LiveView
         from lookout.gateway.links.broker import EmbeddedBroker
         from lookout.gateway.links.mqtt import MQTTLink
         from lookout.gateway.links.opclient import OperatorClient
@@ -514,38 +304,32 @@ class Demo:
             url = self.broker_url
             if url is None:
                 url = await stack.enter_async_context(EmbeddedBroker())
-            self.say(
-                "Lookout demo — %s, %d nodes, speed x%g (heartbeat %d s), broker %s%s"
-                % (
-                    SITE_NAME,
-                    len(self.spots),
-                    self.speed,
-                    self.hb_s,
-                    url,
-                    " (embedded amqtt)" if self.broker_url is None else "",
-                )
-            )
-            self.say(f"data dir {data}")
+            sc = self.sc
+            self.say(f"Lookout demo — {sc.title}")
+            self.say(f"scenario     {sc.name} ({sc.origin}): {len(sc.nodes)} nodes, {len(sc.officers)} officers "
+                     f"with recorders, {len(sc.drones)} drones at {sc.site_name}")
+            self.say(f"speed        ×{self.speed:g}: the world and the rules' delays and speeds run {self.speed:g} "
+                     f"times faster (node heartbeat {timescale.hb_s(self.speed)} s); GATEWAY lines quote the duty "
+                     "journal, in wall seconds")
+            self.say(f"broker       {url}{' (embedded amqtt)' if self.broker_url is None else ''}")
+            self.say(f"data dir     {data}")
+            self.world = SimWorld(sc, self.speed, data, url, say=self.note)
             cfg = self._gateway_config(data, url)
             ks = KeyStore(cfg.keystore_path)
             stack.callback(ks.close)
-            ks.ensure(GATEWAY_ID, SITE, "gateway") if hasattr(ks, "ensure") else None
-            if ks.get_operator(OPERATOR_ID) is None:
-                token = ks.add_operator(OPERATOR_ID, "值班员 duty operator (demo)", "operator")
-            else:
+            ks.ensure(GATEWAY_ID, sc.site, "gateway")
+            if ks.get_operator(OPERATOR_ID) is not None:
                 raise RuntimeError(f"data dir already has operator {OPERATOR_ID}: use a fresh --data-dir")
-            self._start_nodes(data, url, ks)
-            self.say(
-                "provisioned %d node identities and operator %s in the key store"
-                % (len(self.sims), OPERATOR_ID)
-            )
+            token = ks.add_operator(OPERATOR_ID, "值班员 duty operator (demo)", "operator")
+            self.world.provision(ks)
 
             self.gw = await stack.enter_async_context(Gateway(cfg, keystore=ks, broker_url=url))
+            self._tune_linkage()
+            self.say(f"rules        {', '.join(r.name for r in self.gw.linkage.cfg.rules)} (the gateway's [linkage]; "
+                     "every decision below is theirs)")
             self.gw.registry.add_listener(self._on_change)
             self.gw.commands.add_listener(self._on_command)
             gw_task = asyncio.create_task(self.gw.serve(), name="gateway")
-            if self.web:
-                await self._web_console(stack, ks)
 
             async def _stop_gw() -> None:
                 self.gw.stop()
@@ -553,138 +337,145 @@ class Demo:
                     await asyncio.wait_for(gw_task, 10)
 
             stack.push_async_callback(_stop_gw)
+            if self.web:
+                await self._web_console(stack, ks)
 
             observer = MQTTLink(url, "demo-observer")
-            for ch in ("evt", "res"):
-                observer.subscribe(topics.device_filter(SITE, "+", ch), self._on_observed, qos=1)
+            observer.subscribe(topics.device_filter(sc.site, "+", "evt"), self._on_observed, qos=1)
+            observer.subscribe(topics.device_filter(sc.site, "+", "notify"), self._on_observed, qos=1)
             await stack.enter_async_context(observer)
-            self.op = await stack.enter_async_context(OperatorClient(url, SITE, OPERATOR_ID, token))
+            self.op = await stack.enter_async_context(OperatorClient(url, sc.site, OPERATOR_ID, token))
+            port = self.gw.drones.router.endpoints[0].local_port if self.gw.drones is not None else None
+            await self.world.start(ks, port, stack)
 
-            for sim in self.sims.values():
-                await sim.start()
-            stack.push_async_callback(self._stop_nodes)
-
-            table = asyncio.create_task(self._table_loop(), name="table")
+            self.view = LiveView(self, self.out, self.refresh)
+            self.view.start()
             try:
-                await asyncio.wait_for(self.script(), self.duration)
-                ok = all(
-                    self.rec.steps.get(k)
-                    for k in (
-                        "nodes online",
-                        "event",
-                        "broadcast done",
-                        "silent node offline",
-                        "journal verified",
-                    )
-                )
+                ok = await asyncio.wait_for(self.story(), self.duration)
             except TimeoutError:
-                self.note(f"TIMEOUT the script did not finish within --duration {self.duration:g} s")
+                self.note(f"TIMEOUT the demo did not finish within --duration {self.duration:g} s")
             finally:
-                table.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await table
+                self.view.stop()
+            self._closing = True  # shutdown deaths and releases are not part of the story
+            self.result = outcomes.collect(self.gw, sc, self.speed, self.rec.phones, self._source_hashes(),
+                                           OPERATOR_ID)
+            resp = await self.op.request("journal", {"verify": True})  # the operator's `lookout journal verify`
+            journal = resp.get("data") or {}
+            self._journal_lines()
+            self.view.block()
             if self.web and self.linger > 0:
                 self.say(f"web console stays up for {self.linger:g} s (Ctrl-C ends the demo)")
                 await asyncio.sleep(self.linger)
-            self._closing = True  # shutdown deaths are not part of the story
-            self.say(self.table())
-            self.summary(ok)
+            ok = ok and self.result.ok and bool(journal.get("ok"))
+            self.summary(ok, journal)
         return 0 if ok else 1
 
-    async def _stop_nodes(self) -> None:
-        for dev, sim in self.sims.items():
-            try:
-                if dev == self.rec.silent:
-                    await sim.kill()
-                else:
-                    await sim.stop()
-            except Exception as e:  # shutting down: report, keep stopping the rest
-                log.warning("stopping %s: %r", dev, e)
+    def _source_hashes(self) -> dict[str, str]:
+        """The SHA-256 each recorder computed when it closed a file (the evidence's source)."""
+        out = {}
+        for p in self.world.people.values():
+            for c in p.sim.clips():
+                out[c["id"]] = c["sha256"]
+        return out
 
     # -- summary ---------------------------------------------------------------------------------------------
-    def summary(self, ok: bool) -> None:
-        r = self.rec
+    def summary(self, ok: bool, journal: dict[str, Any]) -> None:
+        o = self.result
         say = self.say
+        s = self.speed
         say("")
-        say("══ Summary " + "═" * 89)
-        evs = [e for e in r.events if e.get("kind") != "broadcast"]
-        say("events       %d" % len(evs))
-        for e in evs:
-            say(
-                "  t+{:5.1f}s  {} {} sev={} conf={} id={} ({})".format(
-                    e["_t"], e["_dev"], e.get("kind"), e.get("sev"), e.get("conf"), e.get("id"), e["_mac"]
-                )
-            )
-        if r.ranking:
-            say("dispatch     nearest loudspeaker %s" % (r.chosen or "none in audible range"))
-            for c in r.ranking:
-                say(
-                    "  %-10s %6.0f m straight line%s"
-                    % (c.id, c.dist_m, "" if c.in_range else "  (out of range)")
-                )
-        say("commands     %d" % len(r.commands))
-        for cmd in r.commands:
-            lat = ", ".join(
-                x
-                for x in (
-                    "accepted after %d ms" % cmd["accepted_ms"] if cmd["accepted_ms"] is not None else "",
-                    "playing after %.0f ms" % (cmd["playing_s"] * 1000) if cmd["playing_s"] is not None else "",
-                    "final after %d ms" % cmd["latency_ms"] if cmd["latency_ms"] is not None else "",
-                    "played %d ms of audio" % cmd["played_ms"] if cmd["played_ms"] is not None else "",
-                )
-                if x
-            )
-            say("  broadcast {} -> {}: {} ({})".format(CLIP, cmd["device"], cmd["status"], lat))
-        say("state        %d transitions" % len(r.changes))
-        for t, dev, old, new, why in r.changes:
-            if old == "unknown" and new == "online":
-                continue
-            say(f"  t+{t:5.1f}s  {dev} {old} -> {new} ({why})")
-        online = sorted(d for _t, d, o, n, _w in r.changes if o == "unknown" and n == "online")
-        if online:
-            say("  (%d devices came online: %s)" % (len(online), ", ".join(online)))
-        if r.journal is not None:
-            say(
-                "journal      %d entries (%s), chain %s, head %s…"
-                % (
-                    r.journal.get("entries", 0),
-                    ", ".join("%s %d" % kv for kv in sorted(r.journal_kinds.items())),
-                    "verified OK"
-                    if r.journal.get("ok")
-                    else "BROKEN at seq {}".format(r.journal.get("bad_seq")),
-                    (r.journal.get("head") or "")[:16],
-                )
-            )
+        say(f"══ Summary: {self.sc.name} · {self.sc.site_name} · speed ×{s:g} " + "═" * 40)
+        if o is None:
+            say("result       FAILED: no outcome")
+            return
+        inc = o.inc
+        if inc is not None:
+            say(f"incident     {inc.id}: {inc.sev} {inc.kind} at {inc.zone or inc.source}, {inc.detections} "
+                "detections, " + " -> ".join(h["state"] for h in inc.history))
+            self._times(o)
+            for kind in ("officer", "drone"):
+                r = o.rankings.get(kind)
+                if r is None:
+                    continue
+                cands = ", ".join((f"{c['officer']} ({c['device']})" if c.get("officer") else c["device"])
+                                  + f" {c['eta_s'] * s:.0f} s" for c in r["candidates"]) or "none"
+                skipped = "; ".join(f"{x['device']}" + (f" ({o_.id})" if (o_ := self.world.officer_of(x["device"]))
+                                                         else "") + f": {x['why']}" for x in r["skipped"])
+                say(f"ranking      {kind}s by ETA: {cands}" + (f"; skipped {skipped}" if skipped else ""))
+            if inc.notified:
+                say(f"notified     {', '.join(inc.notified)} (phone got: "
+                    + "; ".join(f"{c} {'/'.join(v)}" for c, v in o.phones.items()) + ")")
+            for ev in o.evidence:
+                say(f"evidence     clip {ev['clip']} from {ev['device']}, {int(ev.get('size') or 0) // 1024} KB")
+                say(f"  sha256     {ev['sha256']}")
+                say(f"  custody    {' -> '.join(ev['trail'])}")
         else:
-            say("journal      not verified")
-        missing = [
-            k
-            for k in ("nodes online", "event", "broadcast done", "silent node offline", "journal verified")
-            if not r.steps.get(k)
-        ]
-        say(
-            "result       {} in {:.1f} s".format(
-                "OK: every scripted step happened" if ok else "FAILED: missing " + ", ".join(missing), r.t()
-            )
-        )
+            say("incident     none opened")
+        for dev in self.world.silenced:
+            ch = [(t, old, new, why) for t, d, old, new, why in self.rec.changes if d == dev and old != "unknown"]
+            say(f"silent node  {dev}: " + ", ".join(f"{old} -> {new} at t+{t:.1f} s wall ({why})"
+                                                    for t, old, new, why in ch))
+        n = int(journal.get("entries") or 0)
+        kinds = Counter(e.kind for e in self.gw.journal.entries(limit=n))  # the entries the verify walked
+        say("journal      {} entries ({}), chain {}, head {}…".format(
+            n, ", ".join(f"{k} {c}" for k, c in sorted(kinds.items())),
+            "verified OK" if journal.get("ok") else f"BROKEN at seq {journal.get('bad_seq')}",
+            str(journal.get("head") or o.journal.get("head") or "")[:16]))
+        say("checks")
+        for c in o.checks:
+            say(f"  {'✓' if c.ok else '✗'} {c.name:<20} {c.detail}")
+        n_ok = sum(c.ok for c in o.checks)
+        wall = f"{self.rec.story_s:.1f} s" if self.rec.story_s is not None else "-"
+        say("result       {} (story {} wall, {:.0f} s scenario; whole run {:.1f} s)".format(
+            f"OK: every expected outcome held ({n_ok}/{len(o.checks)})" if ok
+            else f"FAILED: {len(o.checks) - n_ok} of {len(o.checks)} checks failed",
+            wall, (self.rec.story_s or 0) * s, self.rec.t()))
+
+    def _times(self, o: outcomes.Outcome) -> None:
+        """Detection -> warning -> dispatch -> on scene -> closed (scenario seconds; the warning's latency as is)."""
+        say, s, inc = self.say, self.speed, o.inc
+        assert inc is not None
+        say(f"times        from the detection, in scenario seconds (wall × {s:g}); the warning as measured")
+        det = o.detection_ms
+        if det is None:
+            say("  no detection time found")
+            return
+
+        def since(ms: int | None) -> str:
+            return "-" if ms is None else f"+{(ms - det) / 1000 * s:6.0f} s"
+
+        say(f"  detection   t 0        {inc.source} {inc.kind} ({inc.event_ids[0] if inc.event_ids else '?'})")
+        w = o.at("warned")
+        speakers = sorted({x["device"] for x in o.warnings})
+        say(f"  warning     {'-' if w is None else f'+{w - det:4d} ms'} wall  "
+            f"{', '.join(speakers) or 'no speaker'} playing the warning; {len(o.warnings)} warning(s) for "
+            f"{inc.detections} detections")
+        d = o.at("dispatched")
+        units = []
+        for dev, u in inc.units.items():
+            name = f"officer {u['officer']} ({dev})" if u.get("officer") else f"drone {dev}"
+            units.append(f"{name} ETA {u.get('eta_s', 0) * s:.0f} s")
+        say(f"  dispatch    {since(d)}  " + ("; ".join(units) or "nobody"))
+        for dev, u in sorted(inc.units.items(), key=lambda kv: kv[1].get("arrived_ms") or 0):
+            if u.get("arrived_ms") is None:
+                continue
+            name = f"officer {u['officer']}" if u.get("officer") else f"drone {dev}"
+            took = (u["arrived_ms"] - u["ts"]) / 1000 * s if isinstance(u.get("ts"), int) else None
+            say(f"  arrived     {since(u['arrived_ms'])}  {name}, {u.get('arrived_m')} m from the event"
+                + (f" ({took:.0f} s after dispatch, ETA {u.get('eta_s', 0) * s:.0f} s)" if took is not None else ""))
+        say(f"  on scene    {since(o.at('on_scene'))}")
+        c = o.at("closed")
+        say(f"  closed      {since(c)}  {inc.closed_why or (inc.history[-1].get('why') if c else '')}")
 
 
-def run(
-    speed: float = 10.0,
-    duration: float | None = None,
-    nodes: int = 5,
-    broker: str | None = None,
-    data_dir: str | None = None,
-    refresh: float | None = None,
-    out: TextIO | None = None,
-    verbose: bool = False,
-    web: str | None = WEB_LISTEN,
-    linger: float = 0.0,
-) -> int:
+def run(speed: float = DEFAULT_SPEED, duration: float | None = None, scenario: str | None = None,
+        broker: str | None = None, data_dir: str | None = None, refresh: float | None = None,
+        out: TextIO | None = None, verbose: bool = False, web: str | None = WEB_LISTEN, linger: float = 0.0) -> int:
     """Run the demo to completion in a fresh event loop; returns the exit code."""
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.ERROR,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
-    demo = Demo(speed, duration, nodes, broker, data_dir, refresh, out, web, linger)
+    logging.basicConfig(level=logging.INFO if verbose else logging.ERROR,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    demo = Demo(speed, duration, scenario, broker, data_dir, refresh, out, web, linger)
     return asyncio.run(demo.run())
+
+
+__all__ = ["Demo", "night_zone", "run"]

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
-from lookout.gateway.linkage.dispatch import DRONE_KIND, OFFICER_KIND, DispatchParams, rank
+from lookout.gateway.linkage.dispatch import DRONE_KIND, OFFICER_KIND, VIEW_OFFICER, DispatchParams, rank
 from lookout.gateway.linkage.geo import LocalProjection
 
 NODE_KINDS = ("speaker", "sensor", "camera")
@@ -76,7 +76,7 @@ def compute(views: list[dict[str, Any]], p: DispatchParams, now_ms: int, site: s
         avail = rank([v], loc.get("lat", 0), loc.get("lon", 0), unit, p, now_ms, v.get("site", site),
                      ignore_busy=True)
         why = next((w for d, w in avail.skipped if not w.startswith("ETA")), None)
-        u: dict[str, Any] = {"id": v["id"], "unit": unit, "officer": (v.get("info") or {}).get("officer"),
+        u: dict[str, Any] = {"id": v["id"], "unit": unit, "officer": v.get(VIEW_OFFICER),
                              "available": why is None, "why": why}
         if isinstance(loc.get("lat"), int):
             u.update(lat=loc["lat"], lon=loc["lon"],

@@ -2,20 +2,25 @@
 
 Theory of operation
 -------------------
-Pure functions over the registry's device views (``device_view`` dicts: ``id site kind state loc info``), so
-tests drive them with plain data and the journal can record exactly what was weighed. Straight-line
-distance underestimates travel (road ≈ 1.2× in towns, far more around water), so units rank by estimated time:
+Pure functions over the registry's device views (``operator_api.device_view`` dicts: ``id site kind state loc
+info``, and for recorders and drones ``officer``/``busy``), so tests drive them with plain data and the journal
+can record exactly what was weighed. Straight-line distance underestimates travel (road ≈ 1.2× in towns, far
+more around water), so units rank by estimated time:
 
-- an **officer** is a body-worn recorder (kind ``recorder``) linked to an officer (``info.officer``); ETA =
-  great-circle metres × the site's road factor / ``officer_mps``. Available: recorder ``online``, a position
-  no older than ``max_fix_age_s``, not busy (``info.busy``, or already assigned to an open incident here);
+- an **officer** is a body-worn recorder (kind ``recorder``) linked to an officer (the view's ``officer``: the
+  birth's ``x_officer``, from the key store or the recorder's HELLO); ETA = great-circle metres × the site's road
+  factor / ``officer_mps``. Available: recorder ``online``, a position no older than ``max_fix_age_s``, not
+  busy (the view's ``busy``: its heartbeat ``state`` is ``recording`` or ``dispatched``; or already assigned
+  to an open incident here);
 - a **drone** (kind ``drone``): ETA = ``drone_launch_s`` + great-circle metres / ``drone_mps`` (it flies
-  straight). Available: ``online``, ``info.link == "ok"``, ``info.bat_pct`` at least ``min_battery_pct``, a
-  recent position, not busy.
+  straight). Available: ``online``, ``info.link == "ok"`` (the bridge's ``x_link``), ``info.bat_pct`` at
+  least ``min_battery_pct``, a recent position, not busy (the view's ``busy``: armed in a mode that is someone
+  else's flight, e.g. a mission, RTL, landing or a pilot's manual mode).
 
 Units whose ETA exceeds ``cutoff_s`` (the 15-minute enforcement circle, 15分钟执法圈) are skipped with that
 reason; the straight line alone is the pre-filter (a unit beyond ``cutoff × speed`` in a straight line cannot
-make it). The names of the view fields the drone and recorder bridges fill are the constants below.
+make it). The names of the view fields the drone and recorder bridges fill are the constants below;
+tests/test_linkage_units.py checks them against the real bridges.
 """
 
 from __future__ import annotations
@@ -28,10 +33,11 @@ from lookout.gateway.linkage.geo import haversine_m
 
 OFFICER_KIND = "recorder"
 DRONE_KIND = "drone"
-INFO_OFFICER = "officer"  # recorder: the officer id the recorder is issued to
-INFO_BUSY = "busy"  # recorder/drone: true while on another job
-INFO_LINK = "link"  # drone: "ok" while the telemetry link is up
-INFO_BATTERY = "bat_pct"  # drone: battery percent
+VIEW_OFFICER = "officer"  # recorder view: the officer id the recorder is issued to
+VIEW_BUSY = "busy"  # recorder/drone view: true while on another job
+INFO_LINK = "link"  # drone view's info: "ok" while the telemetry link is up (hb x_link)
+INFO_BATTERY = "bat_pct"  # drone view's info: battery percent (hb bat_pct)
+INFO_ARMED = "armed"  # drone view's info: motors armed (hb x_armed); a disarmed drone is launched first
 LINK_OK = "ok"
 
 
@@ -121,7 +127,7 @@ def rank(views: Iterable[dict[str, Any]], lat: int, lon: int, unit: str, p: Disp
         if v.get("state") != "online":
             skipped.append((dev, f"{v.get('state', 'unknown')}"))
             continue
-        officer = info.get(INFO_OFFICER) if kind == OFFICER_KIND else None
+        officer = v.get(VIEW_OFFICER) if kind == OFFICER_KIND else None
         if kind == OFFICER_KIND and not officer:
             skipped.append((dev, "no officer linked to this recorder"))
             continue
@@ -134,7 +140,7 @@ def rank(views: Iterable[dict[str, Any]], lat: int, lon: int, unit: str, p: Disp
                 skipped.append((dev, f"battery {bat if bat is not None else 'unknown'} % "
                                      f"(needs {p.min_battery_pct} %)"))
                 continue
-        if not ignore_busy and (info.get(INFO_BUSY) or dev in busy_ids):
+        if not ignore_busy and (v.get(VIEW_BUSY) or dev in busy_ids):
             skipped.append((dev, "busy on another incident" if dev in busy_ids else "busy"))
             continue
         fix = _fix(v, now_ms, p.max_fix_age_s)
@@ -158,9 +164,10 @@ def find_unit(views: Iterable[dict[str, Any]], who: str) -> dict[str, Any] | Non
         if v.get("id") == who and v.get("kind") in (OFFICER_KIND, DRONE_KIND):
             return v
     for v in vs:
-        if v.get("kind") == OFFICER_KIND and (v.get("info") or {}).get(INFO_OFFICER) == who:
+        if v.get("kind") == OFFICER_KIND and v.get(VIEW_OFFICER) == who:
             return v
     return None
 
 
-__all__ = ["DRONE_KIND", "OFFICER_KIND", "Candidate", "DispatchParams", "Ranking", "eta_s", "find_unit", "rank"]
+__all__ = ["DRONE_KIND", "OFFICER_KIND", "VIEW_BUSY", "VIEW_OFFICER", "Candidate", "DispatchParams", "Ranking",
+           "eta_s", "find_unit", "rank"]

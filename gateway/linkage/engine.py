@@ -66,9 +66,12 @@ ViewsFn = Callable[[], list[dict[str, Any]]]
 ViewFn = Callable[[str], dict[str, Any] | None]
 SpawnFn = Callable[..., "asyncio.Task[Any]"]
 
-# the commands the recorder and drone bridges carry out (docs/PROTOCOL.md §16)
-RECORDER_DISPATCH = "dispatch"  # args: incident, lat, lon, kind, sev, eta_s — go there
+# the commands the recorder and drone bridges carry out (docs/PROTOCOL.md §16, §19 "Commands", §20 "Commands")
+RECORDER_DISPATCH = "dispatch"  # args: incident, lat, lon, text, kind, sev, eta_s — go there
 RECORDER_RECORD = "record_start"  # args: incident — start recording (evidence from the moment of dispatch)
+RECORDER_CLEAR = "clear"  # the incident is closed: the officer is free again
+DRONE_RETURN = "rtl"  # the incident is closed: the drone flies home
+DRONE_LAUNCH_WAIT_S = 90  # a take-off is done when the height is reached (the bridge allows 120 s in all)
 SPEAKER_KINDS = ("speaker",)
 LIVE = ("online", "stale")
 WARNED_ON = ("accepted", "done")  # a speaker that accepted a play is playing (it reports the finish as done)
@@ -245,19 +248,33 @@ class Linkage:
         """A device reported a position: a dispatched unit may have arrived."""
         try:
             for inc in list(self.store.active.values()):
-                if inc.state == "dispatched" and dev in inc.units:
+                if inc.state in ("dispatched", "on_scene") and dev in inc.units:
                     self._check_arrival(inc, dev, self.clock())
         except Exception:  # noqa: BLE001 - see on_event
             self.errors += 1
             log.exception("linkage failed on a position of %s", dev)
 
     def _check_arrival(self, inc: Incident, dev: str, now: int) -> None:
+        """A unit within ``on_scene_m`` of the event (a drone sent to orbit: of its circle) has arrived; the first
+        one to arrive puts the incident on scene."""
+        unit = inc.units.get(dev)
         loc = (self.view(dev) or {}).get("loc") or {}
-        if inc.lat is None or inc.lon is None or not isinstance(loc.get("lat"), int):
+        if (unit is None or unit.get("arrived_ms") is not None or inc.lat is None or inc.lon is None
+                or not isinstance(loc.get("lat"), int) or not isinstance(loc.get("lon"), int)):
             return
         d = haversine_m(inc.lat, inc.lon, loc["lat"], loc["lon"])
-        if d <= self.cfg.on_scene_m:
+        if d > self.cfg.on_scene_m + int(unit.get("radius_m") or 0):
+            return
+        unit["arrived_ms"], unit["arrived_m"] = now, round(d)
+        since = f", {(now - unit['ts']) / 1000:.1f} s after dispatch" if isinstance(unit.get("ts"), int) else ""
+        what = f"officer {unit['officer']} ({dev})" if unit.get("officer") else dev
+        self.journal.append("incident", f"incident {inc.id}: {what} arrived, {round(d)} m from the event{since}",
+                            device=dev, ts=now, detail={"incident": inc.id, "unit": unit.get("unit"),
+                                                        "dist_m": round(d), "eta_s": unit.get("eta_s")})
+        if inc.state == "dispatched":
             self._move(inc, "on_scene", now, dev, f"{dev} within {round(d)} m")
+        else:
+            self.store.save(inc)
 
     def on_command(self, c: Any, old: str) -> None:
         """CommandService listener: bind new commands to the incident whose task issued them; follow results."""
@@ -285,7 +302,7 @@ class Linkage:
                 self._move(inc, "warned", now, c.op or "gateway", f"{c.device} playing ({c.status})")
             elif purpose in ("officer", "drone") and c.status in DISPATCHED_ON and inc.state in ("open", "warned"):
                 self._move(inc, "dispatched", now, c.op or "gateway", f"{c.device} accepted the {purpose} order")
-            elif purpose in ("officer", "drone") and c.status in FAILED and c.device in inc.units:
+            elif purpose in ("officer", "drone", "launch") and c.status in FAILED and c.device in inc.units:
                 del inc.units[c.device]
                 self.journal.append("incident", f"incident {inc.id}: {purpose} order to {c.device} {c.status}; "
                                     "unit released", operator=c.op, device=c.device, ts=now,
@@ -301,9 +318,9 @@ class Linkage:
             for inc in list(self.store.active.values()):
                 if inc.escalate_at_ms is not None and now >= inc.escalate_at_ms:
                     self._escalate(inc, now)
-                if inc.state == "dispatched":
+                if inc.state in ("dispatched", "on_scene"):
                     for dev in list(inc.units):
-                        if inc.state == "dispatched":
+                        if inc.state in ("dispatched", "on_scene"):
                             self._check_arrival(inc, dev, now)
                 if (inc.state in ("open", "warned") and not inc.units and inc.escalate_at_ms is None
                         and now - max(inc.last_ms, inc.opened_ms) > self.cfg.auto_close_s * 1000):
@@ -341,6 +358,7 @@ class Linkage:
         if new == "closed":
             for cid in list(inc.commands):
                 self._cmd.pop(cid, None)
+            self._release(inc, by)
             for contact in inc.notified:
                 self._send_notification(inc, contact, f"事件 {inc.id} 已关闭，感谢协助。Incident {inc.id} closed.",
                                         None)
@@ -417,7 +435,7 @@ class Linkage:
             chosen: dict[str, Any] = {"device": dev, "unit": unit, "by": by, "override": True}
             if cand is not None:
                 chosen["eta_s"] = cand.eta_s
-            officer = (to.get("info") or {}).get(dispatch.INFO_OFFICER)
+            officer = to.get(dispatch.VIEW_OFFICER)
         elif ranking.best is not None:
             best = ranking.best
             dev, officer = best.device, best.officer
@@ -429,6 +447,10 @@ class Linkage:
             return []
         if officer:
             chosen["officer"] = officer
+        chosen["ts"] = now
+        d = drone or DroneAction()
+        if unit == "drone" and d.action == "orbit":
+            chosen["radius_m"] = d.radius_m  # on scene once on its circle
         inc.units[dev] = chosen
         what = f"officer {officer} (recorder {dev})" if unit == "officer" else f"drone {dev}"
         eta = f", ETA {chosen['eta_s']} s" if "eta_s" in chosen else ""
@@ -441,7 +463,7 @@ class Linkage:
                 "ttl_s": CMD_TTL_S}
         if unit == "officer":
             args: dict[str, Any] = {"incident": inc.id, "lat": inc.lat, "lon": inc.lon, "kind": inc.kind,
-                                    "sev": inc.sev}
+                                    "sev": inc.sev, "text": self._order_text(inc, chosen.get("eta_s"))}
             if "eta_s" in chosen:
                 args["eta_s"] = chosen["eta_s"]
             tasks = [self._spawn_issue(inc, "officer", by, "command",
@@ -452,13 +474,75 @@ class Linkage:
                                                {**base, "name": RECORDER_RECORD, "args": rargs}, RECORDER_RECORD,
                                                rargs))
             return tasks
-        else:
-            d = drone or DroneAction()
-            args = {"incident": inc.id, "lat": inc.lat, "lon": inc.lon, "alt_m": d.alt_m}
-            if d.action == "orbit":
-                args["radius_m"] = d.radius_m
-        return [self._spawn_issue(inc, "drone", by, "command", {**base, "name": d.action, "args": args}, d.action,
-                                  args)]
+        # a drone: MAVLink positions and heights only (the incident is known from the command's binding here)
+        args = {"lat": inc.lat, "lon": inc.lon, "alt_m": d.alt_m}
+        if d.action == "orbit":
+            args["radius_m"] = d.radius_m
+        view = to if to is not None else (self.view(dev) or {})
+        steps: list[tuple[str, str, dict[str, Any]]] = []
+        if not (view.get("info") or {}).get(dispatch.INFO_ARMED):
+            # on the ground: guided mode, arm, take off, then the order (the ETA's launch_s is this)
+            steps = [("launch", "set_mode", {"mode": "guided"}), ("launch", "arm", {}),
+                     ("launch", "takeoff", {"alt_m": d.alt_m})]
+        steps.append(("drone", d.action, args))
+        return [self.spawn(self._drone_steps(inc.id, by, dev, base, steps), name=f"linkage-{inc.id}-drone")]
+
+    async def _drone_steps(self, inc_id: str, by: str, dev: str, base: dict[str, Any],
+                           steps: list[tuple[str, str, dict[str, Any]]]) -> dict[str, Any]:
+        """Launch (if needed) and send the order, one step after the other, each to the autopilot's final
+        verdict; the first step that fails ends the sequence (journaled by ``_issue``; the unit is released)."""
+        r: dict[str, Any] = {"code": "internal", "error": "no step"}
+        for purpose, name, args in steps:
+            a = {**base, "name": name, "args": args, "wait": "final",
+                 "wait_s": DRONE_LAUNCH_WAIT_S if name == "takeoff" else CMD_WAIT_S}
+            r = await self._issue(inc_id, purpose, by, "command", a, name, args)
+            if r.get("code") != "ok":
+                break
+        return r
+
+    def _order_text(self, inc: Incident, eta: Any) -> str:
+        """What the officer reads on the recorder's screen (zh-CN first, then English), at most 200 chars."""
+        where = f"{(inc.lat or 0) / 1e7:.5f},{(inc.lon or 0) / 1e7:.5f}"
+        zone = f" {inc.zone}" if inc.zone else ""
+        eta_zh = f"，预计 {max(1, round(eta / 60))} 分钟" if isinstance(eta, int) else ""
+        eta_en = f", ETA {max(1, round(eta / 60))} min" if isinstance(eta, int) else ""
+        return (f"【{inc.site}{zone}】{SEV_ZH.get(inc.sev, inc.sev)}事件 {inc.id}（{inc.kind}）：请前往 {where}{eta_zh}。"
+                f"Go to {where}{eta_en}.")[:200]
+
+    def _release(self, inc: Incident, by: str) -> None:
+        """The incident is closed: its officers' recorders are cleared (they are free again), its drones fly
+        home. Each order goes through the command path like any other and is journaled."""
+        base = {"priority": 3, "queue": False, "wait": "accepted", "wait_s": CMD_WAIT_S, "ttl_s": CMD_TTL_S}
+        for dev, u in inc.units.items():
+            name = DRONE_RETURN if u.get("unit") == "drone" else RECORDER_CLEAR
+            self._spawn_issue(inc, "release", by, "command", {**base, "to": dev, "name": name, "args": {}}, name, {})
+
+    def on_evidence(self, info: dict[str, Any]) -> None:
+        """A recorder clip was verified and filed (gateway/service/recorders.py): if its recorder is a unit of an
+        open incident and the clip ends after the dispatch, it is that incident's evidence; with
+        ``close_on_evidence`` an incident on scene whose officer's clip is in is closed."""
+        try:
+            dev, sha = info.get("device"), info.get("sha256")
+            if not isinstance(dev, str) or not isinstance(sha, str):
+                return
+            now = self.clock()
+            for inc in list(self.store.active.values()):
+                u = inc.units.get(dev)
+                end = info.get("end_ms")
+                if u is None or (isinstance(end, int) and isinstance(u.get("ts"), int) and end < u["ts"]):
+                    continue
+                inc.evidence.append({"sha256": sha, "device": dev, "clip": info.get("clip"),
+                                     "size": info.get("size"), "ts": now})
+                self.journal.append("incident", f"incident {inc.id}: evidence from {dev}: clip {info.get('clip')} "
+                                    f"sha256:{sha[:16]}… verified and filed", device=dev, ts=now,
+                                    detail={"incident": inc.id, "sha256": sha, "clip": info.get("clip"),
+                                            "size": info.get("size"), "officer": info.get("officer")})
+                self.store.save(inc)
+                if self.cfg.close_on_evidence and inc.state == "on_scene" and u.get("arrived_ms") is not None:
+                    self._move(inc, "closed", now, "gateway", f"evidence from {dev} verified (sha256:{sha[:16]}…)")
+        except Exception:  # noqa: BLE001 - see on_event
+            self.errors += 1
+            log.exception("linkage failed on evidence from %s", info.get("device"))
 
     def _spawn_issue(self, inc: Incident, purpose: str, by: str, op: str, a: dict[str, Any], name: str,
                      args: dict[str, Any]) -> asyncio.Task[Any]:

@@ -75,6 +75,7 @@ class Incident:
     notified: list[str] = field(default_factory=list)  # contact ids told about it (they get the closing too)
     acked_by: str | None = None
     closed_why: str | None = None
+    evidence: list[dict[str, Any]] = field(default_factory=list)  # recorder clips filed for it: sha256, device, clip
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -100,7 +101,7 @@ class Incident:
                 "source": self.source, "zone": self.zone, "lat": self.lat, "lon": self.lon,
                 "opened_ms": self.opened_ms, "last_ms": self.last_ms, "detections": self.detections,
                 "units": sorted(self.units), "rules": list(self.rules), "acked_by": self.acked_by,
-                "escalate_at_ms": self.escalate_at_ms}
+                "escalate_at_ms": self.escalate_at_ms, "evidence": [e["sha256"] for e in self.evidence]}
 
 
 def transition(inc: Incident, new: str, ts: int, by: str, why: str = "") -> dict[str, Any]:

@@ -157,6 +157,7 @@ class LinkageConfig:
     absorb_s: int = 600  # ... within this long of its last detection joins it instead of opening another
     auto_close_s: int = 1800  # an incident nobody was dispatched to closes after this long without detections
     on_scene_m: int = 50  # a dispatched unit this close to the incident is on scene
+    close_on_evidence: bool = True  # an incident on scene closes when its officer's recorder clip is verified
     origin: str = "(none)"  # the file (or "gateway.toml [linkage]") the rules came from
 
     def tz(self, site: str) -> zoneinfo.ZoneInfo:
@@ -408,6 +409,7 @@ def from_table(d: dict[str, Any], zones: dict[str, Any] | None = None, origin: s
     absorb_s = top.integer("absorb_s", 600, 1, 86400) or 600
     auto_close = top.integer("auto_close_s", 1800, 60, 7 * 86400) or 1800
     on_scene = top.integer("on_scene_m", 50, 5, 2000) or 50
+    close_on_evidence = top.flag("close_on_evidence", True)
     sp = top.sub("speed")
     officer_mps = sp.num("officer_mps", 8.3, 0.5, 60.0)
     drone_mps = sp.num("drone_mps", 12.0, 1.0, 60.0)
@@ -476,7 +478,7 @@ def from_table(d: dict[str, Any], zones: dict[str, Any] | None = None, origin: s
                             road_factor=road_default, site_road_factor=road, min_battery_pct=min_bat,
                             drone_launch_s=launch_s, max_fix_age_s=max_fix_age)
     return LinkageConfig(tuple(rules), contacts, tzname, site_tz, params, absorb_m, absorb_s, auto_close,
-                         on_scene, origin)
+                         on_scene, close_on_evidence, origin)
 
 
 def read_toml(path: Path) -> dict[str, Any]:

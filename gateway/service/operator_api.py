@@ -27,6 +27,9 @@ from lookout.protocols import opapi
 
 NODE_KINDS = ("speaker", "sensor", "camera")
 RECORDER_BUSY = ("recording", "dispatched")  # a recorder's hb ``state`` values that make its officer busy
+# an armed drone in one of these modes (hb ``state``) is free for the gateway to guide: holding or already guided;
+# armed in any other mode it is flying someone else's job (a mission, RTL, landing, a pilot's manual control)
+DRONE_FREE_MODES = ("guided", "loiter", "brake", "poshold", "offboard")
 
 
 class ClipOps(Protocol):
@@ -46,6 +49,8 @@ def device_view(d: Device) -> dict[str, Any]:
         v["officer"] = d.officer
         v["busy"] = d.info.get("state") in RECORDER_BUSY
         v["recording"] = d.info.get("state") == "recording"
+    elif d.kind == "drone":  # for dispatch: free on the ground (the gateway launches it) or holding in the air
+        v["busy"] = bool(d.info.get("armed")) and d.info.get("state") not in DRONE_FREE_MODES
     return v
 
 

@@ -185,6 +185,9 @@ class RecorderService:
         if me is not None:
             evt["mac"] = mac_hex(me.hmac_key, "evt", evt)
         self.publish(topics.topic(self.site, self.gateway_id, "evt"), messages.encode("evt", evt), 1, False)
+        linkage = getattr(self.gw, "linkage", None)
+        if linkage is not None:  # the clip may be an open incident's evidence (and close it)
+            linkage.on_evidence(info)
 
 
 __all__ = ["COMMANDS", "RecorderService", "RecorderTransport"]

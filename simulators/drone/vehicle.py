@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 ``SimVehicle.step(now_s)`` advances simple kinematics: the copter flies toward a target at ``speed`` m/s (climbs
-at 2.5, sinks at 1.5 m/s), drifts with the wind unless it holds position, and drains its battery (4S, faster in
+at ``climb`` 2.5, sinks at ``sink`` 1.5 m/s; to an orbit's circle at ``speed``, round it at the orbit's), drifts with the wind unless it holds position, and drains its battery (4S, faster in
 the air). ``handle(msg, now_s)`` takes one message from a ground station and returns the replies (COMMAND_ACK,
 mission protocol, parameters); ``telemetry(now_s)`` returns the stream messages that are due at their rates.
 
@@ -30,6 +30,7 @@ M_PER_DEG = 111_320.0
 MODES = {"stabilize": 0, "alt_hold": 2, "auto": 3, "guided": 4, "loiter": 5, "rtl": 6, "land": 9, "poshold": 16,
          "brake": 17}
 CLIMB, SINK = 2.5, 1.5  # m/s
+ORBIT_REACH_M = 20.0  # farther than this outside an orbit's circle the copter flies to it at cruise speed
 RTL_ALT = 15.0  # m above home (ArduCopter RTL_ALT default)
 FULL_MV, EMPTY_MV = 16800, 14000  # 4S LiPo
 DEFAULT_RATES = {"HEARTBEAT": 1.0, "GLOBAL_POSITION_INT": 10.0, "SYS_STATUS": 1.0, "BATTERY_STATUS": 0.5,
@@ -50,6 +51,8 @@ class Config:
     drain_ground: float = 0.002  # %/s armed or idle on the ground
     wind_n: float = 0.0  # m/s, drifts the copter while it is not holding a target
     wind_e: float = 0.0
+    climb: float = CLIMB  # m/s up (a demo that compresses time raises it with ``speed``)
+    sink: float = SINK  # m/s down
 
 
 class SimVehicle:
@@ -107,7 +110,7 @@ class SimVehicle:
 
     def _climb(self, alt: float, dt: float) -> None:
         dz = alt - self.alt
-        rate = CLIMB if dz > 0 else SINK
+        rate = self.cfg.climb if dz > 0 else self.cfg.sink
         self.vd = -max(-rate, min(rate, dz / dt)) if dt > 0 else 0.0
 
     # -- physics ---------------------------------------------------------------------------------------------
@@ -138,7 +141,9 @@ class SimVehicle:
             ang += (speed / max(abs(r), 1.0)) * dt * (1 if r > 0 else -1)
             lat = clat + abs(r) * math.cos(ang) / M_PER_DEG
             lon = clon + abs(r) * math.sin(ang) / (M_PER_DEG * math.cos(math.radians(clat)))
-            self._move_to(lat, lon, alt, dt, speed * 2)
+            far = math.hypot((clat - self.lat) * M_PER_DEG,
+                             (clon - self.lon) * M_PER_DEG * math.cos(math.radians(clat))) > abs(r) + ORBIT_REACH_M
+            self._move_to(lat, lon, alt, dt, self.cfg.speed if far else speed * 2)  # to the circle at cruise speed
         elif m == MODES["guided"] and self.target is not None:
             self._move_to(*self.target, dt, self.cfg.speed)
         elif m == MODES["rtl"]:
