@@ -282,7 +282,7 @@ def test_sensor_reports_over_coap_through_the_gateway_bridge(mpy32, mosquitto, g
     from lookout.gateway.links.coap_bridge import CoAPBridge, paho_publisher
 
     ks = KeyStore(tmp_path / "keys.db")
-    key = ks.ensure("sen-05", SITE, "sensor").hmac_key
+    key = ks.ensure("sen-05", SITE, "sensor", meta={"transport": "coap"}).hmac_key  # provisioned for CoAP
     pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="gw-coap")
     up = threading.Event()
     pub.on_connect = lambda *_a: up.set()
