@@ -28,6 +28,7 @@ time explicitly. ``Registry`` adds the table, persistence (SQLite, written in ba
 
 from __future__ import annotations
 
+import bisect
 import json
 import sqlite3
 from collections.abc import Callable, Iterable
@@ -246,6 +247,7 @@ class Registry:
         self._listeners: list[Listener] = []
         self._watchers: list[Callable[[Device], None]] = []
         self._dirty: set[str] = set()
+        self._order: list[str] | None = None  # the ids sorted, for page(); rebuilt after a device was added
         # tick() skips the scan of every device until _due, the earliest deadline it found; each mutator lowers
         # it to the deadline of the device it touched (_track), rebase() resets it. A full scan still runs every
         # FULL_SCAN_MS in case a Device was changed from outside these methods.
@@ -313,6 +315,7 @@ class Registry:
         if dev is None:
             dev = Device(device_id, site, kind or "unknown")
             self.devices[device_id] = dev
+            self._order = None
         elif kind and dev.kind == "unknown":
             dev.kind = kind
         self._dirty.add(device_id)
@@ -325,6 +328,29 @@ class Registry:
                if (kind is None or d.kind == kind) and (site is None or d.site == site)
                and (state is None or d.state == state) and (want is None or d.id in want)]
         return sorted(out, key=lambda d: d.id)
+
+    def page(self, after: str | None, limit: int, kind: str | None = None, site: str | None = None,
+             state: str | None = None) -> tuple[list[Device], bool]:
+        """Up to ``limit`` devices with an id above ``after``, in id order, and whether more follow: the
+        operator's ``devices`` pages. A cursor, not an offset, so a device added during a reading shifts
+        nothing (it is seen if its id is still ahead). The sorted ids are kept between pages: one sort after
+        each addition, not one per page."""
+        order = self._order
+        if order is None:
+            order = self._order = sorted(self.devices)
+        out: list[Device] = []
+        more = False
+        devices = self.devices
+        for i in range(bisect.bisect_right(order, after) if after is not None else 0, len(order)):
+            d = devices.get(order[i])
+            if d is None or (kind is not None and d.kind != kind) or (site is not None and d.site != site) \
+                    or (state is not None and d.state != state):
+                continue
+            if len(out) == limit:
+                more = True
+                break
+            out.append(d)
+        return out, more
 
     def counts(self) -> dict[str, int]:
         c = {s: 0 for s in STATES}

@@ -492,7 +492,13 @@ class Gateway:
         if self.link is None:
             return
         t = topics.topic(self.cfg.site, op_id, "opres")  # op_id came from a parsed topic: valid
-        started = self.link.start_publish(t, opapi.encode_response(resp), qos=1)
+        wire = opapi.encode_response(resp)
+        if len(wire) > opapi.MAX_RESPONSE:  # the client would drop it unread: say so instead (never silent)
+            log.warning("response to %s %s is %d bytes, over the limit", op_id, resp.get("id"), len(wire))
+            wire = opapi.encode_response(opapi.response(
+                resp.get("id"), "internal", error=f"the answer is {len(wire)} bytes, over the operator API's limit "
+                f"{opapi.MAX_RESPONSE}: ask for less (a smaller limit or a narrower filter)"))
+        started = self.link.start_publish(t, wire, qos=1)
         self.journal.drain()
         await self.link.wait_puback(started, t, timeout=10.0)
         self.metrics.messages_out.labels("opres").inc()
