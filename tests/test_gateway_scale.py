@@ -12,7 +12,9 @@ at thousands of devices shows in seconds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import gc
 import json
 import random
 import sqlite3
@@ -30,6 +32,7 @@ from test_gateway_commands import make_cfg, until
 
 from lookout.gateway.admin.keystore import KeyStore
 from lookout.gateway.core.config import RegistryConfig
+from lookout.gateway.core.gcpolicy import GCPolicy
 from lookout.gateway.core.registry import (
     STATES,
     Device,
@@ -254,7 +257,8 @@ def test_the_deadline_heap_agrees_with_a_full_scan():
             d = rnd.choice(ids)
             op = rnd.random()
             if op < 0.1:
-                m = {"online": True, "kind": "speaker", "bdseq": rnd.randrange(3), "fw": "1", "hb_s": rnd.choice((5, 30, 60))}
+                m = {"online": True, "kind": "speaker", "bdseq": rnd.randrange(3), "fw": "1",
+                     "hb_s": rnd.choice((5, 30, 60))}
                 r.birth(d, "s", m, now)
                 on_birth(ref.setdefault(d, Device(d, "s", "speaker")), m, CFG, now)
             elif op < 0.15:
@@ -279,3 +283,40 @@ def test_the_deadline_heap_agrees_with_a_full_scan():
                 assert {i: x.state for i, x in r.devices.items()} == {i: x.state for i, x in ref.items()}
         assert sum(r.counts().values()) == len(r.devices)
         assert r.counts() == {s: sum(1 for x in r.devices.values() if x.state == s) for s in STATES}
+
+
+def test_gc_policy_keeps_long_lived_objects_out_of_full_collections():
+    """Objects alive at a freeze are out of the collector's walk (a full collection's pause grows with what it
+    walks); a site that grew by ``regrow`` is frozen again; stopping the policy gives everything back."""
+    size = [1000]
+    p = GCPolicy(lambda: size[0], regrow=0.2, period_s=3600)
+    keep = [{"i": [i]} for i in range(20_000)]  # long-lived containers, like devices
+    try:
+        gc.collect()
+        walked_before = len(gc.get_objects(generation=2))
+        p.freeze_now()
+        assert gc.get_freeze_count() >= len(keep) and len(gc.get_objects(generation=2)) < walked_before // 10
+        assert not p.due()
+        size[0] = 1150
+        assert not p.due()
+        size[0] = 1400  # +40 %
+        assert p.due() == "grown"
+        more = [{"j": [j]} for j in range(5000)]
+        p.freeze_now(full=False)  # the newcomers join the frozen without a full collection
+        assert gc.get_freeze_count() >= len(keep) + len(more) and p.due() is None
+        p.frozen_at -= 3600
+        assert p.due() == "housekeeping"
+
+        async def briefly() -> None:
+            t = asyncio.get_running_loop().create_task(p.run(check_s=0.01))
+            await asyncio.sleep(0.05)
+            assert p.freezes >= 2 and gc.get_freeze_count() > 0
+            t.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+
+        asyncio.run(briefly())
+        assert gc.get_freeze_count() == 0
+    finally:
+        gc.unfreeze()
+    assert len(keep) == 20_000

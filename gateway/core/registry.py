@@ -438,7 +438,7 @@ class Registry:
     def birth(self, device_id: str, site: str, msg: dict[str, Any], now_ms: int) -> list[Change]:
         dev = self.ensure(device_id, site, msg.get("kind"))
         self._urgent.add(device_id)  # kind, fw, caps, bdseq, period: what a restart must know
-        return self._track(dev, on_birth(dev, msg, self.cfg, now_ms))
+        return self._track(dev, on_birth(dev, msg, self.cfg, now_ms), rearm=True)
 
     def death(self, device_id: str, site: str, msg: dict[str, Any], now_ms: int) -> list[Change]:
         dev = self.ensure(device_id, site)
@@ -446,6 +446,7 @@ class Registry:
 
     def heartbeat(self, device_id: str, site: str, msg: dict[str, Any], now_ms: int) -> list[Change]:
         dev = self.ensure(device_id, site)
+        hb_s = dev.hb_s
         out = effective_hb(dev, msg.get("hb_s"), self.cfg, now_ms)
         if msg.get("fw"):
             dev.fw = msg["fw"]
@@ -453,7 +454,7 @@ class Registry:
         dev.info = {k: msg[k] for k in ("bat_mv", "bat_pct", "rssi", "temp_dc", "heap", "errs", "outbox",
                                          "dropped", "state", "up_s") if k in msg}
         dev.info.update(extensions(msg, dev.info))
-        return self._track(dev, out + on_alive(dev, now_ms, msg.get("seq")))
+        return self._track(dev, out + on_alive(dev, now_ms, msg.get("seq")), dev.hb_s != hb_s)
 
     def location(self, device_id: str, site: str, msg: dict[str, Any], now_ms: int) -> list[Change]:
         dev = self.ensure(device_id, site)
@@ -468,8 +469,9 @@ class Registry:
         if transport and dev.transport != transport:
             dev.transport = transport
             self._urgent.add(device_id)
+        period = dev.hb_s
         out = effective_hb(dev, hb_s, self.cfg, now_ms) if hb_s is not None or dev.hb_s is None else []
-        return self._track(dev, out + on_alive(dev, now_ms, seq, "activity", channel))
+        return self._track(dev, out + on_alive(dev, now_ms, seq, "activity", channel), dev.hb_s != period)
 
     def set_offline(self, device_id: str, now_ms: int, reason: str) -> list[Change]:
         dev = self.devices.get(device_id)
@@ -484,13 +486,16 @@ class Registry:
         self._count(dev)
         self._arm(dev)
 
-    def _track(self, dev: Device, changes: list[Change]) -> list[Change]:
-        for c in changes:
-            if c.old != c.new or c.what in URGENT:
-                self._urgent.add(dev.id)
-                break
-        self._count(dev)
-        self._arm(dev)
+    def _track(self, dev: Device, changes: list[Change], rearm: bool = False) -> list[Change]:
+        """After an input: count and re-arm ``dev`` if it changed (or ``rearm``: its period changed). A plain
+        sign of life only moves its deadline later, which the heap entry it has tolerates (see ``_arm``)."""
+        if changes or rearm or dev.id not in self._queued:
+            for c in changes:
+                if c.old != c.new or c.what in URGENT:
+                    self._urgent.add(dev.id)
+                    break
+            self._count(dev)
+            self._arm(dev)
         for fn in self._watchers:
             fn(dev)
         return self._emit(changes)

@@ -37,6 +37,7 @@ from lookout.gateway.core.clock import now_ms
 from lookout.gateway.core.commands import FLUSH_SLICE, Command, CommandService, check_signature
 from lookout.gateway.core.config import Config
 from lookout.gateway.core.events import Event, EventIntake
+from lookout.gateway.core.gcpolicy import GCPolicy
 from lookout.gateway.core.journal import Journal
 from lookout.gateway.core.metrics import Metrics
 from lookout.gateway.core.registry import Change, Device, Registry
@@ -53,6 +54,7 @@ MAX_OPREQ_PER_OPERATOR = 16  # so one operator's script cannot take every slot f
 PUBACK_TIMEOUT_S = 10.0  # a QoS 1 publish not acknowledged by then counts as failed (the sender retries)
 RETAIN_PER_S = 1000  # retained device states published per second at most (after a reconnect: all, paced)
 RETAIN_SLICE = 100  # ... in slices, the event loop free between them (~2 ms each)
+TOPIC_CACHE = 200_000  # parsed topics remembered (a few per device: the same topics arrive again and again)
 
 
 
@@ -97,6 +99,8 @@ class Gateway:
         self._stop = asyncio.Event()
         self._snapshot_dirty = True
         self._retain: dict[str, None] = {}  # devices whose retained state is to be (re)published, in order
+        self._topics: dict[str, tuple[str, str, str, str | None]] = {}  # topic -> topics.parse(topic), valid ones
+        self._counted_in: dict[str, Any] = {}  # channel -> its messages_in counter
         self._tasks: asyncio.Task[None] | None = None
         self._bg: set[asyncio.Task[Any]] = set()
         self._opreq: dict[str, int] = {}  # operator id -> requests in progress
@@ -152,6 +156,8 @@ class Gateway:
         self.clipstore.on_status = self.clipdist.on_status
         self.commands.add_listener(self.clipdist.on_command)
         self.metrics.bind_loop(asyncio.get_running_loop())  # gauges are read on the loop that owns them
+        self.metrics.watch_gc()
+        self._stack.callback(self.metrics.unwatch_gc)
         self.metrics.bind(self._device_counts, self.commands.depths)
         # linkage (gateway/linkage/): rules -> incidents -> warnings and dispatch, through self.ops.command
         from lookout.gateway.linkage import rules as linkage_rules
@@ -378,12 +384,21 @@ class Gateway:
 
     # -- inputs ----------------------------------------------------------------------------------------------
     def _on_message(self, topic: str, payload: bytes, retained: bool) -> None:
-        try:
-            site, dev, ch, _sub = topics.parse(topic)
-        except TopicError:
-            self.metrics.rejected.labels("topic").inc()
-            return
-        self.metrics.messages_in.labels(ch).inc()
+        parsed = self._topics.get(topic)
+        if parsed is None:
+            try:
+                parsed = topics.parse(topic)
+            except TopicError:
+                self.metrics.rejected.labels("topic").inc()
+                return
+            if len(self._topics) >= TOPIC_CACHE:
+                self._topics.clear()
+            self._topics[topic] = parsed
+        site, dev, ch, _sub = parsed
+        counter = self._counted_in.get(ch)
+        if counter is None:
+            counter = self._counted_in[ch] = self.metrics.messages_in.labels(ch)
+        counter.inc()
         if ch == "opreq":
             self._admit_operator_request(dev, payload)
             return
@@ -620,6 +635,8 @@ async def run(cfg: Config, broker_url: str | None = None,
                 loop.add_signal_handler(sig, gw.stop)
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(signal.SIGHUP, gw.linkage.reload)  # rules again; a bad file keeps the old
+        # long-lived objects out of the collector's way: short full collections whatever the site's size
+        gw.spawn(GCPolicy(lambda: len(gw.registry.devices)).run(), name="gc")
         await gw.serve()
     return 0
 
