@@ -131,17 +131,25 @@ def fleet_process(host: str, port: int, site: str, ids: list[str], conn: Any) ->
     async def main() -> None:
         async with Fleet(host, port, site, ids, conns=max(1, len(ids) // NODES_PER_CONN)) as fleet:
             loop = asyncio.get_running_loop()
+            running: asyncio.Task[None] | None = None
             while True:
                 job = await loop.run_in_executor(None, conn.recv)
-                if job[0] == "births":
+                if job[0] == "births":  # then the nodes send at their rates until "stop", as real ones would
                     await fleet.births()
+                    running = loop.create_task(fleet.run(1e9))
                     conn.send("ok")
-                elif job[0] == "run":
-                    await fleet.run(job[1])
+                elif job[0] == "sent":
                     conn.send(dict(fleet.sent))
-                elif job[0] == "blast":
+                elif job[0] == "blast":  # in place of the steady traffic (every node is in the round robin)
+                    if running is not None:
+                        running.cancel()
                     conn.send(await fleet.blast(job[1]))
+                elif job[0] == "resume":
+                    running = loop.create_task(fleet.run(1e9))
+                    conn.send("ok")
                 else:
+                    if running is not None:
+                        running.cancel()
                     conn.send("bye")
                     return
 
@@ -306,7 +314,12 @@ def run_one(n: int, args: argparse.Namespace) -> dict[str, Any]:
                 raise RuntimeError(f"only {online} of {want} devices online after 300 s")
             time.sleep(0.5)
         res["births_s"] = round(time.monotonic() - t_birth, 1)
-        time.sleep(2)  # the births' journal entries and retained states settle
+        # the births' retained states go out at 1,000 a second (a paced republish, as after every reconnect): the
+        # steady phase starts once they are out, so that it measures the steady state
+        while scrape(mport).get('lookout_queue_depth{queue="registry_retain"}', 0) > 0:
+            time.sleep(0.5)
+        time.sleep(2)
+        res["settled_s"] = round(time.monotonic() - t_birth, 1)
 
         # -- steady phase
         frames = None
@@ -314,9 +327,10 @@ def run_one(n: int, args: argparse.Namespace) -> dict[str, Any]:
             import mavlink_bridge
 
             frames = mavlink_bridge.make_frames(args.drones, 50, args.seconds + 2, dkeys, now_10us())
+        fl.send(("sent",))
+        sent0 = fl.recv()
         m0, cpu0, io0, db0, t0 = scrape(mport), proc_cpu_s(gw.pid), proc_io(gw.pid), db_bytes(data), time.monotonic()
         wrong0 = wrong(m0)
-        fl.send(("run", args.seconds))
         op.send(("commands", args.seconds, args.commands_per_s))
         if frames is not None:
             dp, dp_child = ctx.Pipe()
@@ -334,8 +348,8 @@ def run_one(n: int, args: argparse.Namespace) -> dict[str, Any]:
                     q = k.split('"')[1]
                     depth[q] = max(depth.get(q, 0), v)
             rss_max = max(rss_max, proc_rss_mb(gw.pid))
-        sent = fl.recv()
-        time.sleep(0.5)  # what is in flight
+        fl.send(("sent",))
+        sent1 = fl.recv()
         m1, cpu1, io1, db1, t1 = scrape(mport), proc_cpu_s(gw.pid), proc_io(gw.pid), db_bytes(data), time.monotonic()
         lat, failed, (code, listed, unique, took) = op.recv()
         if frames is not None:
@@ -343,13 +357,14 @@ def run_one(n: int, args: argparse.Namespace) -> dict[str, Any]:
         window = t1 - t0
         ingested = msgs_in(m1) - msgs_in(m0)
         res.update({
-            "offered_msg_per_s": round((sent["hb"] + sent["loc"]) / window),
+            "offered_msg_per_s": round((sent1["hb"] + sent1["loc"] - sent0["hb"] - sent0["loc"]) / window),
             "ingest_msg_per_s": round(ingested / window), "gateway_cpu_pct": round(100 * (cpu1 - cpu0) / window, 1),
             "cpu_us_per_msg": round(1e6 * (cpu1 - cpu0) / ingested, 1) if ingested else None,
             "rss_mb": round(rss_max, 1),
             "disk_bytes_per_msg": round((io1["write_bytes"] - io0["write_bytes"]) / ingested, 1) if ingested else None,
             "wchar_bytes_per_msg": round((io1["wchar"] - io0["wchar"]) / ingested, 1) if ingested else None,
             "cmd_p50_ms": pct(lat, 50), "cmd_p99_ms": pct(lat, 99), "cmd_max_ms": pct(lat, 100),
+            "cmd_slowest_ms": sorted(round(x, 1) for x in lat)[-5:],
             "commands": len(lat), "commands_failed": failed, "queue_depth_max": depth,
             "journal_mb_per_day": round((db1.get("journal.db", 0) - db0.get("journal.db", 0)) / window * 86400 / 2**20,
                                         1),
@@ -384,6 +399,7 @@ def run_one(n: int, args: argparse.Namespace) -> dict[str, Any]:
         f2.recv()
         bare_n, bare_s = bl.recv()
         f2.send(("stop",))
+        f2.recv()
         res["bare_msg_per_s"] = round(bare_n / bare_s) if bare_s > 0 else None
 
         base = msgs_in(scrape(mport))
@@ -398,6 +414,8 @@ def run_one(n: int, args: argparse.Namespace) -> dict[str, Any]:
                 last, last_t = c, time.monotonic()
             elif time.monotonic() - last_t > 3 or c - base >= args.blast:
                 break
+        fl.recv()
+        fl.send(("resume",))
         fl.recv()
         got = last - base
         res["saturated_cpu_us_per_msg"] = round(1e6 * (proc_cpu_s(gw.pid) - cpu_b) / got, 1) if got else None

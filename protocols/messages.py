@@ -136,7 +136,11 @@ def _fields(kind):
         fs = []
         for s in spec.split():
             f, t, a, b = (s + ",,").split(",")[:4]
-            fs.append((f, t.lower(), a, b, t < "a"))
+            lt = t.lower()
+            # the range of an integer or time field, for validate's fast path (what _check's else-branch uses)
+            lo, hi = (int(a or 0), int(b or 2147483647)) if lt == "i" else (MS_MIN, MS_MAX) if lt == "t" \
+                else (None, None)
+            fs.append((f, lt, a, b, t < "a", lo, hi))
         r = _FIELDS[kind] = (tuple(fs), {x[0]: None for x in fs})
     return r
 
@@ -147,10 +151,11 @@ def validate(kind, obj, err=MessageError):
     if not isinstance(obj, dict):
         raise err("%s message must be a JSON object, got %s" % (kind, type(obj).__name__))
     try:
-        for f, t, a, b, required in fields:
+        for f, t, a, b, required, lo, hi in fields:
             v = obj.get(f)
             if v is not None:
-                _check(v, t, a, b, f)
+                if lo is None or type(v) is not int or not lo <= v <= hi:  # not an in-range int: the full check
+                    _check(v, t, a, b, f)
             elif required:
                 raise MessageError("required field missing from %s message" % kind, field=f)
         for k in obj:
