@@ -29,8 +29,8 @@ their birth at the end (every one kept sending, so a state change on the way is 
 stream ends with the steady phase).
 
 Last line: JSON with ``max_nodes_p99_under_1s`` (the largest N whose command p99 stayed under 1 s with nothing
-wrongly offline and every device listed), ``ingest_ratio_min``, ``disk_bytes_per_msg`` (the largest over N) and the
-table per N; also written to ``--out``. ``--profile N`` runs that N's gateway under cProfile and writes the top
+wrongly offline and every device listed), ``ingest_ratio_min``, ``disk_bytes_per_msg`` (at 10,000 nodes, the issue's
+target; each row has its own) and the table per N; also written to ``--out``. ``--profile N`` runs that N's gateway under cProfile and writes the top
 functions (cumulative and own time) to bench/results/load_profile_<N>.txt.
 """
 
@@ -120,7 +120,19 @@ def gc_full(m: dict[str, float]) -> tuple[int, float, float | None]:
 
 
 def db_bytes(data: Path) -> dict[str, int]:
-    return {p.name: p.stat().st_size for p in data.glob("*.db*")}
+    """Each store's size as SQLite sees it (pages in use, the WAL's included), read-only beside the gateway."""
+    import sqlite3
+
+    out = {}
+    for p in sorted(data.glob("*.db")):
+        db = sqlite3.connect(f"file:{p}?mode=ro", uri=True, timeout=5)
+        try:
+            out[p.name] = db.execute("PRAGMA page_count").fetchone()[0] * db.execute("PRAGMA page_size").fetchone()[0]
+            if p.name == "journal.db":
+                out["journal_entries"] = db.execute("SELECT count(*) FROM journal").fetchone()[0]
+        finally:
+            db.close()
+    return out
 
 
 # -- the fleet, the bare subscriber, the operator: processes --------------------------------------------------------
@@ -366,10 +378,13 @@ def run_one(n: int, args: argparse.Namespace) -> dict[str, Any]:
             "cmd_p50_ms": pct(lat, 50), "cmd_p99_ms": pct(lat, 99), "cmd_max_ms": pct(lat, 100),
             "cmd_slowest_ms": sorted(round(x, 1) for x in lat)[-5:],
             "commands": len(lat), "commands_failed": failed, "queue_depth_max": depth,
-            "journal_mb_per_day": round((db1.get("journal.db", 0) - db0.get("journal.db", 0)) / window * 86400 / 2**20,
-                                        1),
+            "disk_kb_per_s": round((io1["write_bytes"] - io0["write_bytes"]) / window / 1024, 1),
+            "journal_entries_per_day": round((db1["journal_entries"] - db0["journal_entries"]) / window * 86400),
+            "journal_mb_per_day": round((db1["journal_entries"] - db0["journal_entries"]) / window * 86400
+                                        * db1["journal.db"] / max(1, db1["journal_entries"]) / 2**20, 1),
             "db_mb_per_day": round((sum(v for k, v in db1.items() if k.endswith(".db"))
                                     - sum(v for k, v in db0.items() if k.endswith(".db"))) / window * 86400 / 2**20, 1),
+            "db_mb": round(sum(v for k, v in db1.items() if k.endswith(".db")) / 2**20, 1),
             "gc_full": gc_full(m1)[0] - gc_full(m0)[0],
             "gc_full_mean_ms": round(1000 * (gc_full(m1)[1] - gc_full(m0)[1]) / max(1, gc_full(m1)[0] - gc_full(m0)[0]),
                                      1),
@@ -489,9 +504,12 @@ def main() -> int:
     ok = [r["nodes"] for r in rows if r["cmd_p99_ms"] is not None and r["cmd_p99_ms"] < 1000
           and r["offline_wrong"] == 0 and r["devices_in_full"]]
     ratios = [r["ingest_ratio"] for r in rows if r.get("ingest_ratio") is not None]
-    disk = [r["disk_bytes_per_msg"] for r in rows if r.get("disk_bytes_per_msg") is not None]
+    # the issue's disk target is per message at 10,000 nodes; at 1,000 the bench's own commands (5 a second, each
+    # ~50 KB of journal and command-store pages) outweigh 230 messages a second, so that row says little
+    at = next((r for r in rows if r["nodes"] == 10000), max(rows, key=lambda r: r["nodes"]))
     res = {"max_nodes_p99_under_1s": max(ok) if ok else 0, "ingest_ratio_min": min(ratios) if ratios else None,
-           "disk_bytes_per_msg": max(disk) if disk else None,
+           "disk_bytes_per_msg": at.get("disk_bytes_per_msg"), "disk_bytes_per_msg_at_nodes": at["nodes"],
+           "cmd_p99_ms_max": max((r["cmd_p99_ms"] or 0) for r in rows),
            "targets": {"cmd_p99_ms": 250, "ingest_ratio_min": 0.5, "disk_bytes_per_msg": 512},
            "rows": rows, "seconds": args.seconds, "blast": args.blast, "commands_per_s": args.commands_per_s,
            "cpus": os.cpu_count(), "python": platform.python_version(), "load_avg_at_end": os.getloadavg(),
