@@ -238,6 +238,7 @@ def operator_process(url: str, token: str, keys: dict[str, bytes], conn: Any) ->
                 if job[0] == "commands":
                     seconds, per_s = job[1], job[2]
                     out: list[float] = []
+                    at: list[float] = []  # when each was sent, seconds into the steady phase
                     failed = 0
                     t0 = time.monotonic()
                     i = 0
@@ -262,10 +263,12 @@ def operator_process(url: str, token: str, keys: dict[str, bytes], conn: Any) ->
                         except (TimeoutError, MQTTError):  # past the ceiling: a failure at its full wait, not a crash
                             failed += 1
                         out.append((time.perf_counter() - t) * 1000)
+                        at.append(round(time.monotonic() - t0, 1))
                         i += 1
                         await asyncio.sleep(max(0.0, t0 + i / per_s - time.monotonic()))
                     code, devs, took = await mid
-                    conn.send((out, failed, (code, len(devs), len({d["id"] for d in devs}), took)))
+                    slow = sorted(zip(out, at))[-5:]
+                    conn.send((out, failed, (code, len(devs), len({d["id"] for d in devs}), took), slow))
                 elif job[0] == "devices":
                     r = await all_devices(cl, {}, 60)
                     conn.send([(d["id"], d["kind"], d["state"], d["reason"]) for d in r["data"]["devices"]])
@@ -384,7 +387,7 @@ def run_one(n: int, args: argparse.Namespace) -> dict[str, Any]:
         fl.send(("sent",))
         sent1 = fl.recv()
         m1, cpu1, io1, db1, t1 = scrape(mport), proc_cpu_s(gw.pid), proc_io(gw.pid), db_bytes(data), time.monotonic()
-        lat, failed, (code, listed, unique, took) = op.recv()
+        lat, failed, (code, listed, unique, took), slow = op.recv()
         if frames is not None:
             dp.recv()
         window = t1 - t0
@@ -397,7 +400,7 @@ def run_one(n: int, args: argparse.Namespace) -> dict[str, Any]:
             "disk_bytes_per_msg": round((io1["write_bytes"] - io0["write_bytes"]) / ingested, 1) if ingested else None,
             "wchar_bytes_per_msg": round((io1["wchar"] - io0["wchar"]) / ingested, 1) if ingested else None,
             "cmd_p50_ms": pct(lat, 50), "cmd_p99_ms": pct(lat, 99), "cmd_max_ms": pct(lat, 100),
-            "cmd_slowest_ms": sorted(round(x, 1) for x in lat)[-5:],
+            "cmd_slowest_ms_at_s": [(round(ms, 1), t) for ms, t in slow],  # (latency, seconds into the phase)
             "commands": len(lat), "commands_failed": failed, "queue_depth_max": depth,
             "disk_kb_per_s": round((io1["write_bytes"] - io0["write_bytes"]) / window / 1024, 1),
             "journal_entries_per_day": round((db1["journal_entries"] - db0["journal_entries"]) / window * 86400),
