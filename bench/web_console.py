@@ -57,7 +57,7 @@ def add_devices(world: ConsoleWorld, n: int, prefix: str) -> None:
 def remove_devices(world: ConsoleWorld, prefix: str) -> None:
     def go() -> None:
         for d in [d for d in world.gw.registry.devices if d.startswith(prefix)]:
-            world.gw.registry.devices.pop(d)
+            world.gw.registry.remove(d)
     world.call(go)
 
 

@@ -28,6 +28,13 @@ MAX_CLIP_PUT_REQUEST = 12288
 CLIP_PUT_MAX_DATA = 8192  # raw bytes per clip_put piece
 CLIP_PUT_MAX_SIZE = 2 * 1024 * 1024  # = defaults.CLIP_MAX_SIZE_NODE: a clip no loudspeaker could store is refused
 MAX_RESPONSE = 262144
+# ``devices`` answers in pages (id order, ``after`` = the last id of the previous page): at ~400 bytes a device, one
+# response of a whole site passed MAX_RESPONSE at ~640 devices and the client dropped it. A page of ``devices`` or
+# ``journal`` holds at most ``limit`` items and at most PAGE_SHARE sixteenths of MAX_RESPONSE of JSON (the rest
+# is envelope slack); the gateway cuts it shorter and says ``more``.
+DEVICES_PAGE = 500
+DEVICES_PAGE_MAX = 5000
+PAGE_SHARE = 15
 
 OPS = ("devices", "broadcast", "stop", "command", "locate", "journal", "clips", "status", "clip_put",
        "incidents", "incident", "coverage")  # the last three: linkage (gateway/linkage/)
@@ -144,6 +151,8 @@ def validate_args(op, a):
         _enum(a, "kind", ("speaker", "sensor", "camera", "drone", "recorder", "gateway"))
         _id(a, "site", False)
         _enum(a, "state", DEVICE_STATES)
+        _id(a, "after", False)
+        _int(a, "limit", 1, DEVICES_PAGE_MAX, DEVICES_PAGE)
     elif op == "broadcast":
         _id(a, "to")
         _id(a, "clip", True, ".")
@@ -303,6 +312,11 @@ def response(req_id, code, data=None, error=None):
     if error:
         r["error"] = error
     return r
+
+
+def page_bytes():
+    """The JSON budget of the items of one page (read at call time: tests lower MAX_RESPONSE)."""
+    return MAX_RESPONSE * PAGE_SHARE // 16
 
 
 def encode_response(resp):

@@ -139,3 +139,30 @@ def test_operators_keep_several_sessions_and_devices_stay_off_their_listener(bro
     finally:
         for cl in (one, two, gw):
             cl.close()
+
+
+def test_the_gateway_receives_every_retained_birth_of_a_large_site(broker):
+    """A gateway that (re)subscribes is sent every device's retained ``state`` at once: one message per device,
+    all queued for that one client. Mosquitto drops what exceeds ``max_queued_messages`` (it was 1000): the
+    gateway of a larger site missed most births after every restart (issue 17, found at scale)."""
+    s = broker
+    n = 1500
+    pub = Client(s.op_port, "gw-1", s.gw, client_id="gw-1-pub")
+    gw = Client(s.op_port, "gw-1", s.gw, client_id="gw-1")
+    try:
+        assert pub.connect()
+        infos = [pub.c.publish(f"lookout/v1/dongshan/gps-{i:05d}/state", b'{"online":true}', qos=1, retain=True)
+                 for i in range(n)]
+        for info in infos:
+            info.wait_for_publish(WAIT)
+        assert gw.connect() and gw.subscribe("lookout/v1/dongshan/+/state") == [1]
+        got = set()
+        while len(got) < n:
+            topic, _payload = gw.msgs.get(timeout=WAIT)
+            got.add(topic)
+        assert len(got) == n
+    finally:
+        for i in range(n):  # leave the module's broker as it was
+            pub.c.publish(f"lookout/v1/dongshan/gps-{i:05d}/state", b"", qos=1, retain=True)
+        pub.close()
+        gw.close()

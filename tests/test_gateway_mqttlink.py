@@ -222,3 +222,39 @@ async def test_subscribed_waits_for_suback_and_keeps_refusals(mosquitto, caplog)
             assert any("refused the subscription to t/ok (SUBACK 0x80)" in r.getMessage() for r in caplog.records)
         finally:
             mosquitto.proc.send_signal(18)  # SIGCONT
+
+
+@aio
+async def test_a_backlog_is_read_in_batches_not_one_loop_pass_per_message(mosquitto):
+    """While the loop was busy, 400 messages piled up in the socket: they are read in a few readable events
+    (``READ_BATCH`` packets each at most), not 400 passes of the event loop (paho reads one packet per call)."""
+    import time
+
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from lookout.gateway.links.mqtt import READ_BATCH
+
+    q, h = collector()
+    async with MQTTLink(mosquitto.url, "t-batch") as b:
+        b.subscribe("t/burst", h, 0)
+        await b.subscribed(WAIT)
+        calls = []
+        real = b._readable
+        b._readable = lambda: calls.append(1) or real()  # type: ignore[method-assign]
+        asyncio.get_running_loop().remove_reader(b._fd)
+        asyncio.get_running_loop().add_reader(b._fd, b._readable)
+        pub = paho.Client(CallbackAPIVersion.VERSION2, client_id="t-burst-pub")
+        pub.connect(mosquitto.host, mosquitto.port)
+        pub.loop_start()
+        try:
+            infos = [pub.publish("t/burst", b"%d" % i, 0) for i in range(400)]
+            for info in infos:
+                info.wait_for_publish(WAIT)
+            time.sleep(0.3)  # the loop is held: everything reaches the socket before it reads
+            got = [(await asyncio.wait_for(q.get(), WAIT))[1] for _ in range(400)]
+        finally:
+            pub.loop_stop()
+            pub.disconnect()
+        assert got == [b"%d" % i for i in range(400)]
+        assert len(calls) <= 400 // READ_BATCH + 3, len(calls)

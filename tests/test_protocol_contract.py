@@ -31,7 +31,7 @@ from lookout.gateway.admin.keystore import KeyStore
 from lookout.gateway.admin.provision import provision_device, provision_gateway, provision_operator
 from lookout.gateway.cli import common as cli_common
 from lookout.gateway.core.config import RegistryConfig
-from lookout.gateway.core.registry import Device, on_alive, on_birth, on_death
+from lookout.gateway.core.registry import STATES, Device, on_alive, on_birth, on_death
 from lookout.gateway.links.opclient import OperatorClient
 from lookout.gateway.service.app import Gateway
 from lookout.gateway.service.operator_api import device_view
@@ -281,10 +281,13 @@ async def test_gateway_handles_each_uplink_as_documented(mosquitto, tmp_path):
     def on_message(cl, u, m):  # noqa: ANN001 - paho's callback
         if m.topic.endswith("/registry") and m.payload:
             got["registry"] = json.loads(m.payload)
+        elif "/registry/" in m.topic and m.payload:
+            got.setdefault("states", {})[m.topic.rsplit("/", 1)[1]] = json.loads(m.payload)
+        if "registry" in got and "cam-02" in got.get("states", {}):
             seen.set()
 
     c.on_message = on_message
-    c.on_connect = lambda cl, u, f, rc, p: cl.subscribe("lookout/v1/dongshan/gw-1/registry", 1)
+    c.on_connect = lambda cl, u, f, rc, p: cl.subscribe("lookout/v1/dongshan/gw-1/registry/#", 1)
     c.connect(mosquitto.host, mosquitto.port)
     c.loop_start()
     try:
@@ -312,8 +315,11 @@ async def test_gateway_handles_each_uplink_as_documented(mosquitto, tmp_path):
             assert not [e for e in new if e.kind not in ("alert", "security", "state")], new  # invalid: none
             await until(seen.is_set, 10, "registry snapshot")
             snap = got["registry"]
-            assert set(snap) == {"ts", "gateway", "site", "devices"} and snap["gateway"] == "gw-1"
-            assert all(set(d) <= documented_device_fields() for d in snap["devices"])
+            assert set(snap) == {"ts", "gateway", "site", "devices", "states"} and snap["gateway"] == "gw-1"
+            assert snap["devices"] == len(gw.registry.devices) and set(snap["states"]) == set(STATES)
+            states = got["states"]
+            assert all(set(d) <= documented_device_fields() and d["id"] == i for i, d in states.items())
+            assert states["cam-02"]["state"] == "online"
     finally:
         c.loop_stop()
         c.disconnect()

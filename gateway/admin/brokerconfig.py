@@ -42,7 +42,11 @@ from lookout.protocols.topics import ROOT
 PW_SALT_LEN = 12  # mosquitto src/password_mosq.c SALT_LEN
 PW_ITERATIONS = 1000  # mosquitto_passwd's default is 101; logins here carry 256-bit random passwords anyway
 MAX_PACKET_SIZE = 262144  # bytes; bounds every publish before the broker buffers it (clip chunks are far smaller)
-MAX_QUEUED = 1000  # per-client queue while offline (QoS 1); the gateway's own outbox is the durable copy
+# per-client queue (QoS 1), offline or behind; the gateway's own outbox is the durable copy. It must hold a whole
+# site's retained states at once: a gateway that (re)subscribes is sent every device's retained birth together, and
+# at 1000 Mosquitto dropped the rest (a 5,000-node site came back with 1,045 births, issue 17). Room for 20,000
+# devices and their traffic; what a queue holds is the small message references, the payloads are shared.
+MAX_QUEUED = 100_000
 
 TLS_PORT, OP_TLS_PORT = 8883, 8884  # nodes (8883 is MQTT over TLS's registered port); gateway and operators
 PLAIN_PORT, OP_PLAIN_PORT = 1883, 1884  # only when asked for (``--plain``)

@@ -65,7 +65,7 @@ def fail(args: argparse.Namespace, code: str, msg: str, exit_code: int) -> int:
 
 # codes of the error document for failures on the operator's side (never sent by a gateway), with their exit code
 LOCAL_CODES = {"bad_request": EXIT_USAGE, "unauthorized": EXIT_USAGE, "unreachable": EXIT_USAGE,
-               "broker": EXIT_FAILED, "timeout": EXIT_FAILED}
+               "broker": EXIT_FAILED, "timeout": EXIT_FAILED, "bad_response": EXIT_FAILED}
 
 
 def answer(args: argparse.Namespace, r: dict[str, Any]) -> int | None:
@@ -85,6 +85,7 @@ def call(args: argparse.Namespace, fn: Callable[[], Coroutine[Any, Any, int]]) -
     """Run an async operator action with uniform error handling: one clear line (and with ``--json`` one error
     document) per failure, exit 2 for what the operator must fix (arguments, login, address)."""
     from lookout.gateway.links.mqtt import MQTTError, MQTTRefused, MQTTUnreachable
+    from lookout.gateway.links.opclient import ResponseError
     from lookout.protocols.opapi import OpAPIError
 
     try:
@@ -103,6 +104,8 @@ def call(args: argparse.Namespace, fn: Callable[[], Coroutine[Any, Any, int]]) -
                     + (" and LOOKOUT_CA (--ca)" if "TLS" in str(e) else ""), EXIT_USAGE)
     except MQTTError as e:
         return fail(args, "broker", f"broker: {e}", EXIT_FAILED)
+    except ResponseError as e:
+        return fail(args, "bad_response", str(e), EXIT_FAILED)
     except TimeoutError:
         return fail(args, "timeout", f"no answer from the gateway within {args.timeout:g} s "
                     "(is it running for this site?)", EXIT_FAILED)

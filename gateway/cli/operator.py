@@ -56,10 +56,36 @@ def device_table(devs: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+MAX_PAGES = 10_000  # a reading of more pages than this is a gateway bug, not a site (5 million devices)
+
+
+async def all_devices(cl: Any, a: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """Every page of ``devices`` (docs/PROTOCOL.md §9: id order, ``after`` = the previous page's ``next``) as
+    one response: the last page's, carrying every device and ``more: false``; or the first answer that is not
+    ``ok``, as it came."""
+    devs: list[dict[str, Any]] = []
+    after = None
+    for _ in range(MAX_PAGES):
+        r: dict[str, Any] = await cl.request("devices", a if after is None else {**a, "after": after},
+                                             timeout=timeout)
+        if r.get("code") != "ok":
+            return r
+        d = r["data"]
+        devs += d["devices"]
+        nxt = d.get("next")
+        if not d.get("more") or not isinstance(nxt, str) or (after is not None and nxt <= after):
+            return {**r, "data": {**d, "devices": devs, "more": False, "next": None}}
+        after = nxt
+    raise RuntimeError(f"devices: more than {MAX_PAGES} pages")
+
+
 def cmd_devices(args: argparse.Namespace) -> int:
+    from lookout.gateway.links.opclient import OperatorClient
+
     async def go() -> int:
         a = {k: v for k, v in (("kind", args.kind), ("site", args.filter_site), ("state", args.state)) if v}
-        r = await one(args, "devices", a)
+        async with OperatorClient(**conn(args)) as cl:
+            r = await all_devices(cl, a, args.timeout)
         done = answer(args, r)
         if done is not None:
             return done
@@ -75,7 +101,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
         async with OperatorClient(**conn(args)) as cl:
             n = 0
             while args.count == 0 or n < args.count:
-                r = await cl.request("devices", {}, timeout=args.timeout)
+                r = await all_devices(cl, {}, args.timeout)
                 if r["code"] != "ok":
                     print(f"{r['code']}: {r.get('error')}", file=sys.stderr)
                     return CODE_EXIT.get(r["code"], EXIT_FAILED)

@@ -28,6 +28,8 @@ time explicitly. ``Registry`` adds the table, persistence (SQLite, written in ba
 
 from __future__ import annotations
 
+import bisect
+import heapq
 import json
 import sqlite3
 from collections.abc import Callable, Iterable
@@ -39,7 +41,6 @@ from lookout.gateway.core import walstore
 from lookout.gateway.core.config import RegistryConfig
 
 STATES = ("unknown", "online", "stale", "offline")
-FULL_SCAN_MS = 10_000  # tick() looks at every device at least this often, whatever the earliest deadline says
 LIVE = ("online", "stale")
 
 
@@ -239,21 +240,42 @@ def next_due(dev: Device, cfg: RegistryConfig) -> int | None:
 
 Listener = Callable[[Change], None]
 
+LAZY_WRITE_MS = 300_000  # heartbeat-only changes reach registry.db at least this often (and at shutdown)
+TICK_BATCH = 2000  # deadlines handled per tick() at most; the rest wait one tick (a mass outage is spread out)
+URGENT = ("rebirth", "interval_clamped", "bdseq_stale")  # observations written at the next flush, like transitions
+
 
 class Registry:
-    """The device table with persistence. Methods return the changes they caused and tell listeners."""
+    """The device table with persistence. Methods return the changes they caused and tell listeners.
 
-    def __init__(self, cfg: RegistryConfig, path: str | Path | None = None):
+    Costs per input are independent of the number of devices (issue 17: at 5,000-20,000 devices the per-second
+    flush and the liveness scan were O(N) and set the tail latency):
+
+    - deadlines sit in a heap of ``(due_ms, id)`` with at most one live entry per device (``_queued``); an input
+      that moves a deadline later leaves the entry alone, and ``tick`` re-checks an entry when it comes due
+      (on time: re-armed at the real deadline), so a steady site costs one pop and push per device per period;
+    - counts by (kind, state) are kept as devices change (``_count``), for metrics and the snapshot summary;
+    - writes are split by what a crash may lose (docs/GATEWAY.md "Storage and durability"): a new device, a
+      birth, a death and every state change are *urgent* (written at the next ``flush``, every second); a
+      heartbeat or location only makes a device *lazy*, written by a sweep in id order every ``lazy_ms``
+      (5 minutes) and at ``close``. Rewriting every touched row each second wrote ~9 KB per message ingested.
+    """
+
+    def __init__(self, cfg: RegistryConfig, path: str | Path | None = None, lazy_ms: int = LAZY_WRITE_MS):
         self.cfg = cfg
+        self.lazy_ms = lazy_ms
         self.devices: dict[str, Device] = {}
         self._listeners: list[Listener] = []
         self._watchers: list[Callable[[Device], None]] = []
-        self._dirty: set[str] = set()
-        # tick() skips the scan of every device until _due, the earliest deadline it found; each mutator lowers
-        # it to the deadline of the device it touched (_track), rebase() resets it. A full scan still runs every
-        # FULL_SCAN_MS in case a Device was changed from outside these methods.
-        self._due = 0
-        self._scanned_ms = 0
+        self._urgent: set[str] = set()
+        self._lazy: set[str] = set()
+        self._sweep: list[str] = []  # lazy ids being written, sorted (neighbouring rows share pages)
+        self._lazy_due: int | None = None
+        self._order: list[str] | None = None  # the ids sorted, for page(); rebuilt after a device was added
+        self._heap: list[tuple[int, str]] = []
+        self._queued: dict[str, int] = {}  # id -> due of its live heap entry
+        self._tally: dict[tuple[str, str], int] = {}  # (kind, state) -> devices
+        self._counted: dict[str, tuple[str, str]] = {}  # id -> the (kind, state) it is counted under
         self._db: sqlite3.Connection | None = None
         self._checkpointer: walstore.Checkpointer | None = None
         if path is not None:
@@ -263,9 +285,13 @@ class Registry:
             self._db.execute("CREATE TABLE IF NOT EXISTS devices (id TEXT PRIMARY KEY, doc TEXT NOT NULL)")
             for did, doc in self._db.execute("SELECT id, doc FROM devices"):
                 try:
-                    self.devices[did] = Device.from_dict(json.loads(doc))
+                    dev = Device.from_dict(json.loads(doc))
                 except (ValueError, TypeError):
                     continue
+                dev.seqs = {}  # written lazily, so possibly behind: gaps are counted while the gateway listens
+                self.devices[did] = dev
+                self._count(dev)
+                self._arm(dev)
 
     def close(self) -> None:
         self.flush()
@@ -290,22 +316,44 @@ class Registry:
                 fn(c)
         return changes
 
-    def flush(self, limit: int | None = None) -> int:
-        """Write changed devices to SQLite (called every second by the service and at shutdown); at most
-        ``limit`` of them (the service writes in slices and yields between them, so that ~250 devices touched
-        in a second are not one multi-millisecond stall of the event loop). Returns how many were written."""
-        if self._db is None or not self._dirty:
-            self._dirty.clear()
+    def flush(self, limit: int | None = None, now_ms: int | None = None) -> int:
+        """Write devices to SQLite, at most ``limit`` rows (the service writes in slices and yields between
+        them, so a sweep of thousands of rows is no stall of the event loop); returns how many were written.
+        Urgent rows first; the lazy ones when ``now_ms`` reaches the next sweep, or all of them when ``now_ms``
+        is None (shutdown)."""
+        if self._db is None:
+            self._urgent.clear()
+            self._lazy.clear()
+            self._sweep = []
             return 0
-        if limit is None or limit >= len(self._dirty):
-            ids, self._dirty = self._dirty, set()
-        else:
-            ids = {self._dirty.pop() for _ in range(limit)}
-        rows = [(d, json.dumps(self.devices[d].to_dict())) for d in ids if d in self.devices]
+        if now_ms is None or self._lazy_due is None or now_ms >= self._lazy_due:
+            if now_ms is not None:
+                sweep_now = self._lazy_due is not None
+                self._lazy_due = now_ms + self.lazy_ms
+            else:
+                sweep_now = True
+            if sweep_now and self._lazy:
+                self._sweep = sorted(self._lazy.union(self._sweep), reverse=True)  # popped from the end
+                self._lazy = set()
+        room = len(self._urgent) + len(self._sweep) if limit is None else limit
+        ids: list[str] = []
+        while self._urgent and len(ids) < room:
+            ids.append(self._urgent.pop())
+        while self._sweep and len(ids) < room:
+            ids.append(self._sweep.pop())
+        if not ids:
+            return 0
+        ids.sort()
+        devices = self.devices
+        rows = [(d, json.dumps(devices[d].to_dict(), separators=(",", ":"))) for d in ids if d in devices]
         self._db.execute("BEGIN")
         self._db.executemany("INSERT OR REPLACE INTO devices (id, doc) VALUES (?, ?)", rows)
         self._db.execute("COMMIT")
         return len(ids)
+
+    def pending_writes(self) -> int:
+        """Devices with changes not yet in registry.db (metrics: a bounded queue, at most one entry a device)."""
+        return len(self._urgent) + len(self._lazy) + len(self._sweep)
 
     # -- lookups ---------------------------------------------------------------------------------------------
     def get(self, device_id: str) -> Device | None:
@@ -316,9 +364,26 @@ class Registry:
         if dev is None:
             dev = Device(device_id, site, kind or "unknown")
             self.devices[device_id] = dev
-        elif kind and dev.kind == "unknown":
-            dev.kind = kind
-        self._dirty.add(device_id)
+            self._order = None
+            self._urgent.add(device_id)
+            self._count(dev)
+        else:
+            if kind and dev.kind == "unknown":
+                dev.kind = kind
+                self._urgent.add(device_id)
+                self._count(dev)
+            self._lazy.add(device_id)
+        return dev
+
+    def remove(self, device_id: str) -> Device | None:
+        """Forget a device (tests and benches that add and take away devices); not persisted."""
+        dev = self.devices.pop(device_id, None)
+        if dev is not None:
+            key = self._counted.pop(device_id, None)
+            if key is not None:
+                self._tally[key] -= 1
+            self._queued.pop(device_id, None)
+            self._order = None
         return dev
 
     def select(self, kind: str | None = None, site: str | None = None, state: str | None = None,
@@ -329,16 +394,54 @@ class Registry:
                and (state is None or d.state == state) and (want is None or d.id in want)]
         return sorted(out, key=lambda d: d.id)
 
+    def page(self, after: str | None, limit: int, kind: str | None = None, site: str | None = None,
+             state: str | None = None) -> tuple[list[Device], bool]:
+        """Up to ``limit`` devices with an id above ``after``, in id order, and whether more follow: the
+        operator's ``devices`` pages. A cursor, not an offset, so a device added during a reading shifts
+        nothing (it is seen if its id is still ahead). The sorted ids are kept between pages: one sort after
+        each addition, not one per page."""
+        order = self._order
+        if order is None:
+            order = self._order = sorted(self.devices)
+        out: list[Device] = []
+        more = False
+        devices = self.devices
+        for i in range(bisect.bisect_right(order, after) if after is not None else 0, len(order)):
+            d = devices.get(order[i])
+            if d is None or (kind is not None and d.kind != kind) or (site is not None and d.site != site) \
+                    or (state is not None and d.state != state):
+                continue
+            if len(out) == limit:
+                more = True
+                break
+            out.append(d)
+        return out, more
+
     def counts(self) -> dict[str, int]:
         c = {s: 0 for s in STATES}
-        for d in self.devices.values():
-            c[d.state] = c.get(d.state, 0) + 1
+        for (_kind, state), n in self._tally.items():
+            c[state] = c.get(state, 0) + n
         return c
+
+    def kind_state_counts(self) -> dict[tuple[str, str], int]:
+        """Devices by (kind, state), kept as they change: O(kinds x states), not O(devices)."""
+        return {k: n for k, n in self._tally.items() if n}
+
+    def _count(self, dev: Device) -> None:
+        key = (dev.kind, dev.state)
+        old = self._counted.get(dev.id)
+        if old == key:
+            return
+        if old is not None:
+            self._tally[old] -= 1
+        self._tally[key] = self._tally.get(key, 0) + 1
+        self._counted[dev.id] = key
 
     # -- inputs ----------------------------------------------------------------------------------------------
     def birth(self, device_id: str, site: str, msg: dict[str, Any], now_ms: int) -> list[Change]:
         dev = self.ensure(device_id, site, msg.get("kind"))
-        return self._track(dev, on_birth(dev, msg, self.cfg, now_ms))
+        self._urgent.add(device_id)  # kind, fw, caps, bdseq, period: what a restart must know
+        return self._track(dev, on_birth(dev, msg, self.cfg, now_ms), rearm=True)
 
     def death(self, device_id: str, site: str, msg: dict[str, Any], now_ms: int) -> list[Change]:
         dev = self.ensure(device_id, site)
@@ -346,6 +449,7 @@ class Registry:
 
     def heartbeat(self, device_id: str, site: str, msg: dict[str, Any], now_ms: int) -> list[Change]:
         dev = self.ensure(device_id, site)
+        hb_s = dev.hb_s
         out = effective_hb(dev, msg.get("hb_s"), self.cfg, now_ms)
         if msg.get("fw"):
             dev.fw = msg["fw"]
@@ -354,7 +458,7 @@ class Registry:
                                          "dropped", "state", "up_s", "x_pending", "x_free_mb", "x_rec", "x_task")
                     if k in msg}
         dev.info.update(extensions(msg, dev.info))
-        return self._track(dev, out + on_alive(dev, now_ms, msg.get("seq")))
+        return self._track(dev, out + on_alive(dev, now_ms, msg.get("seq")), dev.hb_s != hb_s)
 
     def location(self, device_id: str, site: str, msg: dict[str, Any], now_ms: int) -> list[Change]:
         dev = self.ensure(device_id, site)
@@ -366,50 +470,77 @@ class Registry:
               hb_s: int | None = None, transport: str | None = None, channel: str = "evt") -> list[Change]:
         """A sign of life from any bridge (MQTT evt/res, MAVLink heartbeat, serial recorder, CoAP)."""
         dev = self.ensure(device_id, site, kind)
-        if transport:
+        if transport and dev.transport != transport:
             dev.transport = transport
+            self._urgent.add(device_id)
+        period = dev.hb_s
         out = effective_hb(dev, hb_s, self.cfg, now_ms) if hb_s is not None or dev.hb_s is None else []
-        return self._track(dev, out + on_alive(dev, now_ms, seq, "activity", channel))
+        return self._track(dev, out + on_alive(dev, now_ms, seq, "activity", channel), dev.hb_s != period)
 
     def set_offline(self, device_id: str, now_ms: int, reason: str) -> list[Change]:
         dev = self.devices.get(device_id)
         if dev is None:
             return []
-        self._dirty.add(device_id)
         return self._track(dev, _set(dev, "offline", reason, now_ms))
 
-    def _track(self, dev: Device, changes: list[Change]) -> list[Change]:
-        due = next_due(dev, self.cfg)
-        if due is not None and due < self._due:
-            self._due = due
+    def refresh(self, dev: Device) -> None:
+        """A device was changed outside the input methods (the gateway's own entry at start): count it, arm its
+        deadline and write it at the next flush."""
+        self._urgent.add(dev.id)
+        self._count(dev)
+        self._arm(dev)
+
+    def _track(self, dev: Device, changes: list[Change], rearm: bool = False) -> list[Change]:
+        """After an input: count and re-arm ``dev`` if it changed (or ``rearm``: its period changed). A plain
+        sign of life only moves its deadline later, which the heap entry it has tolerates (see ``_arm``)."""
+        if changes or rearm or dev.id not in self._queued:
+            for c in changes:
+                if c.old != c.new or c.what in URGENT:
+                    self._urgent.add(dev.id)
+                    break
+            self._count(dev)
+            self._arm(dev)
         for fn in self._watchers:
             fn(dev)
         return self._emit(changes)
 
+    def _arm(self, dev: Device) -> None:
+        """Make sure the heap holds an entry for ``dev`` no later than its next deadline (later inputs that
+        move the deadline on leave the entry as it is: ``tick`` re-checks it when it comes due)."""
+        due = next_due(dev, self.cfg)
+        if due is None:
+            return
+        q = self._queued.get(dev.id)
+        if q is None or due < q:
+            self._queued[dev.id] = due
+            heapq.heappush(self._heap, (due, dev.id))
+
     def tick(self, now_ms: int) -> list[Change]:
-        """Apply heartbeat deadlines. Scans the devices only when the earliest one is due (or every
-        FULL_SCAN_MS): a scan of 1,000 devices every 250 ms held the event loop ~2 ms each time."""
-        if now_ms < self._due and now_ms - self._scanned_ms < FULL_SCAN_MS:
-            return []
-        self._scanned_ms = now_ms
+        """Apply heartbeat deadlines: only the devices whose heap entry is due, at most TICK_BATCH of them."""
         out: list[Change] = []
-        due = now_ms + FULL_SCAN_MS
-        cfg = self.cfg
-        for dev in self.devices.values():
+        heap, queued, devices, cfg = self._heap, self._queued, self.devices, self.cfg
+        n = 0
+        while heap and heap[0][0] <= now_ms and n < TICK_BATCH:
+            due, did = heapq.heappop(heap)
+            if queued.get(did) != due:
+                continue  # superseded by an earlier entry, already handled
+            n += 1
+            del queued[did]
+            dev = devices.get(did)
+            if dev is None:
+                continue
             ch = on_tick(dev, cfg, now_ms)
             if ch:
-                self._dirty.add(dev.id)
+                self._urgent.add(did)
+                self._count(dev)
                 out += ch
-            nxt = next_due(dev, cfg)
-            if nxt is not None and nxt < due:
-                due = nxt
-        self._due = due
+            self._arm(dev)
         return self._emit(out)
 
     def rebase(self, now_ms: int) -> None:
-        """Re-arm live deadlines from ``now`` (after a gateway restart or a broker outage)."""
-        self._due = 0
+        """Re-arm live deadlines from ``now`` (after a gateway restart or a broker outage): O(devices), but only
+        on a (re)connect. The heap keeps its entries; each is re-checked and re-armed when it comes due."""
         for dev in self.devices.values():
             if dev.live:
                 dev.armed_ms = now_ms
-                self._dirty.add(dev.id)
+                self._lazy.add(dev.id)

@@ -16,6 +16,11 @@ from lookout.gateway.links.mqtt import MQTTLink
 from lookout.protocols import opapi, topics
 
 
+class ResponseError(Exception):
+    """The gateway's answer to a request arrived but cannot be taken (over ``opapi.MAX_RESPONSE``, not a
+    response): the request fails at once with the reason instead of waiting out its time-out."""
+
+
 class OperatorClient:
     def __init__(self, url: str, site: str, operator: str, token: str, ca: str | None = None,
                  username: str | None = None, password: str | None = None, connect_timeout: float = 10.0):
@@ -37,7 +42,12 @@ class OperatorClient:
     def _on_response(self, topic: str, payload: bytes, retained: bool) -> None:
         try:
             r = opapi.decode_response(payload)
-        except opapi.OpAPIError:
+        except opapi.OpAPIError as e:
+            # the request it answers (if its id can be read at all) fails now, with the reason; dropping it
+            # left the operator waiting out the time-out and then blaming the gateway
+            fut = self._pending.pop(opapi.peek_id(payload) or "", None)
+            if fut is not None and not fut.done():
+                fut.set_exception(ResponseError(f"the gateway's answer cannot be read: {e}"))
             return
         fut = self._pending.pop(r.get("id") or "", None)
         if fut is not None and not fut.done():

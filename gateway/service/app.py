@@ -9,6 +9,11 @@ and incremented per start), and starts named tasks in a TaskGroup: ``tick`` (reg
 retries/expiry), ``flush`` (registry persistence, retained registry snapshot), optional ``coap``. Leaving (or
 ``stop()``, wired to SIGTERM/SIGINT by ``run()``) publishes a clean death, stops the tasks and closes the stores.
 
+The device table is retained on the broker one message per device, ``.../<gateway-id>/registry/<device-id>``,
+published when that device's state changes (and all of them, paced, after each reconnect), with a summary of
+counts on ``.../<gateway-id>/registry``: no retained message grows with the site (a whole-table snapshot passed
+Mosquitto's ``max_packet_size`` at ~600 devices and the broker dropped the gateway for it, in a loop).
+
 Inputs, all from ``lookout/v1/<site>/+/<channel>``: ``state`` (birth/death), ``hb``, ``loc``, ``evt`` and
 ``res`` (MAC-checked; unsigned or forged ones are journaled under ``security`` and dropped), and operator
 requests on ``opreq`` (protocols/opapi.py). Every operator action, alert, command, result and state change is
@@ -20,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import itertools
 import json
 import logging
 import signal
@@ -31,13 +37,14 @@ from lookout.gateway.core.clock import now_ms
 from lookout.gateway.core.commands import FLUSH_SLICE, Command, CommandService, check_signature
 from lookout.gateway.core.config import Config
 from lookout.gateway.core.events import Event, EventIntake
+from lookout.gateway.core.gcpolicy import GCPolicy
 from lookout.gateway.core.journal import Journal
 from lookout.gateway.core.metrics import Metrics
 from lookout.gateway.core.registry import Change, Device, Registry
 from lookout.gateway.links.mqtt import Message, MQTTError, MQTTLink
 from lookout.gateway.service.operator_api import OperatorAPI, device_view
 from lookout.protocols import messages, opapi, topics
-from lookout.protocols.errors import MessageError, TopicError
+from lookout.protocols.errors import LocalProtocolError, MessageError, TopicError
 
 log = logging.getLogger("lookout.gateway")
 
@@ -45,6 +52,9 @@ FW_VERSION = "gateway-0.1"
 MAX_OPREQ = 64  # operator requests in progress at once (each may wait wait_s for a device); more get "busy"
 MAX_OPREQ_PER_OPERATOR = 16  # so one operator's script cannot take every slot from the duty officers
 PUBACK_TIMEOUT_S = 10.0  # a QoS 1 publish not acknowledged by then counts as failed (the sender retries)
+RETAIN_PER_S = 1000  # retained device states published per second at most (after a reconnect: all, paced)
+RETAIN_SLICE = 100  # ... in slices, the event loop free between them (~2 ms each)
+TOPIC_CACHE = 200_000  # parsed topics remembered (a few per device: the same topics arrive again and again)
 
 
 
@@ -88,6 +98,9 @@ class Gateway:
         self._stack = contextlib.AsyncExitStack()
         self._stop = asyncio.Event()
         self._snapshot_dirty = True
+        self._retain: dict[str, None] = {}  # devices whose retained state is to be (re)published, in order
+        self._topics: dict[str, tuple[str, str, str, str | None]] = {}  # topic -> topics.parse(topic), valid ones
+        self._counted_in: dict[str, Any] = {}  # channel -> its messages_in counter
         self._tasks: asyncio.Task[None] | None = None
         self._bg: set[asyncio.Task[Any]] = set()
         self._opreq: dict[str, int] = {}  # operator id -> requests in progress
@@ -144,6 +157,9 @@ class Gateway:
         self.ops.clips = self.clipdist
         self.clipstore.on_status = self.clipdist.on_status
         self.commands.add_listener(self.clipdist.on_command)
+        self.metrics.bind_loop(asyncio.get_running_loop())  # gauges are read on the loop that owns them
+        self.metrics.watch_gc()
+        self._stack.callback(self.metrics.unwatch_gc)
         self.metrics.bind(self._device_counts, self.commands.depths)
         # linkage (gateway/linkage/): rules -> incidents -> warnings and dispatch, through self.ops.command
         from lookout.gateway.linkage import rules as linkage_rules
@@ -196,6 +212,8 @@ class Gateway:
         me = self.registry.ensure(cfg.gateway_id, cfg.site, "gateway")
         me.fw, me.bdseq, me.state, me.last_seen_ms, me.since_ms = FW_VERSION, self.bdseq, "online", now, now
         me.hb_s = cfg.registry.max_hb_s  # the gateway's own entry never times out while it runs
+        self.registry.refresh(me)
+        self._retain[me.id] = None
         self.registry.rebase(now)
         self.journal.append("system", f"gateway {cfg.gateway_id} started (bdseq {self.bdseq})",
                             device=cfg.gateway_id, detail={"broker": url, "bdseq": self.bdseq})
@@ -276,44 +294,65 @@ class Gateway:
     async def _flush_loop(self) -> None:
         while not self._stop.is_set():
             await asyncio.sleep(1.0)
-            while self.registry.flush(FLUSH_SLICE) == FLUSH_SLICE:  # in slices: see Registry.flush
+            now = self.clock()
+            while self.registry.flush(FLUSH_SLICE, now) == FLUSH_SLICE:  # in slices: see Registry.flush
                 await asyncio.sleep(0)
-            if self._snapshot_dirty:
-                await self.publish_snapshot()
+            await self.publish_snapshot()
             self.events.prune(self.clock())
 
     async def publish_snapshot(self) -> None:
-        self._snapshot_dirty = False
-        if self.link is None or not self.link.connected.is_set():
-            self._snapshot_dirty = True
+        """The retained registry: the states of devices that changed (at most RETAIN_PER_S, in slices), then
+        the summary if anything changed. Nothing while the link is down: it all goes out after the reconnect."""
+        link = self.link
+        if link is None or not link.connected.is_set():
             return
-        snap = {"ts": self.clock(), "gateway": self.cfg.gateway_id, "site": self.cfg.site,
-                "devices": [device_view(d) for d in self.registry.select()]}
-        self.link.publish_nowait(topics.topic(self.cfg.site, self.cfg.gateway_id, "registry"),
-                                 json.dumps(snap, separators=(",", ":")).encode(), 1, True)
-        self.metrics.messages_out.labels("registry").inc()
+        site, gw = self.cfg.site, self.cfg.gateway_id
+        sent = 0
+        while self._retain and sent < RETAIN_PER_S and link.connected.is_set():
+            for did in list(itertools.islice(self._retain, RETAIN_SLICE)):
+                del self._retain[did]
+                d = self.registry.get(did)
+                if d is None:
+                    continue
+                try:
+                    t = topics.topic(site, gw, "registry", did)
+                except LocalProtocolError:  # an id no topic can carry: it stays out of the retained table
+                    continue
+                link.publish_nowait(t, json.dumps(device_view(d), separators=(",", ":")).encode(), 1, True)
+                sent += 1
+            await asyncio.sleep(0)
+        if sent:
+            self.metrics.messages_out.labels("registry").inc(sent)
+        if self._snapshot_dirty and link.connected.is_set():
+            self._snapshot_dirty = False
+            counts = self.registry.counts()
+            summary = {"ts": self.clock(), "gateway": gw, "site": site, "devices": sum(counts.values()),
+                       "states": counts}
+            link.publish_nowait(topics.topic(site, gw, "registry"), json.dumps(summary, separators=(",", ":"))
+                                .encode(), 1, True)
+            self.metrics.messages_out.labels("registry").inc()
 
     def _on_link_up(self) -> None:
         self.registry.rebase(self.clock())  # we heard nothing while disconnected: re-arm, don't mass-offline
         self._snapshot_dirty = True
+        self._retain.update(dict.fromkeys(self.registry.devices))  # the broker may have lost them: all, paced
 
     def _bounds(self) -> dict[str, tuple[int, int]]:
         """What each bounded queue holds and how much it refused so far (metrics, read at scrape time)."""
         link = self.link
         return {"mqtt_outbox": (link.queued() if link else 0, link.dropped if link else 0),
                 "journal_pending": (self.journal.pending, self.journal.dropped),
-                "operator_requests": (sum(self._opreq.values()), self._opreq_refused)}
+                "operator_requests": (sum(self._opreq.values()), self._opreq_refused),
+                "registry_writes": (self.registry.pending_writes(), 0), "registry_retain": (len(self._retain), 0)}
 
     def _device_counts(self) -> dict[tuple[str, str], int]:
-        out: dict[tuple[str, str], int] = {}
-        for d in self.registry.devices.values():
-            out[(d.kind, d.state)] = out.get((d.kind, d.state), 0) + 1
-        return out
+        return self.registry.kind_state_counts()
 
     # -- listeners -------------------------------------------------------------------------------------------
     def _on_change(self, c: Change) -> None:
         if c.transition:
             self._snapshot_dirty = True
+            self._retain[c.device] = None
             self.metrics.transitions.labels(c.new).inc()
             self.journal.append("state", f"{c.device} {c.old} -> {c.new} ({c.what})", device=c.device,
                                 ts=c.ts, detail={"kind": c.kind, "old": c.old, "new": c.new, "why": c.what,
@@ -325,6 +364,7 @@ class Gateway:
                 self.spawn(self.commands.on_birth(c.device), name=f"birth-{c.device}")
         elif c.what == "rebirth":
             self._snapshot_dirty = True
+            self._retain[c.device] = None
             self.journal.append("state", f"{c.device} reborn (bdseq {c.detail.get('bdseq')})", device=c.device,
                                 ts=c.ts, detail=c.detail)
             self.spawn(self.commands.on_birth(c.device), name=f"birth-{c.device}")
@@ -349,12 +389,21 @@ class Gateway:
 
     # -- inputs ----------------------------------------------------------------------------------------------
     def _on_message(self, topic: str, payload: bytes, retained: bool) -> None:
-        try:
-            site, dev, ch, _sub = topics.parse(topic)
-        except TopicError:
-            self.metrics.rejected.labels("topic").inc()
-            return
-        self.metrics.messages_in.labels(ch).inc()
+        parsed = self._topics.get(topic)
+        if parsed is None:
+            try:
+                parsed = topics.parse(topic)
+            except TopicError:
+                self.metrics.rejected.labels("topic").inc()
+                return
+            if len(self._topics) >= TOPIC_CACHE:
+                self._topics.clear()
+            self._topics[topic] = parsed
+        site, dev, ch, _sub = parsed
+        counter = self._counted_in.get(ch)
+        if counter is None:
+            counter = self._counted_in[ch] = self.metrics.messages_in.labels(ch)
+        counter.inc()
         if ch == "opreq":
             self._admit_operator_request(dev, payload)
             return
@@ -497,7 +546,13 @@ class Gateway:
         if self.link is None:
             return
         t = topics.topic(self.cfg.site, op_id, "opres")  # op_id came from a parsed topic: valid
-        started = self.link.start_publish(t, opapi.encode_response(resp), qos=1)
+        wire = opapi.encode_response(resp)
+        if len(wire) > opapi.MAX_RESPONSE:  # the client would drop it unread: say so instead (never silent)
+            log.warning("response to %s %s is %d bytes, over the limit", op_id, resp.get("id"), len(wire))
+            wire = opapi.encode_response(opapi.response(
+                resp.get("id"), "internal", error=f"the answer is {len(wire)} bytes, over the operator API's limit "
+                f"{opapi.MAX_RESPONSE}: ask for less (a smaller limit or a narrower filter)"))
+        started = self.link.start_publish(t, wire, qos=1)
         self.journal.drain()
         await self.link.wait_puback(started, t, timeout=10.0)
         self.metrics.messages_out.labels("opres").inc()
@@ -585,6 +640,8 @@ async def run(cfg: Config, broker_url: str | None = None,
                 loop.add_signal_handler(sig, gw.stop)
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(signal.SIGHUP, gw.linkage.reload)  # rules again; a bad file keeps the old
+        # long-lived objects out of the collector's way: short full collections whatever the site's size
+        gw.spawn(GCPolicy(lambda: len(gw.registry.devices)).run(), name="gc")
         await gw.serve()
     return 0
 

@@ -15,6 +15,7 @@ gets a signed command from ``CommandService``, and the response aggregates their
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -97,9 +98,7 @@ class OperatorAPI:
 
     async def _handle(self, op_id: str, op: str, a: dict[str, Any], rid: str | None = None) -> dict[str, Any]:
         if op == "devices":
-            devs = self.registry.select(a.get("kind"), a.get("site"), a.get("state"))
-            self.journal.append("operator", f"{op_id} listed devices", operator=op_id, detail=a)
-            return opapi.response(rid, "ok", {"devices": [device_view(d) for d in devs]})
+            return self._devices(op_id, a, rid)
         if op == "locate":
             d = self.registry.get(a["device"])
             self.journal.append("operator", f"{op_id} located {a['device']}", operator=op_id,
@@ -177,6 +176,19 @@ class OperatorAPI:
         return opapi.response(rid, _aggregate(cmds, wait), {"group": group, "to": to, "results": results},
                               error=_first_error(cmds))
 
+    def _devices(self, op_id: str, a: dict[str, Any], rid: str | None) -> dict[str, Any]:
+        """One page of the device table (docs/PROTOCOL.md §9): at most ``limit`` devices above the cursor
+        ``after``, cut shorter to fit the response limit; journaled once per reading (the first page)."""
+        limit = a.get("limit") or opapi.DEVICES_PAGE
+        devs, more = self.registry.page(a.get("after"), limit, a.get("kind"), a.get("site"), a.get("state"))
+        views, cut = fit([device_view(d) for d in devs], opapi.page_bytes())
+        more = more or cut
+        if a.get("after") is None:
+            self.journal.append("operator", f"{op_id} listed devices", operator=op_id,
+                                detail={k: v for k, v in a.items() if k not in ("after", "limit")})
+        return opapi.response(rid, "ok", {"devices": views, "more": more,
+                                          "next": views[-1]["id"] if more and views else None})
+
     async def _verify(self) -> VerifyResult:
         """``Journal.verify`` in a worker thread (it hashes every row); requests arriving while one runs share it.
         Its progress is in ``verifying`` (shown by ``status``)."""
@@ -213,14 +225,28 @@ class OperatorAPI:
         if desc:
             rows.reverse()
         more = len(rows) > a["limit"]
-        rows = rows[:a["limit"]]
+        entries, cut = fit([e.to_dict() for e in rows[:a["limit"]]], opapi.page_bytes())
+        more = more or cut
         if a["after"] == 0 and a.get("before") is None:  # the first page of a reading, not each page
             self.journal.append("operator", f"{op_id} read the journal", operator=op_id,
                                 detail={k: a.get(k) for k in ("from", "to", "device", "kind", "operator")
                                         if k in ("from", "to", "device") or a.get(k) is not None})
         seq, head = self.journal.head()
-        return opapi.response(rid, "ok", {"entries": [e.to_dict() for e in rows], "more": more,
+        return opapi.response(rid, "ok", {"entries": entries, "more": more,
                                           "head_seq": seq, "head_hash": head})
+
+
+def fit(items: list[dict[str, Any]], budget: int) -> tuple[list[dict[str, Any]], bool]:
+    """The longest head of ``items`` whose JSON fits ``budget`` bytes (at least one item, so a reading always
+    advances), and whether it was cut. A page's size is measured once; items only when it does not fit."""
+    if len(json.dumps(items, separators=(",", ":"))) <= budget:  # ASCII, as opapi.encode_response writes it
+        return items, False
+    used = 2
+    for i, it in enumerate(items):
+        used += len(json.dumps(it, separators=(",", ":"))) + 1
+        if used > budget:
+            return items[:max(i, 1)], True
+    return items, False
 
 
 def _journal_args(a: dict[str, Any], name: str) -> dict[str, Any]:

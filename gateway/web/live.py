@@ -196,9 +196,11 @@ class LiveHub:
     def tick(self) -> None:
         if self._dirty:
             ids, self._dirty = self._dirty, set()
-            devs = [self.device(d) for d in self.gw.registry.select(ids=ids)]
-            if devs:
-                self.send_all({"t": "devices", "devices": devs})
+            if self.clients:  # the touched devices only (select() walked the whole table every half second)
+                reg = self.gw.registry
+                devs = [self.device(d) for d in (reg.get(i) for i in sorted(ids)) if d is not None]
+                if devs:
+                    self.send_all({"t": "devices", "devices": devs})
         seq = self.gw.journal.head()[0]
         if seq != self._journal_seq:
             self._journal_seq = seq

@@ -43,6 +43,8 @@ def test_errors_name_the_field():
         ({"id": "x", "op": "command", "token": "t", "args": {"to": "a", "name": "p", "wait": "later"}},
          "args.wait"),
         ({"id": "x", "op": "devices", "token": "t", "args": {"state": "dead"}}, "args.state"),
+        ({"id": "x", "op": "devices", "token": "t", "args": {"limit": 0}}, "args.limit"),
+        ({"id": "x", "op": "devices", "token": "t", "args": {"after": "Spk 1"}}, "args.after"),
         ({"id": "x", "op": "journal", "token": "t", "args": {"limit": 0}}, "args.limit"),
         ({"id": "x", "op": "stop", "token": "t", "args": {"to": "a", "queue": 1}}, "args.queue"),
         ({"id": "x", "op": "locate", "token": "t", "args": {"device": "A B"}}, "args.device"),
@@ -162,3 +164,9 @@ def test_journal_pages_and_custody_args_validate():
                        ({"action": "custody", "sha256": sha, "access": "copy"}, "args.access")):
         with raises(OpAPIError, match=field):
             opapi.validate_request(opapi.request("x", "clips", "t", bad))
+
+
+def test_devices_pages_have_a_default_limit_and_a_byte_budget():
+    a = opapi.validate_args("devices", {"after": "spk-01"})
+    assert a["limit"] == opapi.DEVICES_PAGE and a["after"] == "spk-01"
+    assert opapi.page_bytes() < opapi.MAX_RESPONSE
