@@ -479,6 +479,10 @@ class Gateway:
             await self._respond(op_id, opapi.response(req["id"], "unauthorized",
                                                       error=f"operator {op_id!r} unknown or token wrong"))
             return
+        refused = self.ops.refuse_role(op_id, op.role, req["op"], req["args"], req["id"])
+        if refused is not None:  # a viewer (the county's operator) asked for more than a read
+            await self._respond(op_id, refused)
+            return
         try:
             resp = await self.ops.handle(op_id, req["op"], req["args"], req["id"], drain=False)
         except Exception as e:

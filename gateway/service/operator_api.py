@@ -26,6 +26,13 @@ from lookout.gateway.core.registry import Device, Registry
 from lookout.protocols import opapi
 
 NODE_KINDS = ("speaker", "sensor", "camera")
+READ_ONLY = ("devices", "locate", "journal", "status", "incidents", "coverage")  # all a ``viewer`` may ask
+READ_ONLY_ACTIONS = {"clips": ("list", "progress", "evidence", "custody"), "incident": ("show",)}
+
+
+def read_only(op: str, a: dict[str, Any]) -> bool:
+    """True when ``op`` only reads (a ``viewer`` operator, e.g. the county's, may send nothing else)."""
+    return op in READ_ONLY or a.get("action", "list" if op == "clips" else None) in READ_ONLY_ACTIONS.get(op, ())
 
 
 class ClipOps(Protocol):
@@ -61,7 +68,11 @@ class OperatorAPI:
 
     def resolve(self, to: str, op: str) -> list[str]:
         """A device id, a zone ([zones] in the config) or a site id -> device ids. Group ops address speakers."""
-        if self.keystore.get(to) is not None or to in self.registry.devices:
+        ident = self.keystore.get(to)
+        if ident is not None and ident.site != self.cfg.site:  # a key store shared by the gateways of a broker
+            raise CommandError(f"{to!r} belongs to site {ident.site!r}; this gateway serves {self.cfg.site!r}",
+                               "unknown_device")
+        if ident is not None or to in self.registry.devices:
             return [to]
         kinds = ("speaker",) if op in ("broadcast", "stop", "clips") else NODE_KINDS
         if to in self.cfg.zones:
@@ -72,6 +83,15 @@ class OperatorAPI:
                 ids |= {i.device_id for i in self.keystore.list(site=to) if i.kind in kinds}
             return sorted(ids)
         raise CommandError(f"unknown device, zone or site {to!r}", "unknown_device")
+
+    def refuse_role(self, op_id: str, role: str, op: str, a: dict[str, Any], rid: str | None
+                    ) -> dict[str, Any] | None:
+        """The ``unauthorized`` response (journaled) when ``role`` may not ``op``; None when it may."""
+        if role != "viewer" or read_only(op, a):
+            return None
+        self.journal.append("security", f"{op} from read-only operator {op_id} refused", operator=op_id,
+                            detail={"op": op, "role": role, "id": rid})
+        return opapi.response(rid, "unauthorized", error=f"operator {op_id!r} is read-only (viewer): {op} refused")
 
     async def handle(self, op_id: str, op: str, a: dict[str, Any], rid: str | None = None,
                      drain: bool = True) -> dict[str, Any]:
