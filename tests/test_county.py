@@ -195,7 +195,7 @@ def test_county_broker_bridged_from_two_townships_and_a_read_only_county_operato
                         assert r["code"] == "ok", r
                         assert {d["id"] for d in r["data"]["devices"] if d["kind"] == "speaker"} == set(t.nodes)
                         assert {d["site"] for d in r["data"]["devices"]} == {t.site}
-                        r = await cl.request("journal", {"last": 20}, timeout=10)
+                        r = await cl.request("journal", {"limit": 50, "desc": True}, timeout=10)
                         assert r["code"] == "ok" and r["data"]["entries"], r
                         assert any("county-li listed devices" in e["summary"] for e in r["data"]["entries"])
                         r = await cl.request("journal", {"verify": True}, timeout=10)

@@ -24,6 +24,13 @@ stored, the file hashed (read back when chunks came out of order), fsynced and l
 custody entry and the index row follow on the loop (``_record``). ``close`` waits for such a filing to finish and
 records it, so a stored file never lacks its custody entry.
 
+Across a restart (a crash included): each open upload's manifest and temp file name are a row of ``uploads`` in
+``evidence.db``, written when the manifest is accepted and deleted when the upload ends (filed, failed,
+abandoned). At start the store reopens those temp files with every chunk counted missing (which ones reached the
+file before a crash is unknown; writing a chunk again is harmless) and asks the node for them at the first
+housekeeping tick, so an upload resumes as long as its node still holds the file (a camera keeps a snapshot
+120 s). Temp files without a row are leftovers and removed.
+
 Delivery policy: chunks come QoS 1 and may repeat or arrive out of order (the receiver is idempotent). If no chunk
 arrived for ``stall_ms`` the store publishes the receiver's status (missing ranges) on the node's ``dl/<tid>`` —
 the only topic the node may read besides ``cmd`` — at most ``max_asks`` times; a transfer silent for
@@ -77,6 +84,10 @@ CREATE TABLE IF NOT EXISTS links (
     linked INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS links_sha ON links (sha256);
+CREATE TABLE IF NOT EXISTS uploads (
+    device TEXT NOT NULL, tid INTEGER NOT NULL, site TEXT NOT NULL, manifest BLOB NOT NULL, auth TEXT NOT NULL,
+    part TEXT NOT NULL, started_ms INTEGER NOT NULL, PRIMARY KEY (device, tid)
+);
 """
 
 
@@ -92,11 +103,12 @@ def ext_for(mime: str) -> str:
 class TempSink:
     """cliptransfer sink on a gateway-named temp file; ``on_commit(sink)`` files it after the hash matched."""
 
-    def __init__(self, path: Path, size: int, on_commit: Callable[[TempSink], None]):
+    def __init__(self, path: Path, size: int, on_commit: Callable[[TempSink], None], reopen: bool = False):
         self.path = path
         self.size = size
         self.on_commit = on_commit
-        self.fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        # reopen: the temp file of an upload that was open when the gateway stopped (ClipStore._resume)
+        self.fd: int | None = os.open(path, os.O_RDWR if reopen else os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         self.committed = False
 
     def write_at(self, offset: int, data: Any) -> None:
@@ -158,8 +170,6 @@ class ClipStore:
         self.dir = self.root / "evidence"
         self.tmp = self.dir / ".part"
         self.tmp.mkdir(parents=True, exist_ok=True)
-        for stale in self.tmp.iterdir():  # temp files of a previous run can never complete: not evidence
-            stale.unlink(missing_ok=True)
         self.journal = journal
         self.keystore = keystore
         self.send = send  # (site, device, tid, status payload) -> publish on the node's dl/<tid>
@@ -176,14 +186,52 @@ class ClipStore:
         self._db = sqlite3.connect(str(self.root / "evidence.db"), isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
+        self._resume()
+
+    def _resume(self) -> None:
+        """Reopen the uploads that were open when the gateway stopped; remove temp files nobody owns."""
+        now = self.clock()
+        owned = set()
+        for device, tid, site, raw, auth, part, started in self._db.execute(
+                "SELECT device, tid, site, manifest, auth, part, started_ms FROM uploads").fetchall():
+            path = self.tmp / part
+            try:
+                m = cliptransfer.decode_manifest(bytes(raw))
+                sink = TempSink(path, m.size, self._file_fs, reopen=True)
+                rx = cliptransfer.ClipReceiver(m, self.max_size, sink)
+            except (TransferError, OSError) as e:
+                log.warning("upload %d from %s cannot resume: %s", tid, device, e)
+                self._db.execute("DELETE FROM uploads WHERE device = ? AND tid = ?", (device, tid))
+                continue
+            owned.add(part)
+            u = Upload(site, device, tid, m, auth, rx, sink, started)
+            u.last_ms = u.last_ask_ms = now - self.stall_ms  # ask for every chunk at the first tick
+            sink.upload = u  # type: ignore[attr-defined]
+            self.uploads[(device, tid)] = u
+            log.info("upload %s/%d from %s resumes (%d bytes): asking for its chunks", m.clip_id, tid, device,
+                     m.size)
+        for stale in self.tmp.iterdir():  # a temp file with no open upload can never complete: not evidence
+            if stale.name not in owned:
+                stale.unlink(missing_ok=True)
+
+    def _open(self, u: Upload, manifest: bytes) -> None:
+        self.uploads[(u.device, u.tid)] = u
+        self._db.execute("INSERT OR REPLACE INTO uploads VALUES (?,?,?,?,?,?,?)",
+                         (u.device, u.tid, u.site, manifest, u.auth, u.sink.path.name, u.started_ms))
+
+    def _drop(self, key: tuple[str, int]) -> None:
+        """The upload has ended (filed, failed or abandoned): no longer resumed after a restart."""
+        if self.uploads.pop(key, None) is not None:
+            self._db.execute("DELETE FROM uploads WHERE device = ? AND tid = ?", key)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)  # a file being filed is completed, and its custody recorded below
         for u in list(self.uploads.values()):
             if u.finishing is not None and u.finishing.exception() is None and u.filed is not None:
                 self._record(u)
-            elif u.finishing is None:
-                u.sink.discard()
+            elif u.finishing is None and u.sink.fd is not None:  # kept with its row: resumed at the next start
+                os.close(u.sink.fd)
+                u.sink.fd = None
         self.uploads.clear()
         self._db.close()
 
@@ -266,7 +314,7 @@ class ClipStore:
             return
         u = Upload(site, device, tid, m, auth, rx, sink, now)
         sink.upload = u  # type: ignore[attr-defined]  # _file needs to know whose file it is
-        self.uploads[key] = u
+        self._open(u, payload)
         log.debug("upload %s/%d from %s: %d bytes in %d chunks (%s)", m.clip_id, tid, device, m.size, m.chunks, auth)
 
     def _on_chunk(self, device: str, tid: int, payload: bytes, now: int) -> None:
@@ -316,7 +364,7 @@ class ClipStore:
         except Exception:  # a bug in the thread: drop the upload (never a half file), keep the gateway up
             self.stats["errors"] += 1
             log.exception("upload %s/%d from %s", u.manifest.clip_id, u.tid, u.device)
-            self.uploads.pop(key, None)
+            self._drop(key)
             u.sink.discard()
             return
         if u.filed is not None:
@@ -328,7 +376,7 @@ class ClipStore:
         device, tid = key
         if isinstance(e, TransferError):
             if u.rx.state == cliptransfer.FAILED:  # hash mismatch: the sink was discarded, nothing filed
-                self.uploads.pop(key, None)
+                self._drop(key)
                 self._remember(key, "failed")
                 self.stats["failed"] += 1
                 self._security(device, f"upload {u.manifest.clip_id}/{tid} from {device} failed: {e.code}",
@@ -340,7 +388,7 @@ class ClipStore:
             log.warning("chunk from %s on up/%d rejected: %s", device, tid, e)
             return
         # disk full / filing failed: drop the transfer, never a half file
-        self.uploads.pop(key, None)
+        self._drop(key)
         u.sink.discard()
         self.stats["errors"] += 1
         log.error("upload %s/%d from %s: %s", u.manifest.clip_id, tid, device, e)
@@ -379,7 +427,7 @@ class ClipStore:
         final, dup = u.filed
         m = u.manifest
         now = self.clock()
-        self.uploads.pop((u.device, u.tid), None)
+        self._drop((u.device, u.tid))
         self._remember((u.device, u.tid), m.sha256)
         detail = {"action": "duplicate" if dup else "stored", "sha256": m.sha256, "size": m.size, "mime": m.mime,
                   "kind": m.kind, "clip": m.clip_id, "tid": u.tid, "auth": u.auth,
@@ -423,7 +471,7 @@ class ClipStore:
                 continue  # complete, being filed
             idle = now - u.last_ms
             if idle >= self.expire_ms:
-                self.uploads.pop(key, None)
+                self._drop(key)
                 u.sink.discard()
                 self._remember(key, "abandoned")
                 self.stats["abandoned"] += 1
