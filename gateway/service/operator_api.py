@@ -63,6 +63,7 @@ class OperatorAPI:
         self.bdseq = bdseq
         self.clips: ClipOps | None = None  # set by the service once the clip distributor exists
         self.linkage: ClipOps | None = None  # the same shape: incidents, incident, coverage (gateway/linkage)
+        self.storage: Any = None  # core/storage.StorageHealth: while its ``problem`` is set, no new work
         self.verifying: dict[str, int] | None = None  # {"done", "of"} while a journal verify runs
         self._verify_task: asyncio.Task[VerifyResult] | None = None
 
@@ -106,6 +107,13 @@ class OperatorAPI:
                 self.journal.drain()
 
     async def _handle(self, op_id: str, op: str, a: dict[str, Any], rid: str | None = None) -> dict[str, Any]:
+        problem = self.storage.problem if self.storage is not None and not read_only(op, a) else None
+        if problem is not None:  # it could not be kept: refuse it, rather than take it and lose it
+            self.storage.refused += 1
+            self.journal.append("operator", f"{op_id} {op} refused: {problem}", operator=op_id,
+                                detail={"op": op, "code": "busy", "why": problem})
+            return opapi.response(rid, "busy", error=f"{problem}: new work is refused until the gateway can "
+                                                     "write again; nothing already accepted is lost")
         if op == "devices":
             devs = self.registry.select(a.get("kind"), a.get("site"), a.get("state"))
             self.journal.append("operator", f"{op_id} listed devices", operator=op_id, detail=a)
@@ -127,7 +135,9 @@ class OperatorAPI:
                     "devices": self.registry.counts(), "commands": self.commands.depths(), "journal_seq": seq,
                     "journal_head": head}
             if self.verifying is not None:
-                data["journal_verify"] = dict(self.verifying)  # a verify in progress: entries done of total
+                data["journal_verify"] = dict(self.verifying)
+            if self.storage is not None and self.storage.problem is not None:  # disk full, read-only
+                data["storage"] = {"problem": self.storage.problem, "since_ms": self.storage.since_ms}  # a verify in progress: entries done of total
             return opapi.response(rid, "ok", data)
         if op in ("incidents", "incident", "coverage"):
             if self.linkage is None:
