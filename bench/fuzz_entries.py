@@ -51,18 +51,21 @@ async def network(tmp: Path, cases: int) -> dict:
             t_all = time.perf_counter()
             counts: dict[str, int] = {}
             for ch, (topic, golden) in w.golden_mqtt().items():
+                w.current = f"mqtt:{ch}"
                 t0 = time.perf_counter()
                 counts[f"mqtt:{ch}"] = await w.mqtt(ch, topic, golden, cases, 1)
                 rates[f"mqtt:{ch}"] = counts[f"mqtt:{ch}"] / (time.perf_counter() - t0)
                 await w.serving()
             for name, (topic, golden) in w.golden_node().items():
+                w.current = f"node:{name}"
                 t0 = time.perf_counter()
                 counts[f"node:{name}"] = await w.mqtt(name, topic, golden, cases, 1)
                 rates[f"node:{name}"] = counts[f"node:{name}"] / (time.perf_counter() - t0)
                 if name == "gwstate":
-                    await asyncio.to_thread(w.pub.send, topic, [golden[0]])
+                    await w.gateway_seen()
                 await w.serving()
             for name, fn in (("coap", w.coap), ("mavlink", w.mavlink)):
+                w.current = name
                 t0 = time.perf_counter()
                 counts[name] = await fn(cases, 1)
                 rates[name] = counts[name] / (time.perf_counter() - t0)

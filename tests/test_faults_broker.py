@@ -193,3 +193,36 @@ async def _scenario(tmp_path, scale, seed=17):
 def test_broker_killed_during_broadcasts(tmp_path, scale):
     out = asyncio.run(asyncio.wait_for(_scenario(tmp_path, scale), 110 if scale is CI else 900))
     print(out)
+
+
+def test_a_node_that_missed_the_gateways_birth_gets_it_again(mosquitto, tmp_path):
+    """Found by the long entry fuzzing: a node whose inbox was full dropped the gateway's retained birth and held
+    its outbox until its next connection. The gateway repeats its birth every REBIRTH_MS, so such a node sends
+    again within that time (gateway time here: the test moves the gateway's clock)."""
+    from lookout.gateway.service.app import REBIRTH_MS
+
+    async def main():
+        now = [int(time.time() * 1000)]
+        ks = KeyStore(tmp_path / "ks.db")
+        ident = ks.ensure("spk-01", SITE, "speaker")
+        node = SimNode(tmp_path / "spk", make_config("spk-01", SITE, "speaker", ident.hmac_key.hex(),
+                                                     mosquitto.host, mosquitto.port, hb_s=5, gateway="gw-1"))
+        got: list[str] = []
+        try:
+            async with serving(Gateway(_cfg(tmp_path, mosquitto.url), keystore=ks, clock=lambda: now[0])) as gw:
+                gw.events.add_listener(lambda e: got.append(e.msg["id"]))
+                await node.start()
+                await until(lambda: node.node.gw is not None, 10, "the gateway's birth at the node")
+                node.node.gw = None  # as if the birth had been dropped by a full inbox
+                eid = node.node.emit_event("test", "info")["id"]
+                await asyncio.sleep(1.0)
+                assert got == [] and len(node.node.outbox) == 1  # held: no gateway seen on this connection
+                now[0] += REBIRTH_MS
+                await until(lambda: eid in got, 5, "the event, after the repeated birth")
+                await node.stop()
+        finally:
+            if node._task is not None and not node._task.done():
+                await node.kill()
+            ks.close()
+
+    asyncio.run(asyncio.wait_for(main(), 40))

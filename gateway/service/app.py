@@ -47,6 +47,7 @@ FW_VERSION = "gateway-0.1"
 MAX_OPREQ = 64  # operator requests in progress at once (each may wait wait_s for a device); more get "busy"
 MAX_OPREQ_PER_OPERATOR = 16  # so one operator's script cannot take every slot from the duty officers
 PUBACK_TIMEOUT_S = 10.0  # a QoS 1 publish not acknowledged by then counts as failed (the sender retries)
+REBIRTH_MS = 60_000  # the retained birth again this often: a node that missed it (a full inbox) holds its outbox
 
 
 
@@ -292,8 +293,14 @@ class Gateway:
             log.error("task %s failed", t.get_name(), exc_info=t.exception())
 
     async def _tick_loop(self) -> None:
+        rebirth = self.clock() + REBIRTH_MS
         while not self._stop.is_set():  # not only the TaskGroup's cancel: a cancel can be lost (see mqtt.py)
             self.storage.check(self.clock())
+            if self.clock() >= rebirth and self.link is not None and self.link.connected.is_set():
+                rebirth = self.clock() + REBIRTH_MS  # nodes send only while they know we listen (PROTOCOL.md §5)
+                b = self.link.birth
+                if b is not None:
+                    self.link.publish_nowait(b.topic, b.payload, b.qos, b.retain)
             if self.link is not None and self.link.connected.is_set():
                 self.registry.tick(self.clock())
             await self.commands.tick()
