@@ -62,7 +62,7 @@ async def network(tmp: Path, cases: int) -> dict:
                 counts[f"node:{name}"] = await w.mqtt(name, topic, golden, cases, 1)
                 rates[f"node:{name}"] = counts[f"node:{name}"] / (time.perf_counter() - t0)
                 if name == "gwstate":
-                    await w.gateway_seen()
+                    await w.gateway_seen(cases)
                 await w.serving()
             for name, fn in (("coap", w.coap), ("mavlink", w.mavlink)):
                 w.current = name
