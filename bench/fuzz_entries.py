@@ -55,7 +55,13 @@ async def network(tmp: Path, cases: int) -> dict:
                 t0 = time.perf_counter()
                 counts[f"mqtt:{ch}"] = await w.mqtt(ch, topic, golden, cases, 1)
                 rates[f"mqtt:{ch}"] = counts[f"mqtt:{ch}"] / (time.perf_counter() - t0)
-                await w.serving()
+                await w.serving(15 + cases / 500)
+            for name, fn in (("coap", w.coap), ("mavlink", w.mavlink)):
+                w.current = name
+                t0 = time.perf_counter()
+                counts[name] = await fn(cases, 1)
+                rates[name] = counts[name] / (time.perf_counter() - t0)
+                await w.serving(15 + cases / 500)
             for name, (topic, golden) in w.golden_node().items():
                 w.current = f"node:{name}"
                 t0 = time.perf_counter()
@@ -63,15 +69,12 @@ async def network(tmp: Path, cases: int) -> dict:
                 rates[f"node:{name}"] = counts[f"node:{name}"] / (time.perf_counter() - t0)
                 if name == "gwstate":
                     await w.gateway_seen(cases)
-                await w.serving()
-            for name, fn in (("coap", w.coap), ("mavlink", w.mavlink)):
-                w.current = name
-                t0 = time.perf_counter()
-                counts[name] = await fn(cases, 1)
-                rates[name] = counts[name] / (time.perf_counter() - t0)
-                await w.serving()
+                await w.serving(15 + cases / 500)
             base1 = await status_rate(w)
             return {"counts": counts, "rates": rates, "baseline_status_per_s": [base0, base1],
+                    "node_reconnects": w.node.node.client.connects - 1,
+                    "gwstate_settle_s": round(getattr(w, "settle_s", 0.0), 1),
+                    "node_inbox_dropped": w.node.node.client.dropped,
                     "network_s": time.perf_counter() - t_all, "forged": w.gw.commands.forged}
     finally:
         broker.stop()
@@ -105,7 +108,8 @@ def main() -> int:
           f"after {net['baseline_status_per_s'][1]:.0f}); forged signatures refused: {net['forged']}")
     out = {"bench": "fuzz_entries", "ok": True, "cases_per_entry": cases, "entries": len(counts),
            "cases_min": min(counts.values()), "cases_total": sum(counts.values()), "per_entry": rows,
-           "baseline_status_per_s": round(base, 1),
+           "baseline_status_per_s": round(base, 1), "node_reconnects": net["node_reconnects"],
+           "node_inbox_dropped": net["node_inbox_dropped"], "gwstate_settle_s": net["gwstate_settle_s"],
            "mqtt_cases_per_s_ratio": round(min(v for k, v in net["rates"].items() if k.startswith("mqtt"))
                                             / base, 2),
            "elapsed_s": round(time.perf_counter() - t0, 1)}
