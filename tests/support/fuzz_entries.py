@@ -200,7 +200,7 @@ class World:
             # what its full inbox dropped is unacknowledged: the broker still delivers some of it later, so the
             # last word can be garbage again until the gateway's next birth (repeated every rebirth_ms)
             t0 = time.monotonic()
-            deadline = t0 + self.rebirth_ms / 1000 + 10 + count / 100
+            deadline = t0 + 60 + count / 100  # measured: 68 s after 10,000 cases (bench/fuzz_entries.py)
             while self.node.node.gw is None:
                 assert time.monotonic() < deadline, (
                     f"the node never saw its gateway's birth again: connects {client.connects}, inbox dropped "
