@@ -163,7 +163,8 @@ def test_acl_text_roles():
 
     text = acl_text([MQTTUser("gw-1", "gateway", "s", "x", 0), MQTTUser("op-li", "operator", None, "x", 0),
                      MQTTUser("spk-a", "device", "s", "x", 0)])
-    assert "user gw-1\ntopic readwrite lookout/v1/#\n" in text
+    assert "user gw-1\ntopic readwrite lookout/v1/s/#\n" in text  # its own site only (issue 17: sites share)
+    assert "topic read lookout/v1/s/spk-a/dl/#\ntopic read lookout/v1/s/gw-1/state\n" in text  # its gateway
     assert "topic write lookout/v1/+/op-li/opreq\ntopic read lookout/v1/+/op-li/opres" in text
     assert "topic read lookout/v1/s/spk-a/cmd\ntopic read lookout/v1/s/spk-a/dl/#" in text
     assert "pattern" not in text

@@ -46,8 +46,8 @@ from lookout.protocols.topics import is_valid_id
 KEY_LEN = 32
 DEVICE_KINDS = ("speaker", "sensor", "camera")
 KEY_KINDS = DEVICE_KINDS + ("drone", "recorder", "gateway")
-OPERATOR_ROLES = ("operator", "admin")
-MQTT_ROLES = ("device", "gateway", "operator")
+OPERATOR_ROLES = ("operator", "admin", "viewer")  # viewer: read-only (gateway/service/operator_api.py READ_ONLY)
+MQTT_ROLES = ("device", "gateway", "operator", "bridge")  # bridge: a township broker's login on the county broker
 VERSION_CHECK_S = 0.5  # how often caches look for commits by other processes
 COUNTER_BLOCK_MS = 600_000  # high-water mark reserved ahead of the counter in use (10 min of ms-based counters)
 
@@ -357,12 +357,15 @@ class KeyStore:
         return bool(a or b)
 
     # -- operators -------------------------------------------------------------------------------------------
-    def add_operator(self, op_id: str, name: str, role: str) -> str:
-        """Create an operator; return its secret token (shown once, only its hash is stored)."""
+    def add_operator(self, op_id: str, name: str, role: str, token: str | None = None) -> str:
+        """Create an operator; return its secret token (shown once, only its hash is stored). ``token``: one
+        issued elsewhere (a county operator known to several township gateways under one token)."""
         _check_id(op_id, "op_id")
         if role not in OPERATOR_ROLES:
             raise KeyStoreError(f"role {role!r} not one of {', '.join(OPERATOR_ROLES)}")
-        token = secrets.token_urlsafe(32)
+        if token is not None and (not isinstance(token, str) or len(token) < 32):
+            raise KeyStoreError("an imported token must be at least 32 characters")
+        token = token or secrets.token_urlsafe(32)
         with self._lock:
             self._ops.pop(op_id, None)
             try:

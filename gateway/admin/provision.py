@@ -82,11 +82,13 @@ def provision_device(ks: KeyStore, device_id: str, site: str, role: str, out_dir
                      coap_host: str | None = None, coap_port: int = 5683, position: dict | None = None,
                      wifi_ssid: str = "", wifi_password: str = "", keepalive: int = 60,
                      force: bool = False, quiet_hours: list[int] | None = None,
-                     tz_min: int | None = None) -> tuple[Identity, dict, Path]:
+                     tz_min: int | None = None, gateway: str | None = None) -> tuple[Identity, dict, Path]:
     """Create a node identity and write ``OUT/config.json`` (+ CA / client cert with TLS).
 
     ``quiet_hours`` ([start, end] local hours, [] = none; default [22, 6]) and ``tz_min`` (the node's UTC offset
-    in minutes, default 480 = UTC+8) set when a broadcast below emergency is refused.
+    in minutes, default 480 = UTC+8) set when a broadcast below emergency is refused. ``gateway``: the id of the
+    site's gateway, whose retained birth the node waits for before it sends events and results (docs/PROTOCOL.md
+    §5); by default the site's one gateway login in the key store, if there is exactly one.
     Returns ``(identity, config, config_path)``; ``config`` holds the key and broker password in clear.
     """
     if role not in DEVICE_KINDS:
@@ -135,6 +137,11 @@ def provision_device(ks: KeyStore, device_id: str, site: str, role: str, out_dir
         cfg["tz_min"] = tz_min
     if position is not None:
         cfg["position"] = position
+    if gateway is None:
+        gws = [u.username for u in ks.mqtt_users() if u.role == "gateway" and u.site == site]
+        gateway = gws[0] if len(gws) == 1 else None
+    if gateway is not None and transport == "mqtt":
+        cfg["gateway"] = gateway
     path = out / "config.json"
     _write_json_private(path, cfg)
     return ident, cfg, path
@@ -149,14 +156,15 @@ def provision_gateway(ks: KeyStore, gateway_id: str, site: str, force: bool = Fa
 
 
 def provision_operator(ks: KeyStore, op_id: str, name: str, role: str = "operator", force: bool = False,
-                       password: str | None = None) -> str:
+                       password: str | None = None, token: str | None = None) -> str:
     """Operator identity + broker login (own ``opreq``/``opres`` only); returns the token (= broker password).
-    With ``password``, also the operator's web console password (checked against the policy first)."""
+    With ``password``, also the operator's web console password (checked against the policy first). ``token``:
+    use this one (issued by another key store: a county operator known to every township's gateway)."""
     if password is not None:
         _password_ok(password, op_id)
     _claim(ks, op_id, force)
     try:
-        token = ks.add_operator(op_id, name, role)
+        token = ks.add_operator(op_id, name, role, token=token)
     except KeyStoreError as e:
         raise ProvisionError(str(e)) from None
     ks.set_mqtt_user(op_id, "operator", pw_hash(token))
@@ -178,6 +186,16 @@ def _password_ok(password: str, op_id: str) -> None:
         check_policy(password, op_id)
     except PasswordError as e:
         raise ProvisionError(str(e)) from None
+
+
+def provision_bridge(ks: KeyStore, login: str, site: str, force: bool = False) -> str:
+    """A township broker's login on the county broker (``broker-config --bridge`` on the township side uses
+    it): it may publish that site's device traffic and operator answers and read its operators' requests
+    (brokerconfig ``acl_lines``). Returns the password."""
+    _claim(ks, login, force)
+    password = random_password()
+    ks.set_mqtt_user(login, "bridge", pw_hash(password), site=site)
+    return password
 
 
 def provision_drone(ks: KeyStore, drone_id: str, site: str, sysid: int, force: bool = False) -> Identity:

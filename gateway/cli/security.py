@@ -163,6 +163,41 @@ def _cmd_gateway(args) -> int:
     return EXIT_OK
 
 
+def _cmd_bridge(args) -> int:
+    from lookout.gateway.admin.provision import ProvisionError, provision_bridge
+
+    audit = _audit(args, "provision bridge")
+    with _open_ks(args) as ks:
+        audit.check_operator(ks)
+        try:
+            pw = provision_bridge(ks, args.id, args.site, force=args.force)
+        except ProvisionError as e:
+            audit.record(f"provision bridge {args.id} refused: {e}", device=args.id,
+                         detail={"site": args.site, "outcome": "refused", "error": str(e)})
+            return _err(str(e), EXIT_USAGE)
+    audit.record(f"{audit.operator} provisioned bridge login {args.id} for {args.site}", device=args.id,
+                 detail={"site": args.site, "force": args.force, "outcome": "ok"})
+    if args.out:
+        _write_secret_json(args.out, {"username": args.id, "password": pw})
+        print(f"bridge login {args.id} written to {args.out} (mode 0600): give it to the {args.site} township's "
+              "`lookout broker-config --bridge ... --bridge-password-file`")
+    else:
+        print(f"bridge login {args.id} for {args.site}; password (shown once):\n{pw}")
+    return EXIT_OK
+
+
+def _secret_from_file(path: str, key: str) -> str:
+    """``key`` of a JSON file written by ``--out`` (or the whole file, stripped, when it is not JSON)."""
+    text = Path(path).read_text()
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return text.strip()
+    if not isinstance(doc, dict) or not isinstance(doc.get(key), str):
+        raise ValueError(f"{path}: no {key!r} in it")
+    return doc[key]
+
+
 def _read_password(args) -> str:
     """The new web console password: one line of stdin (--password-stdin) or typed twice at a prompt."""
     if args.password_stdin:
@@ -201,9 +236,15 @@ def _cmd_operator(args) -> int:
         if not args.name:
             return _err("--name is required to create an operator", EXIT_USAGE)
         facts = {"name": args.name, "role": args.role, "force": args.force,
-                 "password": "set" if password is not None else "none"}
+                 "password": "set" if password is not None else "none", "token": "imported" if args.token_file
+                 else "new"}
         try:
-            token = provision_operator(ks, args.id, args.name, args.role, force=args.force, password=password)
+            given = _secret_from_file(args.token_file, "token") if args.token_file else None
+        except (OSError, ValueError) as e:
+            return _err(f"--token-file: {e}", EXIT_USAGE)
+        try:
+            token = provision_operator(ks, args.id, args.name, args.role, force=args.force, password=password,
+                                       token=given)
         except ProvisionError as e:
             audit.record(f"provision operator {args.id} refused: {e}", device=args.id,
                          detail={**facts, "outcome": "refused", "error": str(e)})
@@ -291,12 +332,14 @@ def _cmd_broker_config(args) -> int:
     with _open_ks(args) as ks:
         audit.check_operator(ks)
         try:
+            bridge = _bridge(args, ks)
             summary = write_broker_config(args.out, ks, pki, port=args.port if args.plain else None,
                                           op_port=args.op_port if args.plain else None,
                                           op_tls_port=args.op_tls_port, bind=args.bind, tls_port=args.tls_port,
                                           require_client_cert=args.require_client_cert,
                                           persistence=not args.no_persistence,
-                                          log_file=None if args.log_stderr else "", run_as=args.run_as)
+                                          log_file=None if args.log_stderr else "", run_as=args.run_as,
+                                          bridge=bridge)
         except ValueError as e:
             audit.record(f"broker-config to {args.out} refused: {e}",
                          detail={"out": str(args.out), "outcome": "refused", "error": str(e)})
@@ -313,10 +356,38 @@ def _cmd_broker_config(args) -> int:
         where.append(f"plain (clear text): nodes {summary['port']}, gateway and operators {summary['op_port']} "
                      f"on {args.bind or '127.0.0.1'}")
     print(f"wrote {summary['conf']} ({'; '.join(where)}); logins: {summary['logins']}")
+    if summary["bridge"]:
+        b = summary["bridge"]
+        print(f"bridge {b['login']} to {b['to']}: site {b['site']} up, requests of "
+              f"{', '.join(b['operators']) or 'no operator'} down (conf.d/bridge.conf, mode 0640)")
     if summary["run_as"]:
         print(f"secret files readable by group {summary['run_as']}: Mosquitto started as root runs as that user")
     print(f"run: mosquitto -c {summary['conf']}")
     return EXIT_OK
+
+
+def _bridge(args, ks):
+    """The ``Bridge`` the --bridge options describe (None without --bridge); ValueError names what is wrong."""
+    from lookout.gateway.admin.brokerconfig import Bridge
+
+    if not args.bridge:
+        if args.bridge_login or args.bridge_password_file or args.bridge_operator:
+            raise ValueError("--bridge-login/--bridge-password-file/--bridge-operator need --bridge URL")
+        return None
+    if not args.bridge_login or not args.bridge_password_file:
+        raise ValueError("--bridge needs --bridge-login and --bridge-password-file (`lookout provision bridge "
+                         "--out FILE` on the county side)")
+    try:
+        password = _secret_from_file(args.bridge_password_file, "password")
+    except OSError as e:
+        raise ValueError(f"--bridge-password-file: {e.strerror}: {args.bridge_password_file}") from None
+    site = args.bridge_site
+    if site is None:
+        sites = sorted({u.site for u in ks.mqtt_users() if u.role == "gateway" and u.site})
+        if len(sites) != 1:
+            raise ValueError(f"--bridge-site: give the site (this key store's gateway logins have sites {sites})")
+        site = sites[0]
+    return Bridge(args.bridge, args.bridge_login, password, site, tuple(args.bridge_operator), args.bridge_ca)
 
 
 # -- pki ---------------------------------------------------------------------------------------------------------
@@ -415,7 +486,10 @@ def register(subparsers) -> None:
     o = ps.add_parser("operator", parents=[common], help="an operator: token + broker login for opreq/opres")
     o.add_argument("--id", required=True)
     o.add_argument("--name", help="the operator's name (required when creating)")
-    o.add_argument("--role", choices=("operator", "admin"), default="operator")
+    o.add_argument("--role", choices=("operator", "admin", "viewer"), default="operator",
+                   help="viewer: read-only (devices, journal, status, incidents; no command)")
+    o.add_argument("--token-file", help="use the token in this file (written by --out of another key store: a "
+                                        "county operator known to each township's gateway), not a new one")
     o.add_argument("--out", help="write the token to this 0600 JSON file instead of printing")
     o.add_argument("--password", action="store_true",
                    help="also set a web console password (prompted twice); on an existing operator without "
@@ -423,6 +497,14 @@ def register(subparsers) -> None:
     o.add_argument("--password-stdin", action="store_true", help="like --password, read from one line of stdin")
     o.add_argument("--force", action="store_true")
     o.set_defaults(func=_audited(_cmd_operator))
+
+    br = ps.add_parser("bridge", parents=[common],
+                       help="on the county broker: a township broker's bridge login (its site's traffic up)")
+    br.add_argument("--id", required=True)
+    br.add_argument("--site", required=True, help="the township's site")
+    br.add_argument("--out", help="write {username, password} to this 0600 JSON file instead of printing")
+    br.add_argument("--force", action="store_true")
+    br.set_defaults(func=_audited(_cmd_bridge))
 
     for what, helptext in (("drone", "a 32-byte MAVLink 2 signing key"), ("recorder", "a serial recorder key")):
         k = ps.add_parser(what, parents=[common], help=helptext)
@@ -462,6 +544,14 @@ def register(subparsers) -> None:
     b.add_argument("--no-persistence", action="store_true")
     b.add_argument("--run-as", help="user Mosquitto runs as when started as root (Mosquitto's default: mosquitto)")
     b.add_argument("--log-stderr", action="store_true", help="log to stderr instead of OUT/mosquitto.log")
+    b.add_argument("--bridge", metavar="URL", help="bridge this (township) broker to the county broker at URL "
+                                                   "(mqtt[s]://host:port; docs/COUNTY.md)")
+    b.add_argument("--bridge-login", help="the bridge's login on the county broker (`lookout provision bridge`)")
+    b.add_argument("--bridge-password-file", help="its password: the JSON file `provision bridge --out` wrote")
+    b.add_argument("--bridge-site", help="the site whose traffic goes up (default: this key store's gateway's)")
+    b.add_argument("--bridge-operator", action="append", default=[], metavar="ID",
+                   help="a county operator whose requests may come down (repeat for each)")
+    b.add_argument("--bridge-ca", help="with mqtts://: the county broker's CA certificate")
     b.set_defaults(func=_audited(_cmd_broker_config))
 
     # pki

@@ -24,6 +24,13 @@ stored, the file hashed (read back when chunks came out of order), fsynced and l
 custody entry and the index row follow on the loop (``_record``). ``close`` waits for such a filing to finish and
 records it, so a stored file never lacks its custody entry.
 
+Across a restart (a crash included): each open upload's manifest and temp file name are a row of ``uploads`` in
+``evidence.db``, written when the manifest is accepted and deleted when the upload ends (filed, failed,
+abandoned). At start the store reopens those temp files with every chunk counted missing (which ones reached the
+file before a crash is unknown; writing a chunk again is harmless) and asks the node for them at the first
+housekeeping tick, so an upload resumes as long as its node still holds the file (a camera keeps a snapshot
+120 s). Temp files without a row are leftovers and removed.
+
 Delivery policy: chunks come QoS 1 and may repeat or arrive out of order (the receiver is idempotent). If no chunk
 arrived for ``stall_ms`` the store publishes the receiver's status (missing ranges) on the node's ``dl/<tid>`` —
 the only topic the node may read besides ``cmd`` — at most ``max_asks`` times; a transfer silent for
@@ -95,6 +102,10 @@ CREATE INDEX IF NOT EXISTS links_sha ON links (sha256);
 CREATE TABLE IF NOT EXISTS partials (
     device TEXT NOT NULL, tid INTEGER NOT NULL, site TEXT NOT NULL, manifest TEXT NOT NULL, auth TEXT NOT NULL,
     part TEXT NOT NULL, started_ms INTEGER NOT NULL, officer TEXT, PRIMARY KEY (device, tid)
+);
+CREATE TABLE IF NOT EXISTS uploads (
+    device TEXT NOT NULL, tid INTEGER NOT NULL, site TEXT NOT NULL, manifest BLOB NOT NULL, auth TEXT NOT NULL,
+    part TEXT NOT NULL, started_ms INTEGER NOT NULL, PRIMARY KEY (device, tid)
 );
 """
 
@@ -213,11 +224,43 @@ class ClipStore:
         self._db.execute("PRAGMA busy_timeout = 10000")  # `lookout clips` on the same host writes holds
         self._db.executescript(_SCHEMA)
         self.custody = Custody(self._db, journal, self.dir, clock, retention_days)
-        keep = {r[0] for r in self._db.execute("SELECT part FROM partials")}
+        keep = {r[0] for r in self._db.execute("SELECT part FROM partials UNION SELECT part FROM uploads")}
         for stale in self.tmp.iterdir():  # node temp files of a previous run can never complete: not evidence
             if stale.name not in keep:
                 stale.unlink(missing_ok=True)
         self._restore_partials()
+        self._resume()
+
+    def _resume(self) -> None:
+        """Node uploads that were open when the gateway stopped: reopened, and every chunk asked for again."""
+        now = self.clock()
+        for device, tid, site, raw, auth, part, started in self._db.execute(
+                "SELECT device, tid, site, manifest, auth, part, started_ms FROM uploads").fetchall():
+            path = self.tmp / part
+            try:
+                m = cliptransfer.decode_manifest(bytes(raw))
+                sink = TempSink(path, m.size, self._file_fs, resume=True)
+                rx = cliptransfer.ClipReceiver(m, self.max_size, sink)
+            except (TransferError, OSError) as e:
+                log.warning("upload %d from %s cannot resume: %s", tid, device, e)
+                self._db.execute("DELETE FROM uploads WHERE device = ? AND tid = ?", (device, tid))
+                continue
+            u = Upload(site, device, tid, m, auth, rx, sink, started)
+            u.last_ms = u.last_ask_ms = now - self.stall_ms  # ask for every chunk at the first tick
+            sink.upload = u  # type: ignore[attr-defined]
+            self.uploads[(device, tid)] = u
+            log.info("upload %s/%d from %s resumes (%d bytes): asking for its chunks", m.clip_id, tid, device,
+                     m.size)
+
+    def _open(self, u: Upload, manifest: bytes) -> None:
+        self.uploads[(u.device, u.tid)] = u
+        self._db.execute("INSERT OR REPLACE INTO uploads VALUES (?,?,?,?,?,?,?)",
+                         (u.device, u.tid, u.site, manifest, u.auth, u.sink.path.name, u.started_ms))
+
+    def _drop(self, key: tuple[str, int]) -> None:
+        """The upload has ended (filed, failed or abandoned): no longer resumed after a restart."""
+        if self.uploads.pop(key, None) is not None:
+            self._db.execute("DELETE FROM uploads WHERE device = ? AND tid = ?", key)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)  # a file being filed is completed, and its custody recorded below
@@ -226,8 +269,9 @@ class ClipStore:
                 u.sink.close()  # resumable: the file and its partials row wait for the recorder
             elif u.finishing is not None and u.finishing.exception() is None and u.filed is not None:
                 self._record(u)
-            elif u.finishing is None:
-                u.sink.discard()
+            elif u.finishing is None and u.sink.fd is not None:  # kept with its row: resumed at the next start
+                os.close(u.sink.fd)
+                u.sink.fd = None
         self.uploads.clear()
         self._db.close()
 
@@ -310,7 +354,7 @@ class ClipStore:
             return
         u = Upload(site, device, tid, m, auth, rx, sink, now)
         sink.upload = u  # type: ignore[attr-defined]  # _file needs to know whose file it is
-        self.uploads[key] = u
+        self._open(u, payload)
         log.debug("upload %s/%d from %s: %d bytes in %d chunks (%s)", m.clip_id, tid, device, m.size, m.chunks, auth)
 
     def _on_chunk(self, device: str, tid: int, payload: bytes, now: int) -> None:
@@ -360,7 +404,7 @@ class ClipStore:
         except Exception:  # a bug in the thread: drop the upload (never a half file), keep the gateway up
             self.stats["errors"] += 1
             log.exception("upload %s/%d from %s", u.manifest.clip_id, u.tid, u.device)
-            self.uploads.pop(key, None)
+            self._drop(key)
             u.sink.discard()
             return
         if u.filed is not None:
@@ -372,7 +416,7 @@ class ClipStore:
         device, tid = key
         if isinstance(e, TransferError):
             if u.rx.state == cliptransfer.FAILED:  # hash mismatch: the sink was discarded, nothing filed
-                self.uploads.pop(key, None)
+                self._drop(key)
                 self._remember(key, "failed")
                 self.stats["failed"] += 1
                 self._security(device, f"upload {u.manifest.clip_id}/{tid} from {device} failed: {e.code}",
@@ -384,7 +428,7 @@ class ClipStore:
             log.warning("chunk from %s on up/%d rejected: %s", device, tid, e)
             return
         # disk full / filing failed: drop the transfer, never a half file
-        self.uploads.pop(key, None)
+        self._drop(key)
         u.sink.discard()
         self.stats["errors"] += 1
         log.error("upload %s/%d from %s: %s", u.manifest.clip_id, tid, device, e)
@@ -429,7 +473,7 @@ class ClipStore:
         final, dup = u.filed
         m = u.manifest
         now = self.clock()
-        self.uploads.pop((u.device, u.tid), None)
+        self._drop((u.device, u.tid))
         self._remember((u.device, u.tid), m.sha256)
         if u.stream:
             self._file_recording(u, final, dup, now)
@@ -626,7 +670,7 @@ class ClipStore:
             log.info("resumable upload %s/%d from %s: %d of %d bytes held", m.clip_id, tid, device, off, m.size)
 
     def _abandon(self, key: tuple[str, int], u: Upload, now: int, why: str) -> None:
-        self.uploads.pop(key, None)
+        self._drop(key)
         u.sink.discard()
         if u.stream:
             self._db.execute("DELETE FROM partials WHERE device = ? AND tid = ?", key)

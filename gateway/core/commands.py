@@ -214,6 +214,7 @@ class CommandService:
         self.orphans = 0
         self._db: sqlite3.Connection | None = None
         self._dirty: dict[str, Command] = {}  # status changes waiting for flush()
+        self.store_error: sqlite3.Error | None = None  # why the last write failed (None: it worked)
         self._checkpointer: walstore.Checkpointer | None = None
         if path is not None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -274,18 +275,35 @@ class CommandService:
         if not sync:
             self._dirty[c.id] = c
             return
+        try:
+            self._db.execute("INSERT OR REPLACE INTO commands (id, device, status, issued_ms, doc)"
+                             " VALUES (?, ?, ?, ?, ?)", (c.id, c.device, c.status, c.issued_ms, json.dumps(vars(c))))
+        except sqlite3.Error as e:  # disk full, read-only: the command cannot be kept, so it is not taken
+            self.store_error = e
+            raise CommandError(f"cannot store the command ({e}): the gateway cannot write its data directory",
+                               "busy") from None
         self._dirty.pop(c.id, None)
-        self._db.execute("INSERT OR REPLACE INTO commands (id, device, status, issued_ms, doc)"
-                         " VALUES (?, ?, ?, ?, ?)", (c.id, c.device, c.status, c.issued_ms, json.dumps(vars(c))))
 
     def _store_now(self, c: Command) -> None:
         if self._dirty.get(c.id) is c:
-            self._save(c)
+            try:
+                self._save(c)
+            except CommandError:  # stays dirty: tick()'s flush writes it once the disk takes writes again
+                log.error("command %s: its signed bytes could not be stored yet (%s)", c.id, self.store_error)
+
+    def retry_writes(self) -> sqlite3.Error | None:
+        """Write what waits (after a disk-full or read-only spell); the error if it still cannot."""
+        try:
+            self.flush()
+        except sqlite3.Error:
+            pass
+        return self.store_error
 
     def flush(self, limit: int | None = None) -> int:
         """Write the batched status changes in one transaction; at most ``limit`` of them (``tick`` writes in
         slices and yields between them: serialising a few hundred commands at once held the loop for ms)."""
         if self._db is None or not self._dirty:
+            self.store_error = None  # nothing waits to be written
             return 0
         if limit is None or limit >= len(self._dirty):
             cmds = list(self._dirty.values())
@@ -293,10 +311,19 @@ class CommandService:
         else:
             cmds = [self._dirty.pop(k) for k in list(itertools.islice(self._dirty, limit))]
         rows = [(c.id, c.device, c.status, c.issued_ms, json.dumps(vars(c))) for c in cmds]
-        self._db.execute("BEGIN")
-        self._db.executemany("INSERT OR REPLACE INTO commands (id, device, status, issued_ms, doc)"
-                             " VALUES (?, ?, ?, ?, ?)", rows)
-        self._db.execute("COMMIT")
+        try:
+            self._db.execute("BEGIN")
+            self._db.executemany("INSERT OR REPLACE INTO commands (id, device, status, issued_ms, doc)"
+                                 " VALUES (?, ?, ?, ?, ?)", rows)
+            self._db.execute("COMMIT")
+        except sqlite3.Error as e:  # disk full, read-only: keep them dirty (newer changes win) and try again later
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            for c in cmds:
+                self._dirty.setdefault(c.id, c)
+            self.store_error = e
+            raise
+        self.store_error = None
         return len(rows)
 
     def _set(self, c: Command, status: str, now: int, code: str | None = None, detail: str | None = None) -> None:
@@ -618,9 +645,13 @@ class CommandService:
             self._set(c, "queued", now)
 
     async def tick(self) -> None:
-        """Retries and deadlines, and the batched status writes; the service calls this every few hundred ms."""
-        while self.flush(FLUSH_SLICE) == FLUSH_SLICE:
-            await asyncio.sleep(0)
+        """Retries and deadlines, and the batched status writes; the service calls this every few hundred ms.
+        A failing disk stops only the writes (the changes stay in memory): retries and deadlines go on."""
+        try:
+            while self.flush(FLUSH_SLICE) == FLUSH_SLICE:
+                await asyncio.sleep(0)
+        except sqlite3.Error as e:
+            log.debug("command status writes wait for the disk: %s", e)
         now = self.clock()
         for c in list(self.active.values()):
             if now > c.exp_ms:

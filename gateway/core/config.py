@@ -114,6 +114,7 @@ class Config:
     keystore: Path | None = None  # default data_dir/keystore.db
     log_level: str = "info"
     log_format: str = "text"  # text | json (one object per line)
+    min_free_mb: int = 16  # below this free in data_dir, new work is refused (gateway/core/storage.py)
     broker: BrokerConfig = field(default_factory=BrokerConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     commands: CommandsConfig = field(default_factory=CommandsConfig)
@@ -225,6 +226,7 @@ def from_dict(d: dict[str, Any], base: Path | None = None) -> Config:
     level = g.str("log_level", "info", lambda s: s in ("debug", "info", "warning", "error"),
                   "one of debug, info, warning, error")
     log_format = g.str("log_format", "text", lambda s: s in ("text", "json"), "one of text, json")
+    min_free_mb = g.int("min_free_mb", 16, 0, 1_000_000)
     g.finish()
 
     b = _V(errors, "broker", d.get("broker"))
@@ -322,7 +324,8 @@ def from_dict(d: dict[str, Any], base: Path | None = None) -> Config:
                     session_idle_s=web_idle, session_max_s=web_max, site_map=site_map, circle_m=web_circle,
                     cookie_secure=web_secure)
     return Config(gateway_id=gid or "gw-1", site=site or "site", data_dir=ddir, keystore=ks,
-                  log_level=level or "info", log_format=log_format or "text", broker=broker, registry=reg,
+                  log_level=level or "info", log_format=log_format or "text", min_free_mb=min_free_mb,
+                  broker=broker, registry=reg,
                   commands=cmds, metrics_listen=metrics_listen, coap_listen=coap_listen, zones=zones,
                   linkage=linkage, web=web, mavlink=mavlink, recorders=recorders)
 

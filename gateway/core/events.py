@@ -41,6 +41,7 @@ WINDOW_MS = 30 * 86_400_000  # 30 days: a node's outbox outlives any outage we p
 # body-worn evidence practice counts in days to weeks; events are rare, so the table stays small
 MAX_ROWS = 1_000_000  # ~100 bytes each: a bound on disk use whatever the event rate
 PRUNE_EVERY_MS = 60_000
+MAX_UNSAVED = 100_000  # event ids kept in memory while the disk refuses writes (~100 bytes each)
 
 
 class Event:
@@ -67,6 +68,8 @@ class EventIntake:
         self._listeners: list[Listener] = []
         self._pruned_ms = 0
         self._mem: dict[tuple[str, str], int] | None = None
+        self._unsaved: dict[tuple[str, str], int] = {}  # seen while the disk refused writes (bounded)
+        self.error: sqlite3.Error | None = None  # why the last write failed (None: it worked)
         self._db: sqlite3.Connection | None = None
         if path is None:
             self._mem = {}
@@ -111,8 +114,23 @@ class EventIntake:
             self._mem[(device, eid)] = now_ms
             return True
         assert self._db is not None
-        cur = self._db.execute("INSERT OR IGNORE INTO seen (device, id, first_ms) VALUES (?, ?, ?)",
-                               (device, eid, now_ms))
+        if (device, eid) in self._unsaved:
+            return False
+        try:
+            self._save_unsaved()
+            cur = self._db.execute("INSERT OR IGNORE INTO seen (device, id, first_ms) VALUES (?, ?, ?)",
+                                   (device, eid, now_ms))
+        except sqlite3.Error as e:
+            # disk full or read-only: the event is still handed on (its alert waits in the journal's memory);
+            # the id is remembered here and written when the disk takes writes again
+            self.error = e
+            if len(self._unsaved) < MAX_UNSAVED:
+                self._unsaved[(device, eid)] = now_ms
+            else:
+                log.error("event ids waiting for the disk: %d, more are not remembered", len(self._unsaved))
+            return self._db.execute("SELECT 1 FROM seen WHERE device = ? AND id = ?",
+                                    (device, eid)).fetchone() is None
+        self.error = None
         if cur.rowcount == 1:
             return True
         row = self._db.execute("SELECT first_ms FROM seen WHERE device = ? AND id = ?", (device, eid)).fetchone()
@@ -120,6 +138,28 @@ class EventIntake:
             self._db.execute("UPDATE seen SET first_ms = ? WHERE device = ? AND id = ?", (now_ms, device, eid))
             return True
         return False
+
+    def retry(self) -> sqlite3.Error | None:
+        """Write the ids that wait for the disk; the error if it still cannot."""
+        try:
+            self._save_unsaved()
+            self.error = None
+        except sqlite3.Error as e:
+            self.error = e
+        return self.error
+
+    def _save_unsaved(self) -> None:
+        if self._unsaved and self._db is not None:
+            try:
+                self._db.execute("BEGIN")
+                self._db.executemany("INSERT OR IGNORE INTO seen (device, id, first_ms) VALUES (?, ?, ?)",
+                                     [(d, i, t) for (d, i), t in self._unsaved.items()])
+                self._db.execute("COMMIT")
+            except sqlite3.Error:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+            self._unsaved.clear()
 
     def prune(self, now_ms: int) -> int:
         """Forget what is older than the window (and the oldest beyond ``max_rows``); at most once a minute."""
@@ -133,6 +173,11 @@ class EventIntake:
                 del self._mem[k]
             return len(old)
         assert self._db is not None
+        try:
+            self._save_unsaved()
+        except sqlite3.Error as e:
+            self.error = e
+            return 0
         n = self._db.execute("DELETE FROM seen WHERE first_ms < ?", (cut,)).rowcount
         over = self._db.execute("SELECT COUNT(*) FROM seen").fetchone()[0] - self.max_rows
         if over > 0:

@@ -341,6 +341,11 @@ class Journal:
                       len(self._pending), self._error, self.dropped)
 
     @property
+    def error(self) -> BaseException | None:
+        """Why the last commit failed (None once a commit worked): the rows wait in memory meanwhile."""
+        return self._error
+
+    @property
     def pending(self) -> int:
         """Rows appended but not yet committed."""
         return len(self._pending) + len(self._deferred)
@@ -456,7 +461,8 @@ class Journal:
                         self._db.execute("DELETE FROM journal_inbox WHERE id <= ?", (claimed,))
                     self._db.execute("COMMIT")
                 except BaseException:
-                    self._db.execute("ROLLBACK")
+                    if self._db.in_transaction:  # a failed COMMIT (disk full) has already rolled back
+                        self._db.execute("ROLLBACK")
                     raise
         except sqlite3.Error as e:  # disk full, file locked...: keep the rows, retry, tell readers
             log.error("journal write failed (%d entries kept, retrying): %s", len(rows), e)

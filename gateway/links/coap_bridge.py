@@ -122,6 +122,33 @@ def _peer_id(site: str, device: str, channel: str) -> str:
     return f"{site}/{device}/{channel}"
 
 
+def _bad_options_unparsable() -> None:
+    """Make aiocoap drop a datagram whose options do not decode, instead of raising out of its transport.
+
+    aiocoap 0.4's ``Message.decode`` lets the ``UnicodeDecodeError`` of a string option (Uri-Path...) that is not
+    UTF-8 escape the UDP transport's read callback: asyncio logs a traceback for every such datagram, which anyone
+    who can reach the port may send (upstream: chrysn/aiocoap#176, "Option decoding errors not tested for"; found
+    by tests/test_fuzz_entries.py). Such errors become ``UnparsableMessage``, which the transport already ignores
+    with one warning. Process-wide and idempotent; applied when a bridge starts, not at import."""
+    from aiocoap import error
+    from aiocoap.message import Message
+
+    if getattr(getattr(Message.decode, "__func__", None), "lookout_strict", False):
+        return
+    original = Message.decode  # bound to the class
+
+    def decode(cls: type, rawdata: bytes, remote: Any = None) -> Any:
+        try:
+            return original(rawdata, remote)
+        except error.UnparsableMessage:
+            raise
+        except (ValueError, TypeError, IndexError) as e:
+            raise error.UnparsableMessage(f"undecodable option: {type(e).__name__}") from None
+
+    decode.lookout_strict = True  # type: ignore[attr-defined]
+    Message.decode = classmethod(decode)  # type: ignore[method-assign, assignment]
+
+
 class CoAPBridge:
     """``async with CoAPBridge(publish, host, port, keystore) as bridge:`` serves until the block ends.
 
@@ -154,6 +181,7 @@ class CoAPBridge:
     async def start(self) -> CoAPBridge:
         if self._ctx is not None:
             raise RuntimeError("coap bridge already started")
+        _bad_options_unparsable()
         self._ctx = await aiocoap.Context.create_server_context(
             _BridgeRoot(self), bind=(self.host, self.port), transports=["udp6"], loggername="lookout.coap"
         )

@@ -29,6 +29,7 @@ import itertools
 import json
 import logging
 import signal
+import sqlite3
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any, Self
@@ -41,6 +42,7 @@ from lookout.gateway.core.gcpolicy import GCPolicy
 from lookout.gateway.core.journal import Journal
 from lookout.gateway.core.metrics import Metrics
 from lookout.gateway.core.registry import Change, Device, Registry
+from lookout.gateway.core.storage import StorageHealth
 from lookout.gateway.links.mqtt import Message, MQTTError, MQTTLink
 from lookout.gateway.service.operator_api import OperatorAPI, device_view
 from lookout.protocols import messages, opapi, topics
@@ -55,6 +57,7 @@ PUBACK_TIMEOUT_S = 10.0  # a QoS 1 publish not acknowledged by then counts as fa
 RETAIN_PER_S = 1000  # retained device states published per second at most (after a reconnect: all, paced)
 RETAIN_SLICE = 100  # ... in slices, the event loop free between them (~2 ms each)
 TOPIC_CACHE = 200_000  # parsed topics remembered (a few per device: the same topics arrive again and again)
+REBIRTH_MS = 60_000  # the retained birth again this often: a node that missed it (a full inbox) holds its outbox
 
 
 
@@ -109,6 +112,7 @@ class Gateway:
         self.drones: Any = None  # the drone bridge, with [mavlink] in the config
         self.recorders: Any = None
         self.metrics_port: int | None = None
+        self.storage: StorageHealth
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     async def __aenter__(self) -> Self:
@@ -123,7 +127,8 @@ class Gateway:
 
     async def _open(self) -> None:
         cfg = self.cfg
-        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        self.storage = StorageHealth(cfg.data_dir, cfg.min_free_mb << 20, on_change=self._on_storage)
+        self.storage.startup_check()  # a full or read-only data_dir: one clear error before any store opens
         if self._keystore is None:
             from lookout.gateway.admin.keystore import KeyStore
             self.keystore = KeyStore(cfg.keystore_path)
@@ -132,6 +137,7 @@ class Gateway:
             self.keystore = self._keystore
         self.journal = Journal(cfg.data_dir / "journal.db")
         self._stack.callback(self.journal.close)
+        self.storage.add_source(lambda: self.journal.error)
         self.registry = Registry(cfg.registry, cfg.data_dir / "registry.db")
         self._stack.callback(self.registry.close)
         self.events = EventIntake(cfg.data_dir / "events.db")  # verified events, each handed on once
@@ -155,6 +161,9 @@ class Gateway:
                                         self.clipstore, issue=self.ops.command, publish=self._publish,
                                         spawn=self.spawn, clock=self.clock)
         self.ops.clips = self.clipdist
+        self.ops.storage = self.storage
+        self.storage.add_source(self.events.retry)  # what waits for the disk is written before it counts as fine
+        self.storage.add_source(self.commands.retry_writes)
         self.clipstore.on_status = self.clipdist.on_status
         self.commands.add_listener(self.clipdist.on_command)
         self.metrics.bind_loop(asyncio.get_running_loop())  # gauges are read on the loop that owns them
@@ -265,12 +274,35 @@ class Gateway:
         """Run until ``stop()``: named tasks in one TaskGroup."""
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._tick_loop(), name="tick")
-                tg.create_task(self._flush_loop(), name="flush")
+                tg.create_task(self._resilient("tick", self._tick_loop), name="tick")
+                tg.create_task(self._resilient("flush", self._flush_loop), name="flush")
                 await self._stop.wait()
                 raise _Stop
         except* _Stop:
             pass
+
+    async def _resilient(self, name: str, loop: Callable[[], Any]) -> None:
+        """Run ``loop``; a storage error (disk full, read-only data_dir) restarts it a second later instead of
+        ending the service: what is in memory waits for the disk, new work is refused meanwhile (storage.py)."""
+        while not self._stop.is_set():
+            try:
+                await loop()
+                return
+            except (sqlite3.Error, OSError) as e:
+                self.storage.failed(name, e, self.clock())
+                log.debug("%s loop: %s; restarting in 1 s", name, e)
+                await asyncio.sleep(1.0)
+
+    def _on_storage(self, old: str | None, new: str | None, now: int) -> None:
+        """The data directory failed or recovered: journaled (the rows wait in memory until it can write)."""
+        if new is not None:
+            self.journal.append("system", f"{new}: new work refused", device=self.cfg.gateway_id, ts=now,
+                                detail={"problem": new})
+        else:
+            since = self.storage.since_ms or now
+            self.journal.append("system", f"data directory writable again after {(now - since) / 1000:.1f} s",
+                                device=self.cfg.gateway_id, ts=now,
+                                detail={"was": old, "refused": self.storage.refused, "since_ms": since})
 
     def spawn(self, coro, name: str | None = None) -> asyncio.Task[Any]:
         t = asyncio.get_running_loop().create_task(coro, name=name)
@@ -284,7 +316,14 @@ class Gateway:
             log.error("task %s failed", t.get_name(), exc_info=t.exception())
 
     async def _tick_loop(self) -> None:
+        rebirth = self.clock() + REBIRTH_MS
         while not self._stop.is_set():  # not only the TaskGroup's cancel: a cancel can be lost (see mqtt.py)
+            self.storage.check(self.clock())
+            if self.clock() >= rebirth and self.link is not None and self.link.connected.is_set():
+                rebirth = self.clock() + REBIRTH_MS  # nodes send only while they know we listen (PROTOCOL.md §5)
+                b = self.link.birth
+                if b is not None:
+                    self.link.publish_nowait(b.topic, b.payload, b.qos, b.retain)
             if self.link is not None and self.link.connected.is_set():
                 self.registry.tick(self.clock())
             await self.commands.tick()
@@ -440,6 +479,8 @@ class Gateway:
         except (MessageError, ValueError) as e:
             self.metrics.rejected.labels("invalid").inc()
             log.warning("invalid %s from %s: %s", ch, dev, e)
+        except (sqlite3.Error, OSError) as e:  # a store could not write: the state is kept in memory meanwhile
+            self.storage.failed(ch, e, now)
 
     def _signed(self, dev: str, purpose: str, msg: dict[str, Any]) -> bool:
         p = check_signature(self.keystore, dev, purpose, msg)
@@ -532,6 +573,10 @@ class Gateway:
                                 operator=op_id, detail={"op": req["op"], "id": req["id"]})
             await self._respond(op_id, opapi.response(req["id"], "unauthorized",
                                                       error=f"operator {op_id!r} unknown or token wrong"))
+            return
+        refused = self.ops.refuse_role(op_id, op.role, req["op"], req["args"], req["id"])
+        if refused is not None:  # a viewer (the county's operator) asked for more than a read
+            await self._respond(op_id, refused)
             return
         try:
             resp = await self.ops.handle(op_id, req["op"], req["args"], req["id"], drain=False)

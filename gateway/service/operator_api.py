@@ -31,6 +31,13 @@ RECORDER_BUSY = ("recording", "dispatched")  # a recorder's hb ``state`` values 
 # an armed drone in one of these modes (hb ``state``) is free for the gateway to guide: holding or already guided;
 # armed in any other mode it is flying someone else's job (a mission, RTL, landing, a pilot's manual control)
 DRONE_FREE_MODES = ("guided", "loiter", "brake", "poshold", "offboard")
+READ_ONLY = ("devices", "locate", "journal", "status", "incidents", "coverage")  # all a ``viewer`` may ask
+READ_ONLY_ACTIONS = {"clips": ("list", "progress", "evidence", "custody"), "incident": ("show",)}
+
+
+def read_only(op: str, a: dict[str, Any]) -> bool:
+    """True when ``op`` only reads (a ``viewer`` operator, e.g. the county's, may send nothing else)."""
+    return op in READ_ONLY or a.get("action", "list" if op == "clips" else None) in READ_ONLY_ACTIONS.get(op, ())
 
 
 class ClipOps(Protocol):
@@ -67,12 +74,17 @@ class OperatorAPI:
         self.bdseq = bdseq
         self.clips: ClipOps | None = None  # set by the service once the clip distributor exists
         self.linkage: ClipOps | None = None  # the same shape: incidents, incident, coverage (gateway/linkage)
+        self.storage: Any = None  # core/storage.StorageHealth: while its ``problem`` is set, no new work
         self.verifying: dict[str, int] | None = None  # {"done", "of"} while a journal verify runs
         self._verify_task: asyncio.Task[VerifyResult] | None = None
 
     def resolve(self, to: str, op: str) -> list[str]:
         """A device id, a zone ([zones] in the config) or a site id -> device ids. Group ops address speakers."""
-        if self.keystore.get(to) is not None or to in self.registry.devices:
+        ident = self.keystore.get(to)
+        if ident is not None and ident.site != self.cfg.site:  # a key store shared by the gateways of a broker
+            raise CommandError(f"{to!r} belongs to site {ident.site!r}; this gateway serves {self.cfg.site!r}",
+                               "unknown_device")
+        if ident is not None or to in self.registry.devices:
             return [to]
         kinds = ("speaker",) if op in ("broadcast", "stop", "clips") else NODE_KINDS
         if to in self.cfg.zones:
@@ -83,6 +95,15 @@ class OperatorAPI:
                 ids |= {i.device_id for i in self.keystore.list(site=to) if i.kind in kinds}
             return sorted(ids)
         raise CommandError(f"unknown device, zone or site {to!r}", "unknown_device")
+
+    def refuse_role(self, op_id: str, role: str, op: str, a: dict[str, Any], rid: str | None
+                    ) -> dict[str, Any] | None:
+        """The ``unauthorized`` response (journaled) when ``role`` may not ``op``; None when it may."""
+        if role != "viewer" or read_only(op, a):
+            return None
+        self.journal.append("security", f"{op} from read-only operator {op_id} refused", operator=op_id,
+                            detail={"op": op, "role": role, "id": rid})
+        return opapi.response(rid, "unauthorized", error=f"operator {op_id!r} is read-only (viewer): {op} refused")
 
     async def handle(self, op_id: str, op: str, a: dict[str, Any], rid: str | None = None,
                      drain: bool = True) -> dict[str, Any]:
@@ -97,6 +118,13 @@ class OperatorAPI:
                 self.journal.drain()
 
     async def _handle(self, op_id: str, op: str, a: dict[str, Any], rid: str | None = None) -> dict[str, Any]:
+        problem = self.storage.problem if self.storage is not None and not read_only(op, a) else None
+        if problem is not None:  # it could not be kept: refuse it, rather than take it and lose it
+            self.storage.refused += 1
+            self.journal.append("operator", f"{op_id} {op} refused: {problem}", operator=op_id,
+                                detail={"op": op, "code": "busy", "why": problem})
+            return opapi.response(rid, "busy", error=f"{problem}: new work is refused until the gateway can "
+                                                     "write again; nothing already accepted is lost")
         if op == "devices":
             return self._devices(op_id, a, rid)
         if op == "locate":
@@ -116,7 +144,9 @@ class OperatorAPI:
                     "devices": self.registry.counts(), "commands": self.commands.depths(), "journal_seq": seq,
                     "journal_head": head}
             if self.verifying is not None:
-                data["journal_verify"] = dict(self.verifying)  # a verify in progress: entries done of total
+                data["journal_verify"] = dict(self.verifying)
+            if self.storage is not None and self.storage.problem is not None:  # disk full, read-only
+                data["storage"] = {"problem": self.storage.problem, "since_ms": self.storage.since_ms}  # a verify in progress: entries done of total
             return opapi.response(rid, "ok", data)
         if op in ("incidents", "incident", "coverage"):
             if self.linkage is None:

@@ -73,7 +73,9 @@ async def operate(console: Console, op_id: str, op: Any, args: Any) -> dict[str,
         console.gw.journal.append("operator", f"bad request from {op_id}", operator=op_id,
                                   detail={"error": str(e), "via": "web"})
         return opapi.response(rid, "bad_request", error=str(e))
-    return await console.gw.ops.handle(op_id, op, args, rid)
+    who = console.gw.keystore.get_operator(op_id)
+    refused = console.gw.ops.refuse_role(op_id, who.role if who else "viewer", op, args, rid)
+    return refused if refused is not None else await console.gw.ops.handle(op_id, op, args, rid)
 
 
 async def api_op(request: web.Request) -> web.Response:

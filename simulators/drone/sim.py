@@ -8,8 +8,9 @@ answered at once. With a ``key`` the drone behaves like an autopilot with MAVLin
 it sends and ignores any frame that is unsigned, badly signed or replayed (pymavlink's own signing code, so the
 gateway's signing is checked against an independent implementation); ``rejected`` counts them.
 
-Faults (``Faults``, changeable while it runs): ``loss_pct`` of outgoing frames dropped, ``corrupt_pct`` with one
-byte flipped, ``cut(seconds)`` (nothing in or out, a link cut), ``drop_acks`` (the next n COMMAND_ACKs lost).
+Faults (``Faults``, changeable while it runs): ``loss_pct`` of outgoing frames dropped, ``in_loss_pct`` of what
+arrives (each read: a UDP datagram) dropped, ``corrupt_pct`` with one byte flipped, ``cut(seconds)`` (nothing in or
+out, a link cut), ``drop_acks`` (the next n COMMAND_ACKs lost).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ EPOCH_2015_S = 1420070400
 @dataclass
 class Faults:
     loss_pct: float = 0.0
+    in_loss_pct: float = 0.0  # the uplink: frames from the ground station lost
     corrupt_pct: float = 0.0
     drop_acks: int = 0
     cut_until: float = 0.0  # loop time
@@ -127,7 +129,8 @@ class SimDrone:
             self.sent += 1
 
     def _on_bytes(self, data: bytes) -> None:
-        if self.now < self.faults.cut_until:
+        f = self.faults
+        if self.now < f.cut_until or (f.in_loss_pct and f.rng.random() * 100 < f.in_loss_pct):
             return
         try:
             msgs = self.mav.parse_buffer(data) or []

@@ -9,7 +9,7 @@ from fwtest import MemFS, arun, tmpdir
 import binascii
 
 from lookout_node import hal_host
-from lookout_node.hal import asyncio, sleep_ms
+from lookout_node.hal import asyncio, sleep_ms, ticks_ms
 from lookout_node.node import Node
 from lookout_node.outbox import Outbox
 
@@ -63,6 +63,7 @@ class AckGate:
         self.connected.set()
         self.sent = []
         self.acks = 0
+        self.connects = 1  # the client's connection counter (node.py remembers on which one a PUBACK came)
 
     async def publish(self, topic, payload, qos=0, retain=False):
         self.sent.append(json.loads(payload)["id"])
@@ -100,6 +101,59 @@ def test_sender_removes_exactly_the_acknowledged_item_and_counts_the_victim():
         await sleep_ms(5)
         again = Outbox(h.fs, "ob-test", max_items=3)  # and so it stays after a reboot
         assert len(again) == 0 and again.dropped == 1
+    return arun(body())
+
+
+class _Msg:
+    def __init__(self, topic, payload):
+        self.topic, self.payload = topic, payload
+
+
+def test_sender_holds_until_the_gateway_is_online_on_this_connection_and_replays_after_a_break():
+    """With ``gateway`` in the config nothing leaves before that gateway's birth arrived on the current
+    connection (a broker acknowledges what no gateway is subscribed to, and drops it); a death or a new
+    connection holds the outbox again. What the broker acknowledged shortly before a connection broke goes
+    back into the outbox on the next one (a crashed broker may never have delivered it)."""
+    async def body():
+        h = hal_host.HostHal(tmpdir("lkgw"))
+        cfg = {"id": "nd-01", "site": "dongshan", "role": "sensor", "key": binascii.hexlify(KEY).decode(),
+               "broker": {"host": "loopback", "port": 1883}, "gateway": "gw-1"}
+        h.fs.write("config.json", json.dumps(cfg).encode())
+        node = Node(h)
+        node.client = c = AckGate()
+        c.acks = 1000
+        gw_state = "lookout/v1/dongshan/gw-1/state"
+        link1 = asyncio.Event()  # a connection's token: set when it is gone
+        c.msg_link = link1
+        e1 = node.emit_event("presence", "general")["id"]
+        task = asyncio.create_task(node.sender())
+        await sleep_ms(20)
+        assert c.sent == []  # connected, but no gateway birth yet
+        node.on_message(_Msg(gw_state, b'{"bdseq":3,"online":true}'))
+        await until(lambda: c.sent == [e1], what="sent after the birth")
+        node.on_message(_Msg(gw_state, b'{"bdseq":3,"online":false,"reason":"connection lost"}'))
+        e2 = node.emit_event("presence", "general")["id"]
+        await sleep_ms(20)
+        assert c.sent == [e1] and len(node.outbox) == 1  # the gateway died: held
+        node.on_message(_Msg(gw_state, b"not json"))
+        await sleep_ms(10)
+        assert c.sent == [e1]
+        node.on_message(_Msg(gw_state, b'{"bdseq":4,"online":true}'))
+        await until(lambda: c.sent == [e1, e2], what="sent after the gateway's new birth")
+        # the connection breaks (its token is set) and a new one comes up: e1 and e2 were acknowledged on
+        # the old one just before, so they go out again, but only once the gateway is seen on the new one
+        link1.set()
+        node._offline_since = ticks_ms()
+        c.connects = 2
+        node._replay()
+        assert len(node.outbox) == 2 and node.recent == []
+        await sleep_ms(20)
+        assert c.sent == [e1, e2]
+        c.msg_link = asyncio.Event()
+        node.on_message(_Msg(gw_state, b'{"bdseq":4,"online":true}'))
+        await until(lambda: c.sent == [e1, e2, e1, e2], what="replayed after the birth on the new connection")
+        task.cancel()
+        await sleep_ms(5)
     return arun(body())
 
 

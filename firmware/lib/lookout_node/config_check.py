@@ -27,7 +27,7 @@ DEFAULTS = {
 BROKER_DEFAULTS = {"port": 1883, "user": "", "password": "", "tls": False, "ca": "", "keepalive": 60}
 
 # keys whose change could cut the node off the gateway: such a change goes on trial (config.ConfigStore)
-CONNECTION_KEYS = ("id", "site", "key", "broker", "transport", "coap", "wifi")
+CONNECTION_KEYS = ("id", "site", "key", "broker", "transport", "coap", "wifi", "gateway")
 
 
 def check_identity(cfg):
@@ -102,6 +102,8 @@ def validate(cfg):
     for k, lo, hi in (("hb_s", 5, 3600), ("loc_s", 1, 3600), ("tz_min", -720, 840), ("volume", 0, 100),
                       ("trial_s", 5, 3600), ("wdt_ms", 5000, 120000)):
         _int(c[k], lo, hi, k)
+    if c.get("gateway") is not None and not topics.is_valid_id(c["gateway"]):
+        raise ConfigError("gateway", "%r: expected the gateway's id (1-32 chars of [a-z0-9_-])" % (c["gateway"],))
     if c.get("position") is not None:
         p = _dict(c, "position")
         _int(p.get("lat"), -900000000, 900000000, "position.lat")

@@ -125,6 +125,7 @@ class MQTTClient:
         self.connects = 0  # successful connections so far (a reconnect counter for heartbeats)
         self.last_error = None  # why the last link ended, for the heartbeat / diagnostics
         self.subs = {}
+        self.msg_link = None  # token of the connection the message being handled arrived on
         # the current (or last) connection: its token, streams, packet reader, waiters, tasks, clocks
         self._dead = self.reader = self.writer = self._packets = self._task = self._deliver_task = None
         self._waiters = {}  # packet id -> [Event, the ack or a NotConnected, expected ack type]
@@ -425,6 +426,7 @@ class MQTTClient:
                 self._ready.clear()
                 await self._ready.wait()
             msg, link = self.inbox.pop(0)
+            self.msg_link = link  # the handler may ask which connection this came on (its token: set = gone)
             try:
                 r = self.on_message(msg)
                 if hasattr(r, "send"):  # coroutine (CPython) / generator (MicroPython)

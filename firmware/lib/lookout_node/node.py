@@ -14,6 +14,15 @@ Theory of operation:
   ``offline_reboot_s`` (default 1800; a node that cannot get back online for half an hour is better off rebooting).
 - Events and results go through the persistent ``Outbox``; one sender task publishes its oldest item with QoS 1
   and removes exactly that item (by its number) only after PUBACK. Heartbeats and locations are QoS 0 and only sent while connected.
+- With ``"gateway": "<id>"`` in the config the sender also waits until that gateway is online on the current
+  connection: the node subscribes to the gateway's retained ``state`` and sends only after a birth arrived on
+  this very connection and no death since (Sparkplug's primary host awareness). A broker's PUBACK says only
+  that the broker has the message; with no gateway subscribed (a broker that just restarted, a gateway that
+  died: its will) the broker would drop it, so the outbox keeps it instead.
+- A PUBACK is not delivery either when the broker crashes right after it (or resets the gateway's connection
+  with the message unread): the last ``RECENT`` items acknowledged are remembered in RAM, and when their
+  connection breaks, those acknowledged within one keepalive and a half before the break was noticed go back
+  into the outbox (``_replay``). The gateway drops the copies it already had (events by id, results by command).
 - Commands arrive on ``cmd`` and go to ``CommandProcessor`` (verification in front of every handler); clip
   chunks arrive on ``dl/<tid>``.
 - Code a node may never run is loaded on first use, never at boot: ``node_admin`` (reboot, set_config,
@@ -22,6 +31,8 @@ Theory of operation:
 - ``run()`` returns when the app should restart (``exit_reason``): a reboot command, or a config change that
   needs a fresh connection. A device's main.py then resets the board; SimNode builds a new Node.
 """
+
+import json
 
 from protocols import messages, signing, topics
 from lookout_node.config import ConfigStore
@@ -62,6 +73,9 @@ class Node:
         self.seq = {"hb": 0, "loc": 0, "evt": 0}  # per-message-kind sequence numbers
         self.fix = None  # last GPS fix: dict lat, lon, alt_mm, fix, sats, hdop, spd_cms, hdg_cd
         self.client = None
+        self.gw = None  # connection token on which the gateway's birth arrived (None: not seen or dead since)
+        self.gw_up = asyncio.Event()
+        self.recent = []  # [ticks acked, connection number, topic, payload] of the last RECENT items sent
         self.tasks = []
         self.exit_reason = None
         self._exit = asyncio.Event()
@@ -197,7 +211,15 @@ class Node:
         except Exception as e:
             self.record_error("topic", e)
             return
-        if ch == "cmd":
+        if ch == "state":  # the gateway's birth or death (the only state topic a node subscribes to)
+            try:
+                up = msg.payload[:1] == b"{" and json.loads(msg.payload).get("online") is True
+            except Exception:  # not JSON (or not an object): as good as a death
+                up = False
+            self.gw = self.client.msg_link if up else None
+            if up:
+                self.gw_up.set()
+        elif ch == "cmd":
             if self.proc.receive(msg.payload) is None:
                 self.log("warning", "dropped a command with no readable id")
         elif ch == "dl" and sub is not None:
@@ -251,6 +273,12 @@ class Node:
         while True:
             await ob.wait()
             await self.client.connected.wait()
+            if self.cfg.get("gateway") and self.cfg.get("transport") != "coap":
+                g = self.gw
+                if g is None or g.is_set():  # no gateway birth on this connection (yet): hold everything
+                    self.gw_up.clear()
+                    await self.gw_up.wait()
+                    continue
             item = ob.take()  # (iid, topic, payload): in flight until acked, never dropped meanwhile
             if item is None:
                 continue
@@ -261,6 +289,20 @@ class Node:
                 await sleep_ms(100)
                 continue
             ob.ack(item[0])  # exactly the item the broker acknowledged
+            r = self.recent
+            r.append((ticks_ms(), self.client.connects, item[1], item[2]))
+            if len(r) > 8:  # RECENT
+                r.pop(0)
+
+    def _replay(self):
+        """Back into the outbox: what the broker acknowledged on a connection that has since broken, within the
+        time a dead link can go unnoticed (keepalive + PINGRESP timeout) before the break was seen."""
+        r = self.recent
+        self.recent = []
+        window = self.cfg["broker"]["keepalive"] * 1500
+        for t, n, topic, payload in r:
+            if n != self.client.connects and ticks_diff(self._offline_since, t) < window:
+                self.outbox.put(topic, payload)
 
     async def hb(self):
         while True:
@@ -326,6 +368,8 @@ class Node:
                     await c.connected.wait()
             # connected
             deadline = None
+            if self.recent:
+                self._replay()
             if st.trial is not None:
                 t = st.commit()
                 if t and t.get("cmd"):
@@ -377,6 +421,8 @@ class Node:
 
             self.client = c = MQTTClient(opts.pop("host", b["host"]), opts.pop("port", b.get("port")), **opts)
         await c.subscribe(self.topic("cmd"), 1)
+        if cfg.get("gateway") and cfg.get("transport") != "coap":  # its retained birth/death: see sender()
+            await c.subscribe(topics.topic(self.site, cfg["gateway"], "state"), 1)
         if self.speaker is not None or (self.sensor is not None and self.hal.camera is not None):
             # speaker: clip download chunks; camera: resume requests for its snapshot uploads
             await c.subscribe(self.topic("dl") + "/+", 1)
