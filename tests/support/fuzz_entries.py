@@ -184,6 +184,16 @@ class RecorderLine:
         self._tx += data
         self._wake.set()
 
+    def hello(self) -> None:
+        """Say HELLO again now (a fresh nonce), as a recorder whose session went away does."""
+        self.session.start(mono_ms())
+        self._wake.set()
+
+    @property
+    def unsent(self) -> bool:
+        """Bytes the pty has not taken yet."""
+        return bool(self._tx)
+
     @property
     def busy(self) -> bool:
         """Bytes not yet taken by the pty, or frames the gateway has not acknowledged yet."""
@@ -418,7 +428,7 @@ class World:
             if rec.session.established:
                 down_since = time.monotonic()
             elif time.monotonic() - down_since > 5:
-                rec.session.start(mono_ms())
+                rec.hello()
                 down_since = time.monotonic()
             await asyncio.sleep(0.02)
 
@@ -617,7 +627,7 @@ class World:
     async def _rec_quiet(self, deadline: float, acked: bool = False) -> None:
         """Until the pty took every byte (and, with ``acked``, the gateway acknowledged every frame)."""
         rec = self.rec
-        while rec.busy if acked else rec._tx:
+        while rec.busy if acked else rec.unsent:
             assert time.monotonic() < deadline, f"the recorder line did not drain ({rec.session.state})"
             await asyncio.sleep(0.002)
 
