@@ -1,12 +1,13 @@
 """Fuzz every network-facing entry of a running gateway and node at length (issue 17: >= 10,000 cases each).
 
 Runs tests/support/fuzz_entries.py's ``World`` against a Mosquitto of its own: MQTT payloads on every topic the
-gateway and the node subscribe to, CoAP and MAVLink datagrams, then gateway.toml and a node's config.json through
-their loaders; after each network entry the world must still serve (operator API, a broadcast done, the drone
-answering, CoAP 2.04) and no handler may have raised. Reports cases and cases per second per entry; the baseline
-is the same run's valid-input rate (the operator's status request round trips, measured before and after), so a
-rate means "garbage handled per second" beside "requests served per second". Prints JSON on its last line and
-writes bench/results/fuzz_entries.json. Exit 1 on any failure. ``--quick`` runs 1,000 per entry.
+gateway and the node subscribe to, CoAP and MAVLink datagrams, a recorder's serial byte stream (a real pty),
+then gateway.toml and a node's config.json through their loaders; after each network entry the world must
+still serve (operator API, a broadcast done, the drone answering, CoAP 2.04, a recorder heartbeat through) and
+no handler may have raised. Reports cases and cases per second per entry; the baseline is the same run's
+valid-input rate (the operator's status request round trips, measured before and after), so a rate means
+"garbage handled per second" beside "requests served per second". Prints JSON on its last line and writes
+bench/results/fuzz_entries.json. Exit 1 on any failure. ``--quick`` runs 1,000 per entry.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ async def network(tmp: Path, cases: int) -> dict:
                 counts[f"mqtt:{ch}"] = await w.mqtt(ch, topic, golden, cases, 1)
                 rates[f"mqtt:{ch}"] = counts[f"mqtt:{ch}"] / (time.perf_counter() - t0)
                 await w.serving(15 + cases / 500)
-            for name, fn in (("coap", w.coap), ("mavlink", w.mavlink)):
+            for name, fn in (("coap", w.coap), ("mavlink", w.mavlink), ("serial", w.serial)):
                 w.current = name
                 t0 = time.perf_counter()
                 counts[name] = await fn(cases, 1)

@@ -1,7 +1,8 @@
 """Fuzzing every network-facing entry (issue 17): MQTT payloads on every topic the gateway and the node subscribe
-to, CoAP datagrams, MAVLink datagrams, operator requests, gateway.toml and a node's config.json; the world keeps
-serving after each entry and nothing raises out of a handler (tests/support/fuzz_entries.py says what is fed and
-what is checked). A few hundred cases per entry here; ``-m slow`` and bench/fuzz_entries.py run 10,000."""
+to, CoAP and MAVLink datagrams, a recorder's serial byte stream, operator requests, gateway.toml and a node's
+config.json; the world keeps serving after each entry and nothing raises out of a handler
+(tests/support/fuzz_entries.py says what is fed and what is checked). A few hundred cases per entry here;
+``-m slow`` and bench/fuzz_entries.py run 10,000."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from lookout.gateway.links.coap_bridge import CoAPBridge
 CI_CASES = 200
 LONG_CASES = 10_000
 NETWORK = ("mqtt:state", "mqtt:hb", "mqtt:loc", "mqtt:evt", "mqtt:res", "mqtt:up", "mqtt:opreq", "node:cmd",
-           "node:dl", "node:gwstate", "coap", "mavlink")
+           "node:dl", "node:gwstate", "coap", "mavlink", "serial")
 
 
 @pytest.mark.mosquitto

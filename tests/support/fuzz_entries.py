@@ -1,27 +1,37 @@
 """Fuzzing every network-facing entry of a running gateway and node, not only the decoders (issue 17).
 
 ``World`` runs the real gateway (MQTT via Mosquitto, the CoAP bridge, the MAVLink bridge with a simulated signed
-drone) and a real firmware speaker (SimNode). Each entry gets seeded mutations of valid inputs
-(``fuzz.inputs``: bit flips, truncation, insertions, splices, noise) through the real transport:
+drone, the recorder bridge with a recorder on a real pty) and a real firmware speaker (SimNode). Each entry
+gets seeded mutations of valid inputs (``fuzz.inputs``: bit flips, truncation, insertions, splices, noise)
+through the real transport:
 
 - ``mqtt:<channel>``: the gateway's subscriptions (``state hb loc evt res up/<tid> opreq``), published on Mosquitto;
 - ``node:<topic>``: the node's subscriptions (``cmd``, ``dl/<tid>``, its gateway's ``state``), published likewise;
 - ``coap``: datagrams to the CoAP bridge's UDP port;
 - ``mavlink``: datagrams to the MAVLink endpoint's UDP port (from another address than the drone's);
+- ``serial``: the byte stream from a body-worn recorder's pty into the recorder bridge, beside the recorder's
+  live session: half the cases raw bytes (mutations of its captured authenticated frames, of a stranger's
+  HELLO, of frames with wrong tags or an undefined type), half frames of the session itself with mutated
+  payloads and types, so the payload decoders past the tag are reached too;
 - ``config:gateway`` and ``config:node``: gateway.toml and a node's config.json as files, through the loaders.
 
 After each network entry the world must still serve (``serving``): the operator API answers over MQTT, a broadcast
-to the speaker ends ``done``, the drone is online and answers a command, a valid CoAP request gets 2.04; and no
-handler may have raised (an ERROR with a traceback in the gateway's log, "handler raised" in the node's).
+to the speaker ends ``done``, the drone is online and answers a command, a valid CoAP request gets 2.04, the
+recorder's port is open (or reopened) and a heartbeat it sends reaches the registry (saying HELLO again if the
+garbage ended its session); and no handler may have raised (an ERROR with a traceback in the gateway's log,
+"handler raised" in the node's).
 ``bench/fuzz_entries.py`` runs every entry with 10,000 cases; the tests with a few hundred.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
+import os
 import socket
+import struct
 import threading
 import time
 from pathlib import Path
@@ -31,17 +41,20 @@ import paho.mqtt.client as paho
 from fuzz import inputs
 
 from lookout.gateway.admin.keystore import KeyStore
-from lookout.gateway.admin.provision import provision_drone, provision_operator
+from lookout.gateway.admin.provision import provision_drone, provision_operator, provision_recorder
 from lookout.gateway.core import config as cfgmod
 from lookout.gateway.core.config import from_dict
 from lookout.gateway.links.opclient import OperatorClient
 from lookout.gateway.service.app import Gateway
-from lookout.protocols import canonical, cliptransfer, coap, messages, opapi, signing
+from lookout.protocols import canonical, cliptransfer, coap, defaults, messages, opapi, serialsession, signing
+from lookout.protocols import serialframe as sf
 from lookout.simulators.drone import Config as DroneConfig
 from lookout.simulators.drone import SimDrone
 from lookout.simulators.node import SimNode, make_config
+from lookout.simulators.serialline import PtyCable
 
 SITE = "dongshan"
+REC = "bwc-0001"  # the recorder on the serial entry
 AREA = [[30.20, 120.10], [30.20, 120.20], [30.30, 120.20], [30.30, 120.10]]
 GATEWAY_TOML = b"""[gateway]
 id = "gw-1"
@@ -109,6 +122,127 @@ class Publisher:
         self.c.loop_stop()
 
 
+def mono_ms() -> int:
+    return int(time.monotonic() * 1000)
+
+
+# frame types a recorder-side session may send (the bridge refuses COMMAND and CLIP_CHUNK from a recorder)
+SENDABLE = tuple(sorted(t for t in sf.TYPE_NAMES if t not in (sf.TYPE_HELLO, sf.TYPE_ACK, sf.TYPE_NACK)))
+
+
+class RecorderLine:
+    """A body-worn recorder's end of a real pty at the gateway's device glob: a recorder-side
+    ``SerialSession`` with the recorder's key, pumped by the event loop (handshake, acknowledgements, resends,
+    a heartbeat every ``hb_s``). ``inject`` puts raw bytes on the same wire, in order with the session's
+    frames, so the fuzz's garbage shares the line with a live session, as line noise would. ``capture``
+    collects what the session writes (authenticated frames: golden input for the raw cases)."""
+
+    def __init__(self, path: Path, device: str, key: bytes, hb_s: int = 30):
+        self.cable = PtyCable(path)
+        self.device, self.hb_s = device, hb_s
+        self.session = serialsession.SerialSession(serialsession.RECORDER, device, key=key, rand=os.urandom,
+                                                   fw="fuzz-1", hb_s=hb_s)
+        self.capture: list[bytes] | None = None
+        self.handshakes = 0
+        self.refused = 0
+        self._tx = bytearray()
+        self._rx_ms = 0
+        self._next_hb = 0
+        self._seq = 0
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+
+    async def start(self) -> None:
+        self.cable.plug()
+        assert self.cable.master is not None
+        asyncio.get_running_loop().add_reader(self.cable.master, self._wake.set)
+        self.session.start(mono_ms())
+        self._task = asyncio.create_task(self._run(), name="fuzz-recorder")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        if self.cable.master is not None:
+            asyncio.get_running_loop().remove_reader(self.cable.master)
+        self.cable.unplug()
+
+    def heartbeat(self, **extra: Any) -> bytes:
+        self._seq += 1
+        return messages.encode("hb", {"seq": self._seq, "ts": int(time.time() * 1000), "up_s": self._seq,
+                                      "hb_s": self.hb_s, "fw": "fuzz-1", "bat_pct": 80, "bat_mv": 4080,
+                                      "state": "idle", **extra})
+
+    def send(self, ftype: int, payload: bytes) -> None:
+        self.session.send(ftype, payload)
+        self._wake.set()
+
+    def inject(self, data: bytes) -> None:
+        self._tx += data
+        self._wake.set()
+
+    def hello(self) -> None:
+        """Say HELLO again now (a fresh nonce), as a recorder whose session went away does."""
+        self.session.start(mono_ms())
+        self._wake.set()
+
+    @property
+    def unsent(self) -> bool:
+        """Bytes the pty has not taken yet."""
+        return bool(self._tx)
+
+    @property
+    def busy(self) -> bool:
+        """Bytes not yet taken by the pty, or frames the gateway has not acknowledged yet."""
+        s = self.session
+        return bool(self._tx) or s.in_flight > 0 or s.room() < defaults.SERIAL_MAX_QUEUE
+
+    async def _run(self) -> None:
+        while True:
+            delay = self._step()
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), delay)
+            except TimeoutError:
+                pass
+
+    def _step(self) -> float:
+        now = mono_ms()
+        s = self.session
+        data = self.cable.read()
+        if data:
+            s.receive_data(data, now)
+            self._rx_ms = now
+        elif s.decoder.buffered and now - self._rx_ms > 50:
+            s.line_idle(now)
+        while (ev := s.next_event()) is not serialsession.NEED_DATA:
+            if isinstance(ev, serialsession.Established):
+                self.handshakes += 1
+                self._next_hb = now
+            elif isinstance(ev, serialsession.Refused):
+                self.refused += 1
+        if s.established and now >= self._next_hb and s.room() > 0:
+            self._next_hb = now + self.hb_s * 1000
+            s.send(sf.TYPE_HEARTBEAT, self.heartbeat())
+        out = s.data_to_send(now)
+        if out:
+            self._tx += out
+            if self.capture is not None:
+                self.capture.append(out)
+        if self._tx:
+            del self._tx[:self.cable.write(bytes(self._tx[:65536]))]
+        t = s.next_timer(mono_ms())
+        waits = [0.25, max(0.0, (self._next_hb - now) / 1000) if s.established else 0.25]
+        if t is not None:
+            waits.append(t / 1000)
+        if self._tx or (s.decoder.buffered and not data):
+            waits.append(0.002)
+        return max(0.0005, min(waits))
+
+
 class World:
     def __init__(self, tmp: Path, broker: Any, rebirth_ms: int = 2000):
         self.tmp, self.broker = tmp, broker
@@ -119,13 +253,20 @@ class World:
         self.fz_key = self.ks.ensure("fz-01", SITE, "sensor").hmac_key  # a device the fuzz talks as
         self.coap_key = self.ks.ensure("sen-05", SITE, "sensor", meta={"transport": "coap"}).hmac_key
         self.drone_key = provision_drone(self.ks, "uav-1", SITE, 1).hmac_key
+        self.rec_key = provision_recorder(self.ks, REC, SITE, officer="p-0421").hmac_key
+        self.rec_path = tmp / "dev" / "rec-1"
         self.cfg = from_dict({
             "gateway": {"id": "gw-1", "site": SITE, "data_dir": str(tmp / "data")},
             "broker": {"url": broker.url}, "coap": {"listen": "127.0.0.1:0"},
             "commands": {"retry_s": 2, "wait_s": 8},
             "mavlink": {"endpoint": [{"name": "radio", "url": "udpin:127.0.0.1:0"}], "area": AREA,
                         "max_alt_m": 100, "ack_timeout_ms": 300},
-            "drone": [{"id": "uav-1", "sysid": 1}]})
+            "drone": [{"id": "uav-1", "sysid": 1}],
+            # baud: the bridge's idle-line timeout follows it (a pty ignores it); 3 Mbaud as in the recorder
+            # tests
+            "recorders": {"devices": [str(tmp / "dev" / "rec-*")], "scan_ms": 100, "baud": 3_000_000}})
+        self.rec = RecorderLine(self.rec_path, REC, self.rec_key)
+        self.probes = 0  # heartbeats the serial check sent
         self.node = SimNode(tmp / "spk", make_config("spk-01", SITE, "speaker", self.spk_key.hex(), broker.host,
                                                      broker.port, hb_s=5, gateway="gw-1"), speed=20,
                             log=self._node_log)
@@ -154,6 +295,7 @@ class World:
         self.drone = await SimDrone(DroneConfig(sysid=1, lat=30.25, lon=120.15), f"udp:127.0.0.1:{port}",
                                     key=self.drone_key).__aenter__()
         await self.node.start()
+        await self.rec.start()
         self.pub = await asyncio.to_thread(Publisher, self.broker.port)
         await self.serving()
         return self
@@ -165,6 +307,7 @@ class World:
         self.gw.stop()
         await asyncio.wait_for(self._serve, 15)
         await self.gw.__aexit__(None, None, None)
+        await self.rec.stop()
         self.ks.close()
         for name in ("lookout", "asyncio"):
             logging.getLogger(name).removeHandler(self.errors)
@@ -245,8 +388,49 @@ class World:
             assert r["data"]["results"][0]["status"] == "done", r
         reply = await self.coap_exchange(coap.encode(self.coap_hb(mid=7)), answer=True)
         assert reply is not None and coap.decode(reply).code == coap.CHANGED, reply
+        await self.serial_serving(deadline)
         assert self.errors.records == [], self.errors.records[:5]
         assert self.node_errors == [], self.node_errors[:5]
+
+    async def serial_serving(self, deadline: float) -> None:
+        """The recorder's port is open (or was reopened by the watcher), and a heartbeat the recorder sends
+        now reaches the registry through the bridge and MQTT; if the garbage ended its session, the recorder
+        says HELLO again (on the gateway's probe, or by itself: a refused one would wait 30 s, so it is
+        restarted)."""
+        bridge = self.gw.recorders.bridge
+        path, rec = str(self.rec_path), self.rec
+        self.probes += 1
+        marker = f"probe-{self.probes}"
+        sent = 0.0
+        down_since = time.monotonic()
+
+        def seen() -> str:
+            port = bridge.ports.get(path)
+            d = self.gw.registry.get(REC)
+            return (f"recorder: port {'open' if port and not port.closed else 'closed'}"
+                    f"{' (session up)' if port and port.session and port.session.established else ''}, "
+                    f"bridge has {bridge.connected()}, recorder session {rec.session.state} "
+                    f"(handshakes {rec.handshakes}, refused {rec.refused}, room {rec.session.room()}), "
+                    f"registry {d and d.state} {d and d.info.get('x_task')}, waiting for {marker}")
+        while True:
+            port = bridge.ports.get(path)
+            d = self.gw.registry.get(REC)
+            if (sent and d is not None and d.state == "online" and d.info.get("x_task") == marker
+                    and port is not None and not port.closed and bridge.by_device.get(REC) is port):
+                break
+            assert time.monotonic() < deadline, seen()
+            # again every second: a heartbeat handled after it (the recorder's own, a late fuzz case) replaces
+            # the registry's view of the last one
+            if (time.monotonic() - sent > 1 and port is not None and not port.closed
+                    and rec.session.room() > 0):
+                rec.send(sf.TYPE_HEARTBEAT, rec.heartbeat(x_task=marker))
+                sent = time.monotonic()
+            if rec.session.established:
+                down_since = time.monotonic()
+            elif time.monotonic() - down_since > 5:
+                rec.hello()
+                down_since = time.monotonic()
+            await asyncio.sleep(0.02)
 
     # -- golden inputs -----------------------------------------------------------------------------------------
     def golden_mqtt(self) -> dict[str, tuple[str, list[bytes]]]:
@@ -321,6 +505,58 @@ class World:
         frames.append(signed.sys_status_encode(0, 0, 0, 500, 12000, 500, 90, 0, 0, 0, 0, 0, 0).pack(signed))
         return frames
 
+    def golden_serial(self) -> list[bytes]:
+        """What a recorder sends in its session (as simulators/recorder.py does), each as its frame type's
+        byte and the payload: heartbeat, fix, signed event and result, catalogue, a signed clip offer and its
+        two pieces (the clip is filed), a clip status."""
+        now = int(time.time() * 1000)
+        k = self.rec_key
+        clip = bytes(range(256)) * 6
+        sender = cliptransfer.ClipSender(clip, 1024, "fuzz-0001.mp4", 41, "video", "video/mp4", now - 60_000)
+        manifest = sender.manifest.to_dict()
+        manifest.update({"x_start": now - 60_000, "x_end": now})
+        signing.sign(k, "up", manifest)
+        evt = signing.sign(k, "evt", {"id": f"{REC}-1-1", "seq": 1, "ts": now, "kind": "mark", "sev": "info",
+                                      "lat": 302500000, "lon": 1201500000})
+        res = signing.sign(k, "res", messages.result("c0000000001", "done", ts=now, data={"shown": True}))
+        loc = {"seq": 1, "ts": now, "lat": 302500000, "lon": 1201500000, "spd_cms": 120, "hdg_cd": 9000,
+               "fix": 1, "sats": 9, "hdop": 90, "src": "gps"}
+        entry = {"id": "fuzz-0001.mp4", "sha256": hashlib.sha256(clip).hexdigest(), "size": len(clip),
+                 "start": now - 60_000, "end": now, "kind": "video", "mime": "video/mp4", "up": False,
+                 "mark": False}
+        frames = [(sf.TYPE_HEARTBEAT, self.rec.heartbeat()), (sf.TYPE_LOCATION, messages.encode("loc", loc)),
+                  (sf.TYPE_EVENT, messages.encode("evt", evt)), (sf.TYPE_RESULT, messages.encode("res", res)),
+                  (sf.TYPE_CATALOG, serialsession.encode_catalog({"v": 1, "part": 0, "parts": 1,
+                                                                  "clips": [entry]})),
+                  (sf.TYPE_CLIP_OFFER, canonical.dumpb(manifest)),
+                  (sf.TYPE_CLIP_DATA, cliptransfer.encode_data(41, 0, clip[:1000])),
+                  (sf.TYPE_CLIP_DATA, cliptransfer.encode_data(41, 1000, clip[1000:])),
+                  (sf.TYPE_CLIP_DONE, cliptransfer.encode_status({"v": 1, "tid": 7, "id": "gohome", "have": 1,
+                                                                  "state": "complete", "off": 100}))]
+        return [bytes([t]) + p for t, p in frames]
+
+    def raw_serial(self, captured: list[bytes]) -> list[bytes]:
+        """Raw golden: the session's own authenticated frames as they went over the wire (split from what was
+        captured), and frames no session made: a stranger's HELLO (it ends the gateway's session, so the
+        recorder must say HELLO again), frames with wrong tags, a type version 1 does not define."""
+        dec = sf.FrameDecoder(max_payload=sf.MAX_WIRE_PAYLOAD)
+        dec.receive_data(b"".join(captured))
+        out = []
+        while (ev := dec.next_event()) is not sf.NEED_DATA:
+            if isinstance(ev, sf.Frame):
+                out.append(sf.encode_frame(ev.type, ev.seq, ev.payload, sf.MAX_WIRE_PAYLOAD))
+        hs1 = {"hs": 1, "dev": REC, "v": [1], "mtu": 1024, "win": 64, "nr": "00" * 16, "fw": "x", "boot": 0,
+               "hb_s": 30}
+        unknown = bytearray(sf.encode_frame(sf.TYPE_HEARTBEAT, 5, b"{}" + bytes(4)))
+        unknown[3] = 0x7E  # the type byte; header crc over bytes 2..7 again
+        struct.pack_into(">H", unknown, 8, sf.crc16(bytes(unknown[2:8])))
+        hello = serialsession.encode_hello(hs1)
+        return out + [sf.encode_frame(sf.TYPE_HELLO, 0, hello, serialsession.MAX_HELLO),
+                      sf.encode_frame(sf.TYPE_HEARTBEAT, 9, self.rec.heartbeat() + bytes(4)),
+                      sf.encode_frame(sf.TYPE_ACK, 3, sf.encode_ack(3, 0xFF) + bytes(4)),
+                      sf.encode_frame(sf.TYPE_NACK, 2, sf.encode_nack(2, sf.NACK_BAD_CRC) + bytes(4)),
+                      bytes(unknown)]
+
     # -- entries -----------------------------------------------------------------------------------------------
     async def mqtt(self, name: str, topic: str, golden: list[bytes], count: int, seed: int) -> int:
         n = await asyncio.to_thread(self.pub.send, topic, list(inputs(golden, count, seed)))
@@ -376,6 +612,58 @@ class World:
         await asyncio.sleep(0.3)
         return n
 
+    async def _rec_send(self, item: bytes, deadline: float) -> None:
+        """One session case: the first byte picks the frame type (any a session may carry), the rest is the
+        payload (cut to what the session carries); waits for room in the recorder's queue."""
+        rec = self.rec
+        t = item[0] if item else sf.TYPE_HEARTBEAT
+        t = t if t in SENDABLE else SENDABLE[t % len(SENDABLE)]
+        while rec.session.room() <= 0:
+            assert time.monotonic() < deadline, f"the recorder's queue stayed full ({rec.session.state})"
+            await asyncio.sleep(0.002)
+        limit = (rec.session.mtu_eff if rec.session.established else rec.session.mtu) - serialsession.TAG_LEN
+        rec.send(t, item[1:limit + 1])
+
+    async def _rec_quiet(self, deadline: float, acked: bool = False) -> None:
+        """Until the pty took every byte (and, with ``acked``, the gateway acknowledged every frame)."""
+        rec = self.rec
+        while rec.busy if acked else rec.unsent:
+            assert time.monotonic() < deadline, f"the recorder line did not drain ({rec.session.state})"
+            await asyncio.sleep(0.002)
+
+    async def serial(self, count: int, seed: int, block: int = 10) -> int:
+        """Half the cases raw bytes on the line (mutations of the session's captured frames and of frames no
+        session made: bad CRCs, tags, lengths, garbage), half frames of the live session with mutated payloads
+        (past the tag: the bridge's payload decoders and the evidence store); ``block`` of each in turn."""
+        rec = self.rec
+        deadline = time.monotonic() + 30 + count / 20
+        golden = self.golden_serial()
+        frames = inputs(golden, count - count // 2, seed + 1)
+        rec.capture = []
+        for _ in golden:  # inputs() yields the goldens first: sent intact, their wire bytes captured
+            await self._rec_send(next(frames), deadline)
+        await self._rec_quiet(deadline, acked=True)
+        raws = inputs(self.raw_serial(rec.capture), count // 2, seed)
+        rec.capture = None
+        n = len(golden)
+        while True:
+            garbage = [next(raws, None) for _ in range(block)]
+            chunk = [g for g in garbage if g is not None]
+            if chunk:
+                rec.inject(b"".join(chunk))
+            sent = 0
+            for item in frames:
+                await self._rec_send(item, deadline)
+                sent += 1
+                if sent == block:
+                    break
+            n += len(chunk) + sent
+            if not chunk and not sent:
+                break
+            await self._rec_quiet(deadline)
+        await self._rec_quiet(deadline, acked=True)  # the gateway handled every frame (and the bytes before)
+        return n
+
     async def network(self, count: int, seed: int = 1) -> dict[str, int]:
         """Every network entry, ``count`` cases each, the world checked after each; returns the counts."""
         within = 15 + count / 500
@@ -388,6 +676,9 @@ class World:
         await self.serving(within)
         self.current = "mavlink"
         self.counts["mavlink"] = await self.mavlink(count, seed)
+        await self.serving(within)
+        self.current = "serial"
+        self.counts["serial"] = await self.serial(count, seed)
         await self.serving(within)
         for name, (topic, golden) in self.golden_node().items():
             self.current = f"node:{name}"
