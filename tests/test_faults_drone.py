@@ -13,11 +13,11 @@ The recorders' serial line (BER, byte drops, cable pulls) is left to the recorde
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 from aiowait import until
 from gwserve import serving
+from shown import Shown
 from test_drone_gateway import make_cfg, op
 
 from lookout.gateway.admin.keystore import KeyStore
@@ -32,33 +32,6 @@ SHOWN_BOUND_S = 1.5  # beyond the link timeout: the watchdog period, the proxy p
 CUTS = 3
 
 
-class Shown:
-    """The registry's state of uav-1 sampled every 50 ms, with the link's true state at that moment."""
-
-    def __init__(self, gw, sim):
-        self.gw, self.sim = gw, sim
-        self.samples: list[tuple[float, bool, str]] = []  # (t, link really up, state shown)
-
-    async def run(self):
-        while True:
-            d = self.gw.registry.get("uav-1")
-            self.samples.append((time.monotonic(), self.sim.now >= self.sim.faults.cut_until,
-                                 d.state if d else "unknown"))
-            await asyncio.sleep(0.05)
-
-    def wrong_for(self) -> float:
-        """The longest span the state shown contradicted the link (online while cut, or not online while up)."""
-        worst, start = 0.0, None
-        for t, up, st in self.samples:
-            wrong = (st == "online") != up
-            if wrong and start is None:
-                start = t
-            elif not wrong and start is not None:
-                worst, start = max(worst, t - start), None
-        if start is not None:
-            worst = max(worst, self.samples[-1][0] - start)
-        return worst
-
 
 def test_drone_link_at_20_percent_loss_then_cut_again_and_again(mosquitto, tmp_path):
     async def main():
@@ -71,7 +44,7 @@ def test_drone_link_at_20_percent_loss_then_cut_again_and_again(mosquitto, tmp_p
                 def dev():
                     return gw.registry.get("uav-1")
                 await until(lambda: dev() and dev().state == "online", 8, "drone online")
-                shown = Shown(gw, sim)
+                shown = Shown(gw, "uav-1", lambda: sim.now >= sim.faults.cut_until)
                 watcher = asyncio.create_task(shown.run())
 
                 # 20 % of the frames lost each way: online throughout, the loss reported, commands truthful

@@ -14,11 +14,11 @@ the same error odds as at 115,200 baud (bench/serial_goodput.py measures the rat
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 from aiowait import aio, until
 from gwserve import serving
+from shown import Shown
 from test_recorder_bridge import SITE, make_cfg, recorder
 
 from lookout.gateway.admin.keystore import KeyStore
@@ -34,32 +34,6 @@ SHOWN_BOUND_S = 1.5  # beyond the pull: the port's read failing or the 100 ms sc
 DEV = "bwc-0001"
 
 
-class Shown:
-    """The registry's state of the recorder every 50 ms, beside whether its cable was really in."""
-
-    def __init__(self, gw, sim):
-        self.gw, self.sim = gw, sim
-        self.samples: list[tuple[float, bool, str]] = []
-
-    async def run(self):
-        while True:
-            d = self.gw.registry.get(DEV)
-            self.samples.append((time.monotonic(), self.sim.cable.plugged, d.state if d else "unknown"))
-            await asyncio.sleep(0.05)
-
-    def wrong_for(self) -> float:
-        """The longest span the state shown contradicted the cable (online while out, not online while in)."""
-        worst, start = 0.0, None
-        for t, up, st in self.samples:
-            wrong = (st == "online") != up
-            if wrong and start is None:
-                start = t
-            elif not wrong and start is not None:
-                worst, start = max(worst, t - start), None
-        if start is not None:
-            worst = max(worst, self.samples[-1][0] - start)
-        return worst
-
 
 @aio
 async def test_noisy_line_and_repeated_cable_pulls_mid_upload(mosquitto, tmp_path):
@@ -72,7 +46,7 @@ async def test_noisy_line_and_repeated_cable_pulls_mid_upload(mosquitto, tmp_pat
                                    keystore=ks)) as gw:
             async with sim:
                 await until(lambda: (d := gw.registry.get(DEV)) and d.state == "online", 10, "online")
-                shown = Shown(gw, sim)
+                shown = Shown(gw, DEV, lambda: sim.cable.plugged)
                 watcher = asyncio.create_task(shown.run())
                 try:
                     # a command over the noisy line: a truthful final result
