@@ -10,10 +10,12 @@ the same way on an ESP32 (32-bit floats) and on the gateway. Times are Unix epoc
 
 Why the schemas are strings: this module is resident on every node. Tables of tuples built at import cost
 about 2 KB of heap on MicroPython; one constant string per kind costs its bytes, and a validation splits it
-(short-lived garbage) only while it runs.
+(short-lived garbage) only while it runs. The gateway, which validates every message of a site, keeps each
+kind's parsed schema instead (``_fields``); a node does not (``CACHE_SCHEMAS``).
 """
 
 import json
+import sys
 
 from . import canonical
 from .errors import LocalProtocolError, MessageError
@@ -121,7 +123,10 @@ def _check(v, t, a, b, f):
         raise MessageError(e, field=f)
 
 
-# kind -> ((field, type letter, a, b, required), ...), {field: None}: SCHEMAS parsed once per kind
+# kind -> ((field, type letter, a, b, required), ...), {field: None}: SCHEMAS parsed once per kind. Not on
+# MicroPython: the tables would be long-lived objects made after boot, scattered over a node's heap (about 9 KB
+# more held after 100 commands, and a 4 KB clip chunk no longer fitting; docs/FIRMWARE.md "Smallest heap")
+CACHE_SCHEMAS = sys.implementation.name != "micropython"
 _FIELDS = {}  # type: dict
 
 
@@ -141,7 +146,9 @@ def _fields(kind):
             lo, hi = (int(a or 0), int(b or 2147483647)) if lt == "i" else (MS_MIN, MS_MAX) if lt == "t" \
                 else (None, None)
             fs.append((f, lt, a, b, t < "a", lo, hi))
-        r = _FIELDS[kind] = (tuple(fs), {x[0]: None for x in fs})
+        r = (tuple(fs), {x[0]: None for x in fs})
+        if CACHE_SCHEMAS:
+            _FIELDS[kind] = r
     return r
 
 

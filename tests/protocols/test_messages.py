@@ -241,3 +241,18 @@ def test_key_wrap_round_trip():
     assert signing.unwrap_key(KEY, w, 43) != new
     with raises(AuthError, match="hex"):
         signing.unwrap_key(KEY, "zz", 1)
+
+
+def test_parsed_schemas_are_kept_by_the_gateway_not_by_a_node():
+    # a node must not keep tables it builds after boot: long-lived objects scattered over its heap left no
+    # 4 KB block for a clip chunk (tests/test_firmware_mpy32.py, the speaker on a 72 KB heap)
+    import sys
+
+    messages._FIELDS.clear()
+    messages.validate("hb", hb())
+    with raises(MessageError):
+        messages.validate("hb", hb(seq=-1))
+    if sys.implementation.name == "micropython":
+        assert not messages.CACHE_SCHEMAS and messages._FIELDS == {}
+    else:
+        assert messages.CACHE_SCHEMAS and list(messages._FIELDS) == ["hb"]

@@ -20,9 +20,11 @@ Theory of operation:
   that the broker has the message; with no gateway subscribed (a broker that just restarted, a gateway that
   died: its will) the broker would drop it, so the outbox keeps it instead.
 - A PUBACK is not delivery either when the broker crashes right after it (or resets the gateway's connection
-  with the message unread): the last ``RECENT`` items acknowledged are remembered in RAM, and when their
+  with the message unread): the last ``RECENT`` events acknowledged are remembered in RAM, and when their
   connection breaks, those acknowledged within one keepalive and a half before the break was noticed go back
-  into the outbox (``_replay``). The gateway drops the copies it already had (events by id, results by command).
+  into the outbox (``_replay``). The gateway drops the copies it already had (by event id). Results are not
+  kept: a lost one comes back when the gateway re-sends its command (answered from the command cache), and
+  holding eight of them cost a board's heap the room a clip chunk needs.
 - Commands arrive on ``cmd`` and go to ``CommandProcessor`` (verification in front of every handler); clip
   chunks arrive on ``dl/<tid>``.
 - Code a node may never run is loaded on first use, never at boot: ``node_admin`` (reboot, set_config,
@@ -75,7 +77,7 @@ class Node:
         self.client = None
         self.gw = None  # connection token on which the gateway's birth arrived (None: not seen or dead since)
         self.gw_up = asyncio.Event()
-        self.recent = []  # [ticks acked, connection number, topic, payload] of the last RECENT items sent
+        self.recent = []  # [ticks acked, connection number, topic, payload] of the last RECENT events sent
         self.tasks = []
         self.exit_reason = None
         self._exit = asyncio.Event()
@@ -289,10 +291,11 @@ class Node:
                 await sleep_ms(100)
                 continue
             ob.ack(item[0])  # exactly the item the broker acknowledged
-            r = self.recent
-            r.append((ticks_ms(), self.client.connects, item[1], item[2]))
-            if len(r) > 8:  # RECENT
-                r.pop(0)
+            if item[1].endswith("/evt"):  # only events: see the module docstring
+                r = self.recent
+                r.append((ticks_ms(), self.client.connects, item[1], item[2]))
+                if len(r) > 8:  # RECENT
+                    r.pop(0)
 
     def _replay(self):
         """Back into the outbox: what the broker acknowledged on a connection that has since broken, within the
