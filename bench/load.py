@@ -1,7 +1,7 @@
-"""Load: N simulated GPS nodes (plus drones) against one gateway and Mosquitto, at the documented rates.
+"""Load: N simulated GPS nodes, drones and recorders against one gateway and Mosquitto, at the documented rates.
 
     python bench/load.py [--nodes 1000,5000,10000,20000] [--seconds 40] [--blast 40000] [--drones 20]
-                         [--commands-per-s 5] [--profile N] [--out bench/results/load.json]
+                         [--recorders 20] [--commands-per-s 5] [--profile N] [--out bench/results/load.json]
 
 For each N, a fresh Mosquitto (the generated config's ``max_packet_size``, ``max_queued_messages`` and
 ``set_tcp_nodelay``) and a
@@ -11,6 +11,9 @@ fresh gateway (``lookout gateway``, its own process, metrics on loopback) and th
   at its own phase;
 - drones: ``--drones`` simulated autopilots (simulators/drone) streaming signed MAVLink at 50 Hz into the gateway's
   bridge over UDP (the frames made by bench/mavlink_bridge.py's ``make_frames``);
+- recorders: ``--recorders`` body-worn recorders (``lookout sim recorder``, its own process: pseudo-terminals at
+  115,200 baud that the gateway's recorder bridge picks up by hot-plug), heartbeat 30 s, a fix every 5 s, and each
+  uploads one 200 KB clip during the run (verified into the evidence store);
 - the operator: 4 loudspeakers (simulators/fakenode.py: they verify every command and answer signed results) and a
   ``lookout`` operator client sending ``command`` requests (``wait: final``) at ``--commands-per-s``; latency is the
   operator's request to the final answer (operator -> gateway -> node -> gateway -> operator).
@@ -288,7 +291,7 @@ def operator_process(url: str, token: str, keys: dict[str, bytes], conn: Any) ->
 
 def run_one(n: int, args: argparse.Namespace) -> dict[str, Any]:
     from lookout.gateway.admin.keystore import KeyStore
-    from lookout.gateway.admin.provision import provision_drone
+    from lookout.gateway.admin.provision import provision_drone, provision_recorder
     from lookout.gateway.links.mavlink.signing import now_10us
 
     tmp = Path(tempfile.mkdtemp(prefix=f"lookout-load-{n}-", dir=args.tmp))
@@ -301,6 +304,12 @@ def run_one(n: int, args: argparse.Namespace) -> dict[str, Any]:
     token = ks.add_operator("op-load", "load bench", "operator")
     keys = {d: ks.ensure(d, SITE, "speaker").hmac_key for d in SPEAKERS}
     dkeys = {i: provision_drone(ks, f"uav-{i}", SITE, i).hmac_key for i in range(1, args.drones + 1)}
+    rec_keys = []  # what `lookout provision recorder --out` writes, one file per recorder
+    for i in range(1, args.recorders + 1):
+        ident = provision_recorder(ks, f"bwc-{i:02d}", SITE, officer=f"p-{i:02d}")
+        f = tmp / f"bwc-{i:02d}.json"
+        f.write_text(json.dumps({"id": ident.device_id, "kind": "recorder", "key": ident.hmac_key.hex()}))
+        rec_keys.append(str(f))
     ks.close()
     mport, uport = free_port(), free_port()
     conf = tmp / "gw.toml"
@@ -308,7 +317,8 @@ def run_one(n: int, args: argparse.Namespace) -> dict[str, Any]:
                     f'[broker]\nurl = "{mq.url}"\n[metrics]\nlisten = "127.0.0.1:{mport}"\n'
                     f'[commands]\nwait_s = 20\n'
                     + (f'[mavlink]\nstream_hz = 0\nlink_timeout_ms = 3000\n[[mavlink.endpoint]]\nname = "radio"\n'
-                       f'url = "udpin:127.0.0.1:{uport}"\n' if args.drones else ""))
+                       f'url = "udpin:127.0.0.1:{uport}"\n' if args.drones else "")
+                    + (f'[recorders]\ndevices = ["{tmp / "dev"}/*"]\n' if args.recorders else ""))
     cmd = [sys.executable]
     prof = tmp / "gw.prof"
     if args.profile == n:
@@ -318,7 +328,8 @@ def run_one(n: int, args: argparse.Namespace) -> dict[str, Any]:
     ctx = multiprocessing.get_context("spawn")
     ids = [f"gps-{i:05d}" for i in range(n)]
     procs: list[Any] = []
-    res: dict[str, Any] = {"nodes": n, "drones": args.drones}
+    res: dict[str, Any] = {"nodes": n, "drones": args.drones, "recorders": args.recorders}
+    rec = None
     try:
         end = time.monotonic() + 30
         while True:
@@ -340,7 +351,12 @@ def run_one(n: int, args: argparse.Namespace) -> dict[str, Any]:
         t_birth = time.monotonic()
         fl.send(("births",))
         assert fl.recv() == "ok"
-        want = n + len(SPEAKERS) + 1
+        if rec_keys:  # 20 officers' recorders docked on serial lines, each with a clip to upload meanwhile
+            rec = subprocess.Popen([sys.executable, "-m", "lookout", "sim", "recorder", *sum((["--key", k] for k in
+                                    rec_keys), []), "--dev-dir", str(tmp / "dev"), "--state-dir", str(tmp / "rec"),
+                                    "--clips", "1", "--clip-size", "200000"], cwd=ROOT,
+                                   stdout=subprocess.DEVNULL, stderr=open(tmp / "rec.log", "wb"))  # noqa: SIM115
+        want = n + len(SPEAKERS) + args.recorders + 1
         while True:
             m = scrape(mport)
             online = sum(v for k, v in m.items() if k.startswith("lookout_devices{") and 'state="online"' in k)
@@ -418,7 +434,7 @@ def run_one(n: int, args: argparse.Namespace) -> dict[str, Any]:
         if os.environ.get("BENCH_DEBUG"):
             print({k: db1.get(k, 0) - db0.get(k, 0) for k in db1}, file=sys.stderr)
         # lookout devices, every page, taken halfway through the steady phase
-        expect = n + len(SPEAKERS) + args.drones + 1
+        expect = n + len(SPEAKERS) + args.drones + args.recorders + 1
         res["devices_listed"] = listed
         res["devices_in_full"] = code == "ok" and listed == unique == expect
         res["devices_s"] = round(took, 2)
@@ -474,12 +490,20 @@ def run_one(n: int, args: argparse.Namespace) -> dict[str, Any]:
         res["offline_wrong"] = sum(1 for d, kind, state, _why in states
                                    if kind != "drone" and d != GW and state != "online")
         res["state_changes_wrong"] = wrong_changes(data / "journal.db")
+        ev = data / "clips" / "evidence"
+        res["recorder_clips_stored"] = sum(1 for p in ev.iterdir() if p.is_file()) if ev.is_dir() else 0
         res["state_changes_to_stale_or_offline"] = int(wrong(scrape(mport)) - wrong0)
         fl.send(("stop",))
         op.send(("stop",))
         fl.recv()
         op.recv()
     finally:
+        if rec is not None:
+            rec.send_signal(signal.SIGTERM)
+            try:
+                rec.wait(10)
+            except subprocess.TimeoutExpired:
+                rec.kill()
         gw.send_signal(signal.SIGTERM)
         try:
             gw.wait(60)
@@ -515,6 +539,8 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=40.0, help="steady phase per N")
     ap.add_argument("--blast", type=int, default=40000, help="heartbeats sent as fast as possible per N")
     ap.add_argument("--drones", type=int, default=20, help="simulated drones at 50 Hz (0: none)")
+    ap.add_argument("--recorders", type=int, default=20,
+                    help="simulated body-worn recorders on serial lines, 115,200 baud (0: none)")
     ap.add_argument("--commands-per-s", type=float, default=5.0)
     ap.add_argument("--profile", type=int, default=0, help="run the gateway of this N under cProfile")
     ap.add_argument("--tmp", default=None, help="where the data directories go (a disk, not tmpfs: write_bytes)")
