@@ -863,14 +863,15 @@ class SerialSession:
 
     def _on_hs1(self, d, now):
         nr = bytes.fromhex(d["nr"])
-        if self._pending is not None and self.state == HELLO and self._pending[1] == nr:
+        if self._pending is not None and self._pending[1] == nr:
             self._ctl.append(self._pending[8])  # the same hs1 again (it crossed our hs2): the same answer
             return
         if self.state == OPEN and self._session_nr == nr:
             return  # a resent hs1 of the session we already have
-        if self.state == OPEN:
-            self._lose("rehello")
-        self.state = IDLE
+        # An open session stays open until the new handshake has proved the key (hs3, _on_hs3): anyone who can
+        # write to the line can send a step-1 HELLO, and it must not knock the recorder offline.
+        if self.state != OPEN:
+            self.state = IDLE
         self._pending = None
         common = [v for v in d["v"] if v in self.versions]
         if not common:
@@ -888,12 +889,13 @@ class SerialSession:
         signing.sign(key, "hello", hs2)
         frame = self._hello_frame(hs2)
         self._pending = (d["dev"], nr, ng, key, d, v, mtu, win, frame)
-        self.state = HELLO
+        if self.state != OPEN:
+            self.state = HELLO
         self._ctl.append(frame)
 
     def _on_hs3(self, d, now):
         p = self._pending
-        if p is None or self.state != HELLO:
+        if p is None:
             self.stats["bad_hello"] += 1
             return
         dev, nr, ng, key, info, v, mtu, win, _frame = p
@@ -905,10 +907,13 @@ class SerialSession:
         except AuthError as e:
             self.stats["refused"] += 1
             self._pending = None
-            self.state = IDLE
+            if self.state != OPEN:
+                self.state = IDLE
             self._events.append(Refused(dev, "bad_mac", str(e)))
             return
         self._pending = None
+        if self.state == OPEN:  # proved: the recorder (rebooted, or re-docked) replaces its old session
+            self._lose("rehello")
         self._open(dev, info, key, ng, nr, v, mtu, win)
 
     def _on_hs2(self, d, now):

@@ -175,6 +175,37 @@ def test_forged_and_replayed_frames_are_dropped():
     assert gw.stats["bad_tags"] == tags + 1
 
 
+def test_a_hello_nobody_authenticated_does_not_end_the_open_session():
+    # anyone who can write to the line can send a step-1 HELLO naming the recorder; the session it would replace
+    # ends only once the new handshake proved the key (hs3), else one forged frame knocks the recorder offline
+    rec, gw = ss.pair()
+    link = ss.Link(rec, gw)
+    ss.connect(link)
+    hs1 = serialsession.encode_hello({"hs": 1, "dev": "bwc-0001", "fw": "x", "v": [1], "mtu": 1024, "win": 8,
+                                      "nr": "ab" * 16, "boot": 1, "hb_s": 30})
+    for _ in range(3):
+        gw.receive_data(sf.encode_frame(sf.TYPE_HELLO, 0, hs1, 512), link.now)
+        link.run(lambda: True)
+    assert gw.established and rec.established
+    assert not [e for e in link.gw_events if isinstance(e, serialsession.Lost)]
+    rec.send(sf.TYPE_EVENT, b'{"still":1}')
+    link.run(lambda: any(isinstance(e, serialsession.Received) and e.payload == b'{"still":1}'
+                         for e in link.gw_events), 5000)
+    # a forged hs3 for that pending handshake fails its MAC: still the same session
+    hs3 = serialsession.encode_hello({"hs": 3, "dev": "bwc-0001", "ng": "00" * 16, "nr": "ab" * 16,
+                                      "mac": "00" * 32})
+    gw.receive_data(sf.encode_frame(sf.TYPE_HELLO, 0, hs3, 512), link.now)
+    link.run(lambda: True)
+    assert gw.established and not [e for e in link.gw_events if isinstance(e, serialsession.Lost)]
+    # the real recorder rebooting (its own key) still replaces the session
+    rec2 = serialsession.SerialSession("recorder", "bwc-0001", key=ss.KEY, rand=ss.Rng(8).bytes, boot=2)
+    link.rec = rec2
+    link.up.queue = []
+    rec2.start(link.now)
+    link.run(lambda: rec2.established and gw.established and gw._session_nr == rec2._nr, 10000)
+    assert [e.reason for e in link.gw_events if isinstance(e, serialsession.Lost)] == ["rehello"]
+
+
 def test_window_selective_resend_and_in_order_delivery():
     rec, gw = ss.pair(win=8)
     link = ss.Link(rec, gw, bps=92160, latency_ms=25)
