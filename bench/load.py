@@ -291,7 +291,7 @@ def operator_process(url: str, token: str, keys: dict[str, bytes], conn: Any) ->
 
 def run_one(n: int, args: argparse.Namespace) -> dict[str, Any]:
     from lookout.gateway.admin.keystore import KeyStore
-    from lookout.gateway.admin.provision import provision_drone, provision_recorder
+    from lookout.gateway.admin.provision import key_file, provision_drone, provision_recorder
     from lookout.gateway.links.mavlink.signing import now_10us
 
     tmp = Path(tempfile.mkdtemp(prefix=f"lookout-load-{n}-", dir=args.tmp))
@@ -308,7 +308,7 @@ def run_one(n: int, args: argparse.Namespace) -> dict[str, Any]:
     for i in range(1, args.recorders + 1):
         ident = provision_recorder(ks, f"bwc-{i:02d}", SITE, officer=f"p-{i:02d}")
         f = tmp / f"bwc-{i:02d}.json"
-        f.write_text(json.dumps({"id": ident.device_id, "kind": "recorder", "key": ident.hmac_key.hex()}))
+        f.write_text(json.dumps(key_file(ident)))
         rec_keys.append(str(f))
     ks.close()
     mport, uport = free_port(), free_port()

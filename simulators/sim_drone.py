@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import sys
-from pathlib import Path
 
 HELP = "simulated MAVLink multicopters (a gateway or MAVProxy can fly them)"
 
@@ -38,17 +36,9 @@ def _links(spec: str, count: int) -> list[str]:
 
 def _keys(files: list[str]) -> dict[int, bytes]:
     """sysid -> signing key, from ``lookout provision drone --out`` files."""
-    out: dict[int, bytes] = {}
-    for f in files:
-        try:
-            d = json.loads(Path(f).read_text())
-            sysid, key = int(d["sysid"]), bytes.fromhex(d["key"])
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"--key {f}: expected the JSON of `lookout provision drone --out` ({e})") from None
-        if len(key) != 32:
-            raise ValueError(f"--key {f}: a MAVLink 2 signing key is 32 bytes, got {len(key)}")
-        out[sysid] = key
-    return out
+    from lookout.simulators.keyfile import read_keys
+
+    return read_keys(files, "drone", lambda d: int(d["sysid"]))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import signal
 import sys
 import time
@@ -25,17 +24,9 @@ def _keys(files: list[str]) -> dict[str, bytes]:
     """recorder id -> key, from ``lookout provision recorder --out`` files."""
     if not files:
         raise ValueError("give each recorder's key: --key FILE (the JSON of `lookout provision recorder --out`)")
-    out: dict[str, bytes] = {}
-    for f in files:
-        try:
-            d = json.loads(Path(f).read_text())
-            rid, key = str(d["id"]), bytes.fromhex(d["key"])
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"--key {f}: expected the JSON of `lookout provision recorder --out` ({e})") from None
-        if d.get("kind", "recorder") != "recorder" or len(key) != 32:
-            raise ValueError(f"--key {f}: not a recorder's 32-byte key")
-        out[rid] = key
-    return out
+    from lookout.simulators.keyfile import read_keys
+
+    return read_keys(files, "recorder", lambda d: str(d["id"]))
 
 
 async def _run(args: argparse.Namespace, keys: dict[str, bytes]) -> int:

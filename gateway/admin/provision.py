@@ -219,6 +219,12 @@ def provision_recorder(ks: KeyStore, recorder_id: str, site: str, force: bool = 
     return ks.create(recorder_id, site, "recorder", meta={"officer": officer} if officer else None)
 
 
+def key_file(ident: Identity) -> dict:
+    """What ``lookout provision drone|recorder --out`` writes (0600) and ``lookout sim drone|recorder --key``
+    reads: the identity, its key in hex and its facts (a drone's sysid, a recorder's officer)."""
+    return {"id": ident.device_id, "site": ident.site, "kind": ident.kind, "key": ident.hmac_key.hex(), **ident.meta}
+
+
 def revoke(ks: KeyStore, ident: str) -> str | None:
     """Remove a device/drone/recorder/gateway/operator; returns what it was, or None if unknown."""
     used = id_in_use(ks, ident)

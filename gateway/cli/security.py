@@ -260,7 +260,7 @@ def _cmd_operator(args) -> int:
 
 
 def _cmd_keyed(args) -> int:
-    from lookout.gateway.admin.provision import ProvisionError, provision_drone, provision_recorder
+    from lookout.gateway.admin.provision import ProvisionError, key_file, provision_drone, provision_recorder
 
     audit = _audit(args, f"provision {args.what}")
     with _open_ks(args) as ks:
@@ -277,8 +277,7 @@ def _cmd_keyed(args) -> int:
             return _err(str(e), EXIT_USAGE)
     audit.record(f"{audit.operator} provisioned {ident.kind} {ident.device_id} at {ident.site}",
                  device=ident.device_id, detail={**facts, "outcome": "ok"})
-    data = {"id": ident.device_id, "site": ident.site, "kind": ident.kind, "key": ident.hmac_key.hex()}
-    data.update(ident.meta)
+    data = key_file(ident)
     if args.out:
         _write_secret_json(args.out, data)
         print(f"{ident.kind} {ident.device_id} created; key written to {args.out} (mode 0600)")
