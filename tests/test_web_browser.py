@@ -67,6 +67,8 @@ def sign_in(drv, world) -> None:
     css(drv, "#secret")[0].send_keys(PASSWORD)
     css(drv, "#sign-in")[0].click()
     wait(drv, lambda d: d.current_url.endswith("/map"), "the map after signing in")
+    # the URL changes before the new page is built: wait for its navigation bar (read at once, it failed once)
+    wait(drv, lambda d: css(d, "nav a.on"), "the map page's navigation")
 
 
 def no_alert(drv) -> bool:
