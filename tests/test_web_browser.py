@@ -62,7 +62,7 @@ def css(drv, sel: str):
 
 def sign_in(drv, world) -> None:
     drv.get(world.url + "map")
-    wait(drv, lambda d: "/login" in d.current_url, "the redirect to the sign-in page")
+    wait(drv, lambda d: "/login" in d.current_url and css(d, "#sign-in"), "the sign-in page")
     css(drv, "#operator")[0].send_keys(OPERATOR)
     css(drv, "#secret")[0].send_keys(PASSWORD)
     css(drv, "#sign-in")[0].click()
